@@ -1,0 +1,1 @@
+"""Recommender models used by rlrf: the SASRec candidate generator and the knowledge-augmented rerankers."""
