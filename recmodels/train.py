@@ -1,0 +1,206 @@
+"""Tensors from reranking lists, building, training, scoring, saving and loading DLCM / PRM.
+
+Training: binary cross-entropy on the list labels, AdamW, seeded; after each epoch the model is
+scored on the VALIDATION users' lists and the state with the best MAP@5 is kept (early stopping
+after `patience` epochs without improvement). Test users are never looked at here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from recmodels.adapter import ListFeatures
+from recmodels.dlcm import DLCM
+from recmodels.prm import PRM
+from rlrf.errors import UserError
+from rlrf.metrics import map_at_k
+
+MODEL_FILE = "model.pt"
+META_FILE = "meta.json"
+
+
+@dataclass
+class ListTensors:
+    """Lists as aligned tensors. items / hist hold catalog index + 1 (0 = padding)."""
+
+    users: list[str]
+    items: torch.Tensor  # [N, L] long
+    labels: torch.Tensor  # [N, L] float
+    hist: torch.Tensor  # [N, H] long
+    hist_r: torch.Tensor  # [N, H] long: 0 pad/unknown, 1 below threshold, 2 positive
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def take(self, idx) -> "ListTensors":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return ListTensors([self.users[i] for i in idx.tolist()], self.items[idx], self.labels[idx],
+                           self.hist[idx], self.hist_r[idx])
+
+
+def tensorize(lists: Sequence, max_history: int = 30, positive_rating: float = 4.0) -> ListTensors:
+    """RerankList-like records (user, history, history_ratings, items, labels) → ListTensors."""
+    if not lists:
+        raise UserError("no reranking lists to tensorize (is the split empty?)")
+    lengths = {len(lst.items) for lst in lists}
+    if len(lengths) != 1:
+        raise UserError(f"reranking lists have different lengths {sorted(lengths)}; data.lists.length must hold for all")
+    n, length = len(lists), lengths.pop()
+    h = max(1, min(max_history, max(len(lst.history) for lst in lists)))
+    items = torch.tensor([[i + 1 for i in lst.items] for lst in lists], dtype=torch.long)
+    labels = torch.tensor([lst.labels for lst in lists], dtype=torch.float32)
+    hist = torch.zeros(n, h, dtype=torch.long)
+    hist_r = torch.zeros(n, h, dtype=torch.long)
+    for row, lst in enumerate(lists):
+        hs = lst.history[-h:]
+        rs = (lst.history_ratings or [None] * len(lst.history))[-h:]
+        if hs:
+            hist[row, : len(hs)] = torch.tensor(hs) + 1
+            hist_r[row, : len(rs)] = torch.tensor([0 if r is None else (2 if r >= positive_rating else 1) for r in rs])
+    assert items.shape[1] == length
+    return ListTensors([lst.user for lst in lists], items, labels, hist, hist_r)
+
+
+def hyperparameters(rcfg, kind: str, knowledge: bool, list_length: int) -> dict:
+    return {
+        "kind": kind, "knowledge": knowledge, "list_length": list_length,
+        "embed_dim": rcfg.embed_dim, "hidden": rcfg.hidden, "heads": rcfg.heads, "layers": rcfg.layers,
+        "adapter_out": rcfg.adapter_out, "adapter_hidden": rcfg.adapter_hidden,
+        "shared_experts": rcfg.shared_experts, "specific_experts": rcfg.specific_experts,
+        "dropout": rcfg.dropout, "knowledge_dropout": rcfg.knowledge_dropout,
+    }
+
+
+def build_reranker(hp: dict, n_items: int, genre_matrix, item_knowledge=None) -> nn.Module:
+    """DLCM or PRM from a hyperparameter dict (see `hyperparameters`)."""
+    gm = torch.as_tensor(np.asarray(genre_matrix), dtype=torch.float32)
+    ik = None
+    if hp["knowledge"]:
+        if item_knowledge is None:
+            raise ValueError("a +knowledge reranker needs item knowledge vectors")
+        ik = torch.as_tensor(np.asarray(item_knowledge), dtype=torch.float32)
+    features = ListFeatures(n_items, gm, hp["embed_dim"], ik, hp["adapter_out"], hp["adapter_hidden"],
+                            hp["shared_experts"], hp["specific_experts"], hp["dropout"], hp["knowledge_dropout"])
+    if hp["kind"] == "dlcm":
+        return DLCM(features, hp["hidden"])
+    if hp["kind"] == "prm":
+        return PRM(features, hp["list_length"], hp["hidden"], hp["heads"], hp["layers"], hp["dropout"])
+    raise UserError(f"reward.model: unknown reranker '{hp['kind']}' (dlcm or prm)")
+
+
+def _knowledge_args(model: nn.Module, idx, user_k, has_k):
+    if not model.features.knowledge:
+        return None, None
+    if user_k is None:
+        return None, None
+    return user_k[idx], (has_k[idx] if has_k is not None else None)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ListTensors, user_k: torch.Tensor | None = None,
+            has_k: torch.Tensor | None = None, batch_size: int = 2048) -> torch.Tensor:
+    """Scores [N, L] in eval mode (no dropout), batched."""
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(data)))
+        uk, hk = _knowledge_args(model, idx, user_k, has_k)
+        out.append(model(data.items[idx], data.hist[idx], data.hist_r[idx], uk, hk))
+    return torch.cat(out)
+
+
+def valid_map(model, data: ListTensors, user_k=None, has_k=None, k: int = 5) -> float:
+    return float(map_at_k(predict(model, data, user_k, has_k), data.labels, k).mean())
+
+
+def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcfg, seed: int,
+                   train_k: tuple | None = None, valid_k: tuple | None = None, log=None) -> dict:
+    """Train in place; the model ends holding its best-validation state. Returns the training history.
+
+    train_k / valid_k: (user_k [N, Dk], has_k [N]) aligned with the lists, for +knowledge models.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=rcfg.lr, weight_decay=rcfg.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    tk = train_k or (None, None)
+    vk = valid_k or (None, None)
+    best = -1.0
+    best_state = copy.deepcopy(model.state_dict())
+    best_epoch, stale, history = 0, 0, []
+    start = time.perf_counter()
+    for epoch in range(1, rcfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=gen)
+        total = 0.0
+        for b in range(0, len(train), rcfg.batch_size):
+            idx = order[b: b + rcfg.batch_size]
+            uk, hk = _knowledge_args(model, idx, *tk)
+            logits = model(train.items[idx], train.hist[idx], train.hist_r[idx], uk, hk)
+            loss = loss_fn(logits, train.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        score = valid_map(model, valid, *vk)
+        history.append({"epoch": epoch, "loss": total / len(train), "valid_map@5": score})
+        if log is not None:
+            log(history[-1])
+        if score > best + 1e-9:
+            best, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= rcfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"best_epoch": best_epoch, "valid_map@5": best, "epochs_run": len(history),
+            "seconds": time.perf_counter() - start, "history": history}
+
+
+def save_reranker(folder: Path, model: nn.Module, hp: dict, meta: dict, name: str = MODEL_FILE) -> None:
+    """The state dict (item knowledge table included) + meta.json naming dataset, encoder, hyperparameters."""
+    from rlrf.runs import atomic_write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    torch.save({"state_dict": model.state_dict(), "hyperparameters": hp, "meta": meta}, tmp)
+    tmp.replace(folder / name)
+    atomic_write_json(folder / META_FILE, {**meta, "hyperparameters": hp})
+
+
+def load_reranker(path: Path, dataset: str, encoder: str, n_items: int, genre_matrix,
+                  name: str = MODEL_FILE) -> tuple[nn.Module, dict]:
+    """Load a saved reranker; a model trained on another dataset or encoder is a UserError naming both."""
+    file = Path(path) / name
+    if not file.exists():
+        raise UserError(f"{file}: reward model not found; run `rlrf reward train` first")
+    blob = torch.load(file, map_location="cpu", weights_only=False)  # our own file
+    meta, hp = blob["meta"], blob["hyperparameters"]
+    if meta.get("dataset") != dataset:
+        raise UserError(f"{file}: reward model trained on dataset '{meta.get('dataset')}', "
+                        f"but this run's dataset is '{dataset}'")
+    if hp["knowledge"] and meta.get("encoder") != encoder:
+        raise UserError(f"{file}: reward model trained with encoder '{meta.get('encoder')}', "
+                        f"but this run's encoder is '{encoder}'")
+    if meta.get("n_items") != n_items:
+        raise UserError(f"{file}: reward model has {meta.get('n_items')} items, this dataset has {n_items}")
+    ik = blob["state_dict"].get("features.item_k")
+    model = build_reranker(hp, n_items, genre_matrix, None if ik is None else ik[1:])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model, {**meta, "hyperparameters": hp}
+
+
+def read_meta(path: Path) -> dict:
+    return json.loads((Path(path) / META_FILE).read_text(encoding="utf-8"))

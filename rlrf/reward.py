@@ -1,0 +1,376 @@
+"""The reward stage: train and evaluate the knowledge-augmented rerankers, and score summaries.
+
+`rlrf reward train` trains, for each reranker in `reward.models` (DLCM, PRM), a base model and a
++knowledge model, for each seed, on the TRAIN users' lists, selecting epochs on the VALID users'
+MAP@5. `rlrf reward eval` scores the saved models on the TEST users' lists and prints NDCG@K and
+MAP@K (K = 1, 3, 5, 7) as a table, mean ± sd over seeds, also written to `<run_dir>/reward/eval.json`.
+
+Layout: `<run_dir>/reward/<model>[_knowledge]/seed_<s>.pt` (every seed), `model.pt` (the run's own
+seed: the reward model the next stage loads), `meta.json` (dataset, encoder, knowledge sources,
+hyperparameters, validation history).
+
+`RewardScorer.score(users, texts)` is the scoring API of the next stage: each (user, summary) pair
+is scored as NDCG@K / MAP@K of the user's list reranked with that summary as the user knowledge,
+batched over pairs (one forward pass per batch, embeddings from the on-disk cache).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recmodels import knowledge as kn
+from recmodels.train import (
+    ListTensors, build_reranker, hyperparameters, load_reranker, predict, save_reranker, tensorize,
+    train_reranker,
+)
+from rlrf.errors import UserError
+from rlrf.metrics import map_at_k, ndcg_at_k, ranking_metrics
+from rlrf.runs import atomic_write_json
+
+KS = (1, 3, 5, 7)
+
+
+def model_name(kind: str, knowledge: bool) -> str:
+    return f"{kind}_knowledge" if knowledge else kind
+
+
+def reward_dir(cfg) -> Path:
+    return Path(cfg.run_dir) / "reward"
+
+
+def seeds_for(cfg, n: int | None) -> list[int]:
+    n = n if n is not None else cfg.reward.seeds
+    if n < 1:
+        raise UserError(f"--seeds must be at least 1 (got {n})")
+    return [cfg.seed + i for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Context: dataset, lists, knowledge
+
+
+@dataclass
+class Context:
+    cfg: object
+    ds: object
+    lists: dict  # user id -> RerankList
+    encoder: kn.CachedEncoder
+    item_vecs: np.ndarray | None = None  # [n_items, Dk]
+    user_texts: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def genre_matrix(self) -> np.ndarray:
+        return self.ds.catalog.genre_matrix()
+
+    def split_lists(self, split: str) -> list:
+        users = [u for u in self.ds.splits[split] if u in self.lists]
+        return [self.lists[u] for u in users]
+
+    def tensors(self, split: str) -> ListTensors:
+        return tensorize(self.split_lists(split), self.cfg.data.lists.max_history, self.cfg.data.positive_rating)
+
+    def user_knowledge(self, users: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [self.user_texts.get(u, "") for u in users]
+        return encode_summaries(self.encoder, texts)
+
+
+def encode_summaries(encoder: kn.CachedEncoder, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user_k [N, Dk], has_k [N]); an empty or blank summary has has_k False (scored as no knowledge)."""
+    has = np.array([bool(t and t.strip()) for t in texts])
+    vecs = np.zeros((len(texts), encoder.dim), np.float32)
+    if has.any():
+        vecs[has] = encoder.encode([t for t, h in zip(texts, has) if h])
+    return torch.from_numpy(vecs), torch.from_numpy(has)
+
+
+def load_lists_for(cfg, ds) -> dict:
+    """`<run_dir>/lists.jsonl` when `rlrf data` wrote it, else built here from the config (same seed)."""
+    from rlrf.data import build_lists, load_lists
+
+    path = Path(cfg.run_dir) / "lists.jsonl"
+    if path.exists():
+        lists = load_lists(path)
+        unknown = [u for u in lists if u not in ds.users]
+        if unknown:
+            raise UserError(f"{path}: {len(unknown)} users not in dataset '{ds.name}' (e.g. {unknown[0]}); "
+                            "re-run `rlrf data` for this config")
+        return lists
+    return build_lists(ds, cfg.data.lists, seed=cfg.seed, positive_rating=cfg.data.positive_rating)
+
+
+def _item_texts(cfg, ds, notes: list[str]) -> list[str]:
+    texts = kn.item_self_texts(ds.catalog)
+    source = cfg.reward.item_knowledge
+    if source == "self":
+        return texts
+    kf = kn.load_knowledge_file(Path(source), ds.catalog.ids, field_name="item")
+    notes.append("item knowledge: " + kf.report())
+    first = kf.first()
+    missing = 0
+    for i, raw in enumerate(ds.catalog.ids):
+        text = first.get(raw, "")
+        if text.strip():
+            texts[i] = text
+        else:
+            missing += 1  # keeps its own text
+    if missing:
+        notes.append(f"item knowledge: {missing} items without a text in {source} use their own text")
+    return texts
+
+
+def _user_texts(cfg, ds, lists, notes: list[str]) -> dict[str, str]:
+    source = cfg.reward.user_knowledge
+    if source == "self":
+        return {u: kn.user_self_text(ds.catalog, lst.history, lst.history_ratings, cfg.data.positive_rating)
+                for u, lst in lists.items()}
+    kf = kn.load_knowledge_file(Path(source), ds.users.keys(), field_name="user")
+    notes.append("user knowledge: " + kf.report())
+    first = kf.first()
+    absent = [u for u in lists if not first.get(u, "").strip()]
+    if absent:
+        notes.append(f"user knowledge: {len(absent)} users without a summary in {source} (scored as no knowledge)")
+    return {u: first.get(u, "") for u in lists}
+
+
+def prepare(cfg, progress: bool = True, ds=None, lists=None, encoder=None, with_knowledge: bool = True) -> Context:
+    from rlrf.data import load_dataset
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ds = ds if ds is not None else load_dataset(cfg.data, seed=cfg.seed)
+    lists = lists if lists is not None else load_lists_for(cfg, ds)
+    encoder = encoder if encoder is not None else kn.load_encoder(cfg.encoder, progress=progress)
+    ctx = Context(cfg, ds, lists, encoder)
+    if with_knowledge:
+        ctx.item_vecs = encoder.encode(_item_texts(cfg, ds, ctx.notes))
+        ctx.user_texts = _user_texts(cfg, ds, lists, ctx.notes)
+    return ctx
+
+
+def _meta(ctx: Context, kind: str, knowledge: bool, seed: int) -> dict:
+    cfg = ctx.cfg
+    return {
+        "dataset": ctx.ds.name, "n_items": len(ctx.ds.catalog), "model": kind, "knowledge": knowledge,
+        "encoder": ctx.encoder.key if knowledge else None,
+        "user_knowledge": cfg.reward.user_knowledge if knowledge else None,
+        "item_knowledge": cfg.reward.item_knowledge if knowledge else None,
+        "seed": seed, "lists": cfg.data.lists.model_dump(mode="json"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# train / eval
+
+
+def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = None) -> dict:
+    """Train base and +knowledge DLCM/PRM for each seed; returns {name: [per-seed summaries]}."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    seeds = seeds_for(cfg, n_seeds)
+    ctx = ctx or prepare(cfg)
+    for note in ctx.notes:
+        console.print(f"[yellow]{note}[/yellow]")
+    train_t, valid_t = ctx.tensors("train"), ctx.tensors("valid")
+    train_k = ctx.user_knowledge(train_t.users)
+    valid_k = ctx.user_knowledge(valid_t.users)
+    length = train_t.items.shape[1]
+    summary: dict[str, list] = {}
+    log_path = reward_dir(cfg) / "train_log.jsonl"  # one line per epoch, rewritten by each `train`
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("", encoding="utf-8")
+
+    def log_epoch(name: str, seed: int):
+        def write(record: dict) -> None:
+            with log_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"model": name, "seed": seed, **record}) + "\n")
+        return write
+
+    for kind in cfg.reward.models:
+        for knowledge in (False, True):
+            name = model_name(kind, knowledge)
+            folder = reward_dir(cfg) / name
+            summary[name] = []
+            for seed in seeds:
+                hp = hyperparameters(cfg.reward, kind, knowledge, length)
+                torch.manual_seed(seed)
+                model = build_reranker(hp, len(ctx.ds.catalog), ctx.genre_matrix,
+                                       ctx.item_vecs if knowledge else None)
+                result = train_reranker(model, train_t, valid_t, cfg.reward, seed,
+                                        train_k if knowledge else None, valid_k if knowledge else None,
+                                        log=log_epoch(name, seed))
+                meta = {**_meta(ctx, kind, knowledge, seed), "training": result}
+                save_reranker(folder, model, hp, meta, name=f"seed_{seed}.pt")
+                if seed == cfg.seed:
+                    shutil.copyfile(folder / f"seed_{seed}.pt", folder / "model.pt")
+                summary[name].append({"seed": seed, "valid_map@5": result["valid_map@5"],
+                                      "best_epoch": result["best_epoch"], "seconds": result["seconds"]})
+                console.print(f"{name} seed {seed}: valid MAP@5 {result['valid_map@5']:.4f} "
+                              f"(best epoch {result['best_epoch']}/{result['epochs_run']}, {result['seconds']:.1f}s)")
+    atomic_write_json(reward_dir(cfg) / "train.json", {"dataset": ctx.ds.name, "encoder": ctx.encoder.key,
+                                                       "seeds": seeds, "models": summary})
+    return summary
+
+
+def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = None, split: str = "test") -> dict:
+    """Score every saved model/seed on `split` users; print the table; write reward/eval.json."""
+    from rich.console import Console
+
+    console = console or Console(width=None if Console().is_terminal else 160)
+    seeds = seeds_for(cfg, n_seeds)
+    for kind in cfg.reward.models:
+        for knowledge in (False, True):
+            for seed in seeds:
+                file = reward_dir(cfg) / model_name(kind, knowledge) / f"seed_{seed}.pt"
+                if not file.exists():
+                    raise UserError(f"{file}: reward model not found; run `rlrf reward train --seeds {len(seeds)}` first")
+    ctx = ctx or prepare(cfg)
+    data = ctx.tensors(split)
+    uk, hk = ctx.user_knowledge(data.users)
+    results: dict[str, dict] = {}
+    for kind in cfg.reward.models:
+        for knowledge in (False, True):
+            name = model_name(kind, knowledge)
+            per_seed = []
+            for seed in seeds:
+                model, _ = load_reranker(reward_dir(cfg) / name, ctx.ds.name, ctx.encoder.key,
+                                         len(ctx.ds.catalog), ctx.genre_matrix, name=f"seed_{seed}.pt")
+                scores = predict(model, data, uk if knowledge else None, hk if knowledge else None)
+                m = ranking_metrics(scores, data.labels, KS)
+                per_seed.append({"seed": seed, **{k: v for k, v in m.items() if k.split("@")[0] in ("ndcg", "map")}})
+            keys = [k for k in per_seed[0] if k != "seed"]
+            arr = np.array([[r[k] for k in keys] for r in per_seed])
+            results[name] = {
+                "mean": dict(zip(keys, arr.mean(0).tolist())),
+                "sd": dict(zip(keys, (arr.std(0, ddof=1) if len(seeds) > 1 else np.zeros(len(keys))).tolist())),
+                "per_seed": per_seed,
+            }
+    out = {"dataset": ctx.ds.name, "split": split, "n_lists": len(data), "encoder": ctx.encoder.key,
+           "user_knowledge": cfg.reward.user_knowledge, "item_knowledge": cfg.reward.item_knowledge,
+           "seeds": seeds, "sd": "sample (ddof=1)", "map_denominator": "min(K, #relevant)", "results": results}
+    atomic_write_json(reward_dir(cfg) / "eval.json", out)
+    console.print(results_table(out))
+    console.print(f"written {reward_dir(cfg) / 'eval.json'}")
+    return out
+
+
+def results_table(out: dict):
+    from rich.table import Table
+
+    n = len(out["seeds"])
+    table = Table(title=f"{out['dataset']} {out['split']} users ({out['n_lists']} lists), "
+                        f"{'mean ± sd over ' + str(n) + ' seeds' if n > 1 else 'seed ' + str(out['seeds'][0])}")
+    table.add_column("model")
+    metrics = [f"ndcg@{k}" for k in KS] + [f"map@{k}" for k in KS]
+    for m in metrics:
+        table.add_column(m.upper().replace("@", "@"), justify="right")
+    for name, r in out["results"].items():
+        label = name.replace("_knowledge", " +knowledge").upper().replace("+KNOWLEDGE", "+knowledge")
+        cells = [f"{r['mean'][m]:.4f}" + (f" ± {r['sd'][m]:.4f}" if n > 1 else "") for m in metrics]
+        table.add_row(label, *cells)
+    return table
+
+
+def markdown_table(out: dict) -> str:
+    n = len(out["seeds"])
+    metrics = [f"ndcg@{k}" for k in KS] + [f"map@{k}" for k in KS]
+    lines = ["| model | " + " | ".join(m.upper() for m in metrics) + " |",
+             "|---|" + "---:|" * len(metrics)]
+    for name, r in out["results"].items():
+        label = name.replace("_knowledge", " +knowledge").upper().replace("+KNOWLEDGE", "+knowledge")
+        cells = [f"{r['mean'][m]:.4f}" + (f" ± {r['sd'][m]:.4f}" if n > 1 else "") for m in metrics]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scoring API
+
+
+class RewardScorer:
+    """Score (user, summary) pairs with a trained reranker: NDCG@K / MAP@K of the user's list.
+
+    All lists of the run are tensorized once; a batch of pairs gathers its lists by row index, runs
+    one forward pass with the summaries' embeddings as user knowledge, and computes the metrics with
+    the vectorised `rlrf.metrics` functions. An empty summary is scored as no knowledge (the model's
+    learned "missing" user vector) and flagged `empty`.
+    """
+
+    def __init__(self, model, lists: Mapping, encoder: kn.CachedEncoder, max_history: int = 30,
+                 positive_rating: float = 4.0, ks: Sequence[int] = KS):
+        self.model = model.eval()
+        self.encoder = encoder
+        self.ks = tuple(ks)
+        records = list(lists.values())
+        self.data = tensorize(records, max_history, positive_rating)
+        self.row = {u: i for i, u in enumerate(self.data.users)}
+        self.knowledge = bool(model.features.knowledge)
+
+    @classmethod
+    def from_run(cls, cfg, ds=None, lists=None, encoder=None, kind: str | None = None,
+                 knowledge: bool | None = None, progress: bool = True) -> "RewardScorer":
+        """The run's reward model (`reward.model`, `reward.knowledge`) over the run's lists."""
+        from rlrf.data import load_dataset
+
+        ds = ds if ds is not None else load_dataset(cfg.data, seed=cfg.seed)
+        lists = lists if lists is not None else load_lists_for(cfg, ds)
+        encoder = encoder if encoder is not None else kn.load_encoder(cfg.encoder, progress=progress)
+        kind = kind or cfg.reward.model
+        knowledge = cfg.reward.knowledge if knowledge is None else knowledge
+        model, _ = load_reranker(reward_dir(cfg) / model_name(kind, knowledge), ds.name, encoder.key,
+                                 len(ds.catalog), ds.catalog.genre_matrix())
+        return cls(model, lists, encoder, cfg.data.lists.max_history, cfg.data.positive_rating)
+
+    def rows(self, users: Sequence[str]) -> torch.Tensor:
+        missing = [u for u in users if u not in self.row]
+        if missing:
+            raise UserError(f"{len(missing)} users have no reranking list (e.g. '{missing[0]}')")
+        return torch.tensor([self.row[u] for u in users], dtype=torch.long)
+
+    @torch.no_grad()
+    def score_vectors(self, users: Sequence[str], user_k: torch.Tensor | None, has_k: torch.Tensor | None,
+                      batch_size: int = 4096) -> dict[str, np.ndarray]:
+        """Encoding excluded: pairs given as summary embeddings [P, Dk] (+ has_k [P]). Arrays [P]."""
+        rows = self.rows(users)
+        out: dict[str, list] = {f"{m}@{k}": [] for k in self.ks for m in ("ndcg", "map")}
+        for start in range(0, len(rows), batch_size):
+            r = rows[start: start + batch_size]
+            uk = hk = None
+            if self.knowledge and user_k is not None:
+                uk, hk = user_k[start: start + batch_size], has_k[start: start + batch_size] if has_k is not None else None
+            scores = self.model(self.data.items[r], self.data.hist[r], self.data.hist_r[r], uk, hk)
+            labels = self.data.labels[r]
+            for k in self.ks:
+                out[f"ndcg@{k}"].append(ndcg_at_k(scores, labels, k))
+                out[f"map@{k}"].append(map_at_k(scores, labels, k))
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+    def score(self, users: Sequence[str], texts: Sequence[str], batch_size: int = 4096) -> dict[str, np.ndarray]:
+        """Pairs (users[i], texts[i]) → {"ndcg@K": [P], "map@K": [P], "empty": [P] bool}."""
+        if len(users) != len(texts):
+            raise ValueError(f"{len(users)} users but {len(texts)} texts")
+        user_k, has_k = encode_summaries(self.encoder, texts) if self.knowledge else (None, None)
+        result = self.score_vectors(users, user_k, has_k, batch_size)
+        result["empty"] = np.array([not (t and t.strip()) for t in texts])
+        return result
+
+
+def score_summaries(scorer: RewardScorer, summaries: Mapping[str, Sequence[str]],
+                    batch_size: int = 4096) -> dict[str, list[dict]]:
+    """{user: [summary, ...]} → {user: [{"ndcg@K": .., "map@K": .., "empty": bool}, ...]} in input order."""
+    users = [u for u, texts in summaries.items() for _ in texts]
+    texts = [t for ts in summaries.values() for t in ts]
+    scored = scorer.score(users, texts, batch_size)
+    out: dict[str, list[dict]] = {u: [] for u in summaries}
+    for i, u in enumerate(users):
+        out[u].append({k: (bool(v[i]) if k == "empty" else float(v[i])) for k, v in scored.items()})
+    return out

@@ -1,0 +1,123 @@
+"""The reward stage (rlrf/reward.py): scoring API against a per-pair reference, train/eval end to end."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from recmodels import knowledge as kn
+from recmodels.train import build_reranker, hyperparameters, tensorize
+from rlrf import reward
+from rlrf.data import RerankList
+from rlrf.errors import UserError
+from rlrf.metrics import map_at_k, ndcg_at_k
+
+torch.set_num_threads(1)
+
+RCFG = SimpleNamespace(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
+                       shared_experts=1, specific_experts=2, dropout=0.1, knowledge_dropout=0.1)
+
+
+def toy_lists(n_users=12, n_items=40, length=6, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for u in range(n_users):
+        hist = rng.choice(n_items, size=int(rng.integers(0, 8)), replace=False).tolist()  # user 0.. may have none
+        ratings = [float(r) for r in rng.integers(1, 6, size=len(hist))]
+        items = rng.choice(n_items, size=length, replace=False).tolist()
+        labels = rng.integers(0, 2, size=length).tolist()
+        out[f"u{u}"] = RerankList(f"u{u}", hist, ratings, items, labels)
+    return out
+
+
+@pytest.fixture
+def scorer(tmp_path):
+    n_items = 40
+    enc = kn.CachedEncoder("hashing:32|norm", kn.EmbeddingCache(tmp_path, "hashing:32|norm"),
+                           lambda: kn.HashingEncoder(32), progress=False)
+    item_vecs = enc.encode([f"item {i} genre {i % 5}" for i in range(n_items)])
+    genres = np.eye(5, dtype=np.float32)[np.arange(n_items) % 5]
+    torch.manual_seed(0)
+    model = build_reranker(hyperparameters(RCFG, "prm", True, 6), n_items, genres, item_vecs)
+    return reward.RewardScorer(model, toy_lists(), enc, max_history=5)
+
+
+def reference(scorer, user, text, k):
+    """One pair at a time, straight through the model and the numpy metrics."""
+    lst = scorer.data.take([scorer.row[user]])
+    vec = torch.from_numpy(scorer.encoder.encode([text])) if text.strip() else torch.zeros(1, scorer.encoder.dim)
+    has = torch.tensor([bool(text.strip())])
+    with torch.no_grad():
+        s = scorer.model.eval()(lst.items, lst.hist, lst.hist_r, vec, has)
+    return float(ndcg_at_k(s, lst.labels, k)[0]), float(map_at_k(s, lst.labels, k)[0])
+
+
+def test_batched_scores_equal_the_per_pair_reference(scorer):
+    rng = np.random.default_rng(1)
+    users = [f"u{int(i)}" for i in rng.integers(0, 12, size=50)]
+    words = ["drama", "comedy", "noir", "space", "romance", "war", "kids", "horror"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 6)))) for _ in users]
+    texts[3] = ""  # empty: no knowledge, flagged
+    texts[7] = "   "
+    got = scorer.score(users, texts, batch_size=16)  # several batches
+    assert got["empty"].tolist() == [i in (3, 7) for i in range(50)]
+    for i, (u, t) in enumerate(zip(users, texts)):
+        for k in scorer.ks:
+            nd, mp = reference(scorer, u, t, k)
+            assert got[f"ndcg@{k}"][i] == pytest.approx(nd, abs=1e-6)
+            assert got[f"map@{k}"][i] == pytest.approx(mp, abs=1e-6)
+    # summaries matter: some user gets different scores from different summaries
+    per_user = reward.score_summaries(scorer, {"u1": texts[:10], "u2": texts[10:20]})
+    assert [len(v) for v in per_user.values()] == [10, 10]
+    assert per_user["u1"][3]["empty"] is True
+    logits = []
+    for t in ["drama drama", "space war", "kids comedy"]:
+        lst = scorer.data.take([scorer.row["u2"]])
+        with torch.no_grad():
+            logits.append(scorer.model(lst.items, lst.hist, lst.hist_r, torch.from_numpy(scorer.encoder.encode([t])),
+                                       torch.tensor([True])))
+    assert not torch.allclose(logits[0], logits[1])
+
+
+def test_unknown_user_is_a_user_error(scorer):
+    with pytest.raises(UserError, match="no reranking list.*'nobody'"):
+        scorer.score(["u1", "nobody"], ["a", "b"])
+
+
+def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
+    from rlrf.config import load_config
+
+    cfg = load_config("quickstart", {
+        "run_dir": str(tmp_path / "run"), "threads": 1, "data.max_users": 150,
+        "encoder.model": "hashing:64", "encoder.cache_dir": str(tmp_path / "cache"),
+        "reward.models": ["dlcm"], "reward.epochs": 2, "reward.hidden": 16, "reward.embed_dim": 8,
+    })
+    with pytest.raises(UserError, match="reward model not found"):
+        reward.evaluate(cfg, 1)
+    ctx = reward.prepare(cfg, progress=False)
+    assert all(t for u, t in ctx.user_texts.items() if ctx.lists[u].history)
+    summary = reward.train(cfg, 2, ctx=ctx)
+    assert set(summary) == {"dlcm", "dlcm_knowledge"} and len(summary["dlcm"]) == 2
+    out = reward.evaluate(cfg, 2, ctx=ctx)
+    saved = json.loads((tmp_path / "run" / "reward" / "eval.json").read_text())
+    assert saved["split"] == "test" and saved["seeds"] == [0, 1]
+    assert saved["n_lists"] == len([u for u in ctx.ds.splits["test"] if u in ctx.lists])
+    for name in ("dlcm", "dlcm_knowledge"):
+        r = out["results"][name]
+        assert set(r["mean"]) == {f"{m}@{k}" for m in ("ndcg", "map") for k in (1, 3, 5, 7)}
+        assert all(0 <= v <= 1 for v in r["mean"].values()) and all(v >= 0 for v in r["sd"].values())
+    assert "±" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "run" / "reward" / "dlcm_knowledge" / "meta.json").read_text())
+    assert meta["dataset"] == "ml-100k" and meta["encoder"] == "hashing:64|norm"
+    # the scoring stage's entry point loads model.pt; another encoder is refused, naming both
+    sc = reward.RewardScorer.from_run(cfg, ds=ctx.ds, lists=ctx.lists, encoder=ctx.encoder)
+    users = ctx.ds.splits["train"][:3]
+    got = sc.score(users, [ctx.user_texts[u] for u in users])
+    assert got["map@5"].shape == (3,)
+    other = cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"model": "hashing:32"})})
+    with pytest.raises(UserError, match="encoder 'hashing:64\\|norm'.*'hashing:32\\|norm'"):
+        reward.RewardScorer.from_run(other, ds=ctx.ds, lists=ctx.lists)
