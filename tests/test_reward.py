@@ -121,3 +121,27 @@ def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
     other = cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"model": "hashing:32"})})
     with pytest.raises(UserError, match="encoder 'hashing:64\\|norm'.*'hashing:32\\|norm'"):
         reward.RewardScorer.from_run(other, ds=ctx.ds, lists=ctx.lists)
+
+
+def test_user_knowledge_from_a_responses_file(tmp_path):
+    from rlrf.config import load_config
+    from rlrf.data import load_dataset
+
+    responses = tmp_path / "responses.jsonl"
+    cfg = load_config("quickstart", {
+        "run_dir": str(tmp_path / "run"), "data.max_users": 60, "encoder.model": "hashing:32",
+        "encoder.cache_dir": str(tmp_path / "cache"), "reward.user_knowledge": str(responses)})
+    ds = load_dataset(cfg.data, seed=cfg.seed)
+    a, b = list(ds.users)[:2]
+    rows = [{"user": a, "iter": 0, "k": 0, "text": "Loves 90s science fiction."},
+            {"user": b, "iter": 0, "k": 0, "text": ""},
+            {"user": "no-such-user", "iter": 0, "k": 0, "text": "ghost"}]
+    responses.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx = reward.prepare(cfg, progress=False, ds=ds)
+    notes = " | ".join(ctx.notes)
+    assert "1 unknown ids skipped (no-such-user)" in notes
+    assert "1 ids with an empty text" in notes
+    assert f"{len(ctx.lists) - 1} users without a summary" in notes
+    assert {u: t for u, t in ctx.user_texts.items() if t} == {a: "Loves 90s science fiction."}
+    vecs, has = ctx.user_knowledge(list(ctx.lists))
+    assert int(has.sum()) == 1 and float(vecs[~has].abs().sum()) == 0.0
