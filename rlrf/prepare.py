@@ -1,0 +1,53 @@
+"""The `rlrf data` stage: dataset statistics, SASRec candidates and reranking lists in the run directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlrf.config import RunConfig, save_config
+from rlrf.data import Dataset, build_lists, load_dataset, save_lists
+from rlrf.runs import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class PreparedData:
+    dataset: Dataset
+    summary: dict  # what data.json holds: statistics, list statistics, SASRec validation metrics
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    from recmodels.sequential import generate_candidates
+
+    run_dir = Path(cfg.run_dir)
+    ds = load_dataset(cfg.data, seed=cfg.seed)
+    candidates = generate_candidates(ds, cfg.sasrec, cfg.data.lists.max_history, run_dir / "sasrec", cfg.seed)
+    lists = build_lists(ds, cfg.data.lists, cfg.seed, cfg.data.positive_rating, candidates.items)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    atomic_write_text(
+        run_dir / "candidates.jsonl",
+        "".join(
+            json.dumps({"user": u, "items": [ds.catalog.ids[i] for i in items]}) + "\n"
+            for u, items in candidates.items.items()
+        ),
+    )
+    save_lists(lists, run_dir / "lists.jsonl")
+    positives = [sum(lst.labels) for lst in lists.values()]
+    summary = {
+        "dataset": ds.name,
+        "path": str(ds.path),
+        "stats": ds.stats.as_dict(),
+        "lists": {
+            "source": cfg.data.lists.source,
+            "count": len(lists),
+            "length": cfg.data.lists.length,
+            "mean_positives": sum(positives) / max(1, len(positives)),
+            "without_positive": sum(p == 0 for p in positives),
+        },
+        "sasrec": {"valid_hr@10": candidates.valid_hr10, "valid_ndcg@10": candidates.valid_ndcg10},
+    }
+    atomic_write_json(run_dir / "data.json", summary)
+    return PreparedData(ds, summary)

@@ -1,0 +1,55 @@
+"""`rlrf data` end to end, and its failures: one line on stderr, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from rlrf.data import load_lists
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlrf.cli", *args], capture_output=True, text=True, timeout=900)
+
+
+def test_data_end_to_end_on_quickstart(tmp_path):
+    config = yaml.safe_load(open("configs/quickstart.yaml"))
+    config["run_dir"] = str(tmp_path / "run")
+    config["data"]["max_users"] = 120
+    config["sasrec"].update(epochs=1, show_progress=False)
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    result = run_cli("data", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "SASRec valid HR@10" in result.stdout
+    run = tmp_path / "run"
+    summary = json.loads((run / "data.json").read_text())
+    assert summary["stats"]["users"] == 120
+    assert 0.0 <= summary["sasrec"]["valid_hr@10"] <= 1.0
+    lists = load_lists(run / "lists.jsonl")
+    assert len(lists) == 120 and all(len(lst.items) == 10 for lst in lists.values())
+    candidates = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
+    assert len(candidates) == 120 and all(len(c["items"]) == 20 for c in candidates)
+    assert (run / "config.yaml").exists() and (run / "sasrec" / "sasrec.pth").exists()
+
+
+def test_yaml_typo_is_one_line_exit_2_nothing_written(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(f"run_dir: {tmp_path / 'run'}\nsasrec:\n  epoch: 3\n")
+    result = run_cli("data", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {path}: unknown key 'sasrec.epoch'"
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_is_one_line_exit_2_nothing_written(tmp_path):
+    path = tmp_path / "missing.yaml"
+    path.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  path: {tmp_path / 'nowhere'}\n")
+    result = run_cli("data", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: dataset folder not found"
+    assert not (tmp_path / "run").exists()
