@@ -149,5 +149,56 @@ def generate(
     )
 
 
+@app.command()
+@user_errors
+def score(
+    config: ConfigOption = Path("configs/quickstart.yaml"),
+    run_dir: RunDirOption = None,
+    iteration: Annotated[int, typer.Option("--iter", help="Iteration whose responses to score.")] = 0,
+) -> None:
+    """Score each response with the reward model; write scores.jsonl and best-vs-worst pairs.jsonl."""
+    from rlrf.score import run_score
+
+    cfg = load_run_config(config, run_dir)
+    _setup_threads(cfg)
+    stats = run_score(cfg, iteration)
+    print(
+        f"iter {iteration}: {stats.pairs} pairs from {stats.users} users "
+        f"(skipped: {stats.skipped_tie} tied, {stats.skipped_margin} below score.min_margin, "
+        f"{stats.skipped_empty_best} empty best, {stats.skipped_not_train} not in train split)"
+    )
+
+
+@app.command("run")
+@user_errors
+def run_command(
+    config: ConfigOption = Path("configs/quickstart.yaml"),
+    run_dir: RunDirOption = None,
+    iterations: Annotated[int | None, typer.Option(help="Override loop.iterations.")] = None,
+) -> None:
+    """RLRF4Rec end to end: data, reward model, then T x (generate -> score -> align), evaluated each time."""
+    from rlrf.loop import run_loop
+    from rlrf.report import write_report
+    from rlrf.rlrf4rec import RLRF4Rec
+
+    cfg = load_run_config(config, run_dir)
+    _setup_threads(cfg)
+    metrics = run_loop(cfg, RLRF4Rec(), iterations or cfg.loop.iterations)
+    print(f"wrote {write_report(cfg.run_dir, metrics)}")
+
+
+@app.command()
+@user_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with metrics.json.")]) -> None:
+    """Write report.md and its plots from a run directory's metrics.json."""
+    from rlrf.report import write_report
+    from rlrf.runs import read_json
+
+    metrics = read_json(run_dir / "metrics.json")
+    if metrics is None:
+        raise UserError(f"{run_dir / 'metrics.json'}: not found; run `rlrf run` first")
+    print(f"wrote {write_report(run_dir, metrics)}")
+
+
 if __name__ == "__main__":
     app()

@@ -138,6 +138,22 @@ class RewardConfig(Section):
     seeds: int = Field(1, ge=1)  # default for --seeds
 
 
+class ScoreConfig(Section):
+    """Judging responses with the reward model and building preference pairs (rlrf/score.py)."""
+
+    metric: str = "ndcg@5"  # the reward: one of ndcg@K / map@K for K in 1, 3, 5, 7
+    min_margin: float = Field(0.0, ge=0)  # skip users whose best − worst reward is below this (ties always skipped)
+    negatives: int = Field(1, ge=1)  # rejected responses per pair (k > 1 for sdpo / dmpo)
+    batch_size: int = Field(256, ge=1)  # (user, response) pairs scored per forward pass
+
+
+class LoopConfig(Section):
+    """The outer loop of `rlrf run` (rlrf/loop.py)."""
+
+    iterations: int = Field(2, ge=1)
+    eval_users: int | None = Field(None, ge=1)  # test users evaluated after each iteration (None = all)
+
+
 class RunConfig(Section):
     """The whole run: where it writes, its seed, and each stage's section."""
 
@@ -150,6 +166,8 @@ class RunConfig(Section):
     generate: GenerateConfig = GenerateConfig()
     encoder: EncoderConfig = EncoderConfig()
     reward: RewardConfig = RewardConfig()
+    score: ScoreConfig = ScoreConfig()
+    loop: LoopConfig = LoopConfig()
 
 
 def resolve_config_path(name: str | Path) -> Path:

@@ -87,3 +87,14 @@ class JsonlLog:
 
     def __contains__(self, key: Any) -> bool:
         return key in self.done
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file written by atomic_write_json, or None when it does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: not valid JSON") from None

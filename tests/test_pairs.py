@@ -1,0 +1,70 @@
+"""Pair building: best vs worst per training user; ties, margins and k negatives."""
+
+from __future__ import annotations
+
+from rlrf.score import build_pairs
+
+
+def responses(user: str, texts: list[str]) -> list[dict]:
+    return [{"user": user, "iter": 0, "k": k, "text": t} for k, t in enumerate(texts)]
+
+
+PROMPTS = {"u1": "P1", "u2": "P2", "u3": "P3"}
+
+
+def test_best_is_chosen_and_worst_rejected():
+    rs = responses("u1", ["a", "b", "c", "d"])
+    scores = {("u1", 0): 0.2, ("u1", 1): 0.9, ("u1", 2): 0.1, ("u1", 3): 0.5}
+    pairs, stats = build_pairs(rs, scores, PROMPTS, {"u1"})
+    assert pairs == [{"user": "u1", "iter": 0, "prompt": "P1", "chosen": "b", "rejected": "c",
+                      "margin": 0.9 - 0.1, "chosen_k": 1, "rejected_k": 2}]
+    assert stats.pairs == 1 and stats.users == 1
+
+
+def test_tied_users_are_skipped_and_counted():
+    rs = responses("u1", ["a", "b"]) + responses("u2", ["c", "d"])
+    scores = {("u1", 0): 0.5, ("u1", 1): 0.5, ("u2", 0): 0.3, ("u2", 1): 0.7}
+    pairs, stats = build_pairs(rs, scores, PROMPTS, {"u1", "u2"})
+    assert [p["user"] for p in pairs] == ["u2"]
+    assert stats.skipped_tie == 1
+
+
+def test_margin_below_threshold_is_skipped():
+    rs = responses("u1", ["a", "b"]) + responses("u2", ["c", "d"])
+    scores = {("u1", 0): 0.50, ("u1", 1): 0.55, ("u2", 0): 0.1, ("u2", 1): 0.7}
+    pairs, stats = build_pairs(rs, scores, PROMPTS, {"u1", "u2"}, min_margin=0.1)
+    assert [p["user"] for p in pairs] == ["u2"]
+    assert stats.skipped_margin == 1
+
+
+def test_k_negatives_are_the_k_worst_worst_first_never_the_chosen():
+    rs = responses("u1", ["a", "b", "c", "d"])
+    scores = {("u1", 0): 0.2, ("u1", 1): 0.9, ("u1", 2): 0.1, ("u1", 3): 0.5}
+    (pair,), _ = build_pairs(rs, scores, PROMPTS, {"u1"}, negatives=2)
+    assert pair["rejected_list"] == ["c", "a"]
+    assert pair["rejected_margins"] == [0.9 - 0.1, 0.9 - 0.2]
+    # asking for more negatives than exist gives every response but the chosen one
+    (pair,), _ = build_pairs(rs, scores, PROMPTS, {"u1"}, negatives=10)
+    assert pair["rejected_list"] == ["c", "a", "d"]
+
+
+def test_only_training_users_make_pairs():
+    rs = responses("u1", ["a", "b"]) + responses("u3", ["c", "d"])
+    scores = {("u1", 0): 0.1, ("u1", 1): 0.7, ("u3", 0): 0.1, ("u3", 1): 0.7}
+    pairs, stats = build_pairs(rs, scores, PROMPTS, {"u1"})
+    assert [p["user"] for p in pairs] == ["u1"]
+    assert stats.skipped_not_train == 1
+
+
+def test_empty_best_response_is_not_imitated():
+    rs = responses("u1", ["   ", "b"])
+    scores = {("u1", 0): 0.9, ("u1", 1): 0.1}
+    pairs, stats = build_pairs(rs, scores, PROMPTS, {"u1"})
+    assert pairs == [] and stats.skipped_empty_best == 1
+
+
+def test_equal_rewards_keep_the_lower_sample_index_first():
+    rs = responses("u1", ["a", "b", "c"])
+    scores = {("u1", 0): 0.4, ("u1", 1): 0.9, ("u1", 2): 0.4}
+    (pair,), _ = build_pairs(rs, scores, PROMPTS, {"u1"})
+    assert (pair["chosen"], pair["rejected"]) == ("b", "c")
