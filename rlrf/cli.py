@@ -200,5 +200,30 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with me
     print(f"wrote {write_report(run_dir, metrics)}")
 
 
+# --- align (issue 5, owned by rlrf/align.py) ---
+@app.command()
+@user_errors
+def align(
+    config: ConfigOption = Path("configs/quickstart.yaml"),
+    run_dir: RunDirOption = None,
+    iteration: Annotated[int, typer.Option("--iter", help="Iteration folder iter_<t> with pairs.jsonl.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Preference-align the policy (LoRA) on iter_<t>/pairs.jsonl; writes iter_<t>/adapter and align_log.json."""
+    from rlrf.align import run_align
+
+    cfg = load_run_config(config, run_dir)
+    _setup_threads(cfg)
+    s = run_align(cfg, iteration, show_progress=not quiet)
+    if s.get("skipped"):
+        print(f"{s.get('adapter')} already complete; skipped")
+        return
+    print(
+        f"wrote {s['adapter']}: loss {s['loss']}, {s['pairs_trained']} pairs x {s['negatives']} negative(s), "
+        f"{s['steps']} steps, loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}, "
+        f"{s['seconds_per_step']} s/step, {s['seconds']} s in all"
+    )
+
+
 if __name__ == "__main__":
     app()

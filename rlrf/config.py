@@ -154,6 +154,31 @@ class LoopConfig(Section):
     eval_users: int | None = Field(None, ge=1)  # test users evaluated after each iteration (None = all)
 
 
+class AlignConfig(Section):
+    """Preference alignment of the policy: trl DPOTrainer + peft LoRA (rlrf/align.py, rlrf/losses.py)."""
+
+    loss: str = "dpo"  # dpo | sdpo | dmpo | rosepo, or a trl loss_type passed through (sigmoid, hinge, ipo, robust, ...)
+    beta: float = Field(0.1, gt=0)  # strength of the KL anchor to the reference policy
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # trl's robust / exo_pair / aot losses only
+    rosepo_eps_max: float = Field(0.4, ge=0, lt=0.5)  # rosepo: epsilon = eps_max * exp(-margin / tau), in [0, 0.5)
+    rosepo_tau: float = Field(0.1, gt=0)  # rosepo: reward-margin scale (margins are NDCG/MAP differences)
+    sft_weight: float = Field(0.0, ge=0)  # + weight * per-token NLL of the chosen response (0 = off)
+    learning_rate: float = Field(5e-5, gt=0)  # LoRA on CPU; trl's DPO default (1e-6) barely moves a few steps
+    lr_scheduler: str = "linear"  # transformers scheduler name (linear, constant, cosine, ...)
+    epochs: float = Field(1.0, gt=0)  # passes over the iteration's pairs
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs when set
+    batch_size: int = Field(2, ge=1)  # pairs per forward pass (each pair = 1 + negatives sequences)
+    grad_accum: int = Field(1, ge=1)  # forward passes per optimizer step
+    max_length: int = Field(768, ge=16)  # prompt + completion tokens per sequence (completion cut at the end)
+    lora_r: int = Field(8, ge=1)  # a fresh adapter's rank; a continued adapter keeps its own
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)  # trl's disable_dropout zeroes it during DPO anyway
+    lora_target_modules: str | list[str] = "all-linear"  # peft target_modules (never lm_head)
+    precompute_ref_log_probs: bool = True  # reference log-probs once before training (no reference forward per step)
+    gradient_checkpointing: bool = False  # saves memory, costs ~30% time; off for small models
+    seed: int | None = None  # None = the run's seed
+
+
 class RunConfig(Section):
     """The whole run: where it writes, its seed, and each stage's section."""
 
@@ -166,6 +191,7 @@ class RunConfig(Section):
     generate: GenerateConfig = GenerateConfig()
     encoder: EncoderConfig = EncoderConfig()
     reward: RewardConfig = RewardConfig()
+    align: AlignConfig = AlignConfig()
     score: ScoreConfig = ScoreConfig()
     loop: LoopConfig = LoopConfig()
 
