@@ -225,7 +225,7 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
     """Score every saved model/seed on `split` users; print the table; write reward/eval.json."""
     from rich.console import Console
 
-    console = console or Console(width=None if Console().is_terminal else 160)
+    console = console or Console(width=None if Console().is_terminal else 200)
     seeds = seeds_for(cfg, n_seeds)
     for kind in cfg.reward.models:
         for knowledge in (False, True):
@@ -237,16 +237,19 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
     data = ctx.tensors(split)
     uk, hk = ctx.user_knowledge(data.users)
     results: dict[str, dict] = {}
+    per_list: dict[str, dict[str, np.ndarray]] = {}
     for kind in cfg.reward.models:
         for knowledge in (False, True):
             name = model_name(kind, knowledge)
-            per_seed = []
+            per_seed, seed_scores = [], []
             for seed in seeds:
                 model, _ = load_reranker(reward_dir(cfg) / name, ctx.ds.name, ctx.encoder.key,
                                          len(ctx.ds.catalog), ctx.genre_matrix, name=f"seed_{seed}.pt")
                 scores = predict(model, data, uk if knowledge else None, hk if knowledge else None)
+                seed_scores.append(scores)
                 m = ranking_metrics(scores, data.labels, KS)
                 per_seed.append({"seed": seed, **{k: v for k, v in m.items() if k.split("@")[0] in ("ndcg", "map")}})
+            per_list[name] = _per_list(seed_scores, data.labels)
             keys = [k for k in per_seed[0] if k != "seed"]
             arr = np.array([[r[k] for k in keys] for r in per_seed])
             results[name] = {
@@ -254,13 +257,49 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
                 "sd": dict(zip(keys, (arr.std(0, ddof=1) if len(seeds) > 1 else np.zeros(len(keys))).tolist())),
                 "per_seed": per_seed,
             }
+    k = cfg.reward.k
+    gains = {kind: knowledge_gain(per_list[model_name(kind, True)], per_list[model_name(kind, False)],
+                                  [f"ndcg@{k}", f"map@{k}"], seed=cfg.seed)
+             for kind in cfg.reward.models}
     out = {"dataset": ctx.ds.name, "split": split, "n_lists": len(data), "encoder": ctx.encoder.key,
            "user_knowledge": cfg.reward.user_knowledge, "item_knowledge": cfg.reward.item_knowledge,
-           "seeds": seeds, "sd": "sample (ddof=1)", "map_denominator": "min(K, #relevant)", "results": results}
+           "seeds": seeds, "sd": "sample sd over seeds (ddof=1)", "map_denominator": "min(K, #relevant)",
+           "results": results, "random_order": random_reference(data.labels, seed=cfg.seed),
+           "knowledge_gain": gains,
+           "knowledge_gain_note": "per-list (+knowledge − base), each averaged over seeds; mean and 95% "
+                                  "percentile-bootstrap CI over test lists (2000 resamples)"}
     atomic_write_json(reward_dir(cfg) / "eval.json", out)
     console.print(results_table(out))
+    for kind, g in gains.items():
+        console.print(f"{kind.upper()} +knowledge − base on the same {len(data)} {split} lists: " + ", ".join(
+            f"{m.upper()} {v['mean']:+.4f} [95% CI {v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" for m, v in g.items()))
     console.print(f"written {reward_dir(cfg) / 'eval.json'}")
     return out
+
+
+def _per_list(seed_scores: list, labels) -> dict[str, np.ndarray]:
+    """Per-list metrics [n_lists], averaged over seeds."""
+    return {f"{name}@{k}": np.mean([fn(s, labels, k) for s in seed_scores], axis=0)
+            for k in KS for name, fn in (("ndcg", ndcg_at_k), ("map", map_at_k))}
+
+
+def knowledge_gain(with_k: dict, base: dict, metrics: Sequence[str], seed: int = 0, n_boot: int = 2000) -> dict:
+    """Paired gain per list and a percentile-bootstrap 95% CI of its mean over lists."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for m in metrics:
+        diff = np.asarray(with_k[m]) - np.asarray(base[m])
+        boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(1)
+        out[m] = {"mean": float(diff.mean()), "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))],
+                  "lists_better": int((diff > 0).sum()), "lists_worse": int((diff < 0).sum())}
+    return out
+
+
+def random_reference(labels, seed: int = 0, n: int = 200) -> dict[str, float]:
+    """Expected NDCG/MAP of a uniformly random order of each list (mean over n random orders)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [ranking_metrics(torch.rand(labels.shape, generator=g), labels, KS) for _ in range(n)]
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.split("@")[0] in ("ndcg", "map")}
 
 
 def results_table(out: dict):
@@ -277,6 +316,8 @@ def results_table(out: dict):
         label = name.replace("_knowledge", " +knowledge").upper().replace("+KNOWLEDGE", "+knowledge")
         cells = [f"{r['mean'][m]:.4f}" + (f" ± {r['sd'][m]:.4f}" if n > 1 else "") for m in metrics]
         table.add_row(label, *cells)
+    if "random_order" in out:
+        table.add_row("random order", *[f"{out['random_order'][m]:.4f}" for m in metrics], style="dim")
     return table
 
 
@@ -289,6 +330,8 @@ def markdown_table(out: dict) -> str:
         label = name.replace("_knowledge", " +knowledge").upper().replace("+KNOWLEDGE", "+knowledge")
         cells = [f"{r['mean'][m]:.4f}" + (f" ± {r['sd'][m]:.4f}" if n > 1 else "") for m in metrics]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "random_order" in out:
+        lines.append("| random order | " + " | ".join(f"{out['random_order'][m]:.4f}" for m in metrics) + " |")
     return "\n".join(lines)
 
 

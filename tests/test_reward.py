@@ -110,7 +110,12 @@ def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
         r = out["results"][name]
         assert set(r["mean"]) == {f"{m}@{k}" for m in ("ndcg", "map") for k in (1, 3, 5, 7)}
         assert all(0 <= v <= 1 for v in r["mean"].values()) and all(v >= 0 for v in r["sd"].values())
-    assert "±" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "±" in printed and "random order" in printed and "DLCM +knowledge − base" in printed
+    gain = out["knowledge_gain"]["dlcm"]["map@5"]
+    lo, hi = gain["ci95"]
+    assert lo <= gain["mean"] <= hi
+    assert 0 < out["random_order"]["map@5"] < 1
     meta = json.loads((tmp_path / "run" / "reward" / "dlcm_knowledge" / "meta.json").read_text())
     assert meta["dataset"] == "ml-100k" and meta["encoder"] == "hashing:64|norm"
     # the scoring stage's entry point loads model.pt; another encoder is refused, naming both
