@@ -66,9 +66,11 @@ class ListFeatures(nn.Module):
 
     def __init__(self, n_items: int, genre_matrix: torch.Tensor, d_embed: int = 32,
                  item_knowledge: torch.Tensor | None = None, adapter_out: int = 32, adapter_hidden: int = 64,
-                 n_shared: int = 2, n_specific: int = 2, dropout: float = 0.1, knowledge_dropout: float = 0.1):
+                 n_shared: int = 2, n_specific: int = 2, dropout: float = 0.1, knowledge_dropout: float = 0.1,
+                 use_history: bool = True):
         super().__init__()
         self.d_embed = d_embed
+        self.use_history = use_history  # False (ablation): the user is known only through the summary
         self.item_emb = nn.Embedding(n_items + 1, d_embed, padding_idx=0)
         genres = torch.zeros(n_items + 1, genre_matrix.shape[1])
         genres[1:] = genre_matrix
@@ -95,6 +97,8 @@ class ListFeatures(nn.Module):
 
     def forward(self, items, hist, hist_r, user_k=None, has_k=None) -> torch.Tensor:
         e = self.embed(items)  # [B, L, 2d]
+        if not self.use_history:
+            hist, hist_r = torch.zeros_like(hist[:, :1]), torch.zeros_like(hist_r[:, :1])
         h = self.embed(hist) + self.rating_emb(hist_r)  # [B, H, 2d]
         mask = (hist > 0).unsqueeze(-1).float()  # [B, H, 1]
         count = mask.sum(1).clamp_min(1.0)

@@ -77,6 +77,7 @@ def hyperparameters(rcfg, kind: str, knowledge: bool, list_length: int) -> dict:
         "adapter_out": rcfg.adapter_out, "adapter_hidden": rcfg.adapter_hidden,
         "shared_experts": rcfg.shared_experts, "specific_experts": rcfg.specific_experts,
         "dropout": rcfg.dropout, "knowledge_dropout": rcfg.knowledge_dropout,
+        "history": bool(getattr(rcfg, "knowledge_history", True)) if knowledge else True,
     }
 
 
@@ -89,7 +90,8 @@ def build_reranker(hp: dict, n_items: int, genre_matrix, item_knowledge=None) ->
             raise ValueError("a +knowledge reranker needs item knowledge vectors")
         ik = torch.as_tensor(np.asarray(item_knowledge), dtype=torch.float32)
     features = ListFeatures(n_items, gm, hp["embed_dim"], ik, hp["adapter_out"], hp["adapter_hidden"],
-                            hp["shared_experts"], hp["specific_experts"], hp["dropout"], hp["knowledge_dropout"])
+                            hp["shared_experts"], hp["specific_experts"], hp["dropout"], hp["knowledge_dropout"],
+                            hp.get("history", True))
     if hp["kind"] == "dlcm":
         return DLCM(features, hp["hidden"])
     if hp["kind"] == "prm":

@@ -238,6 +238,7 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
     uk, hk = ctx.user_knowledge(data.users)
     results: dict[str, dict] = {}
     per_list: dict[str, dict[str, np.ndarray]] = {}
+    ablation: dict[str, dict[str, list[float]]] = {}
     for kind in cfg.reward.models:
         for knowledge in (False, True):
             name = model_name(kind, knowledge)
@@ -249,6 +250,14 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
                 seed_scores.append(scores)
                 m = ranking_metrics(scores, data.labels, KS)
                 per_seed.append({"seed": seed, **{k: v for k, v in m.items() if k.split("@")[0] in ("ndcg", "map")}})
+                if knowledge:  # how much the score depends on the user's own summary
+                    perm = torch.roll(torch.arange(len(data)), 1)  # each list gets its neighbour's summary
+                    for variant, (vk, vh) in {"own summary": (uk, hk),
+                                              "no summary": (uk, torch.zeros_like(hk)),
+                                              "another user's summary": (uk[perm], hk[perm])}.items():
+                        vs = predict(model, data, vk, vh)
+                        ablation.setdefault(kind, {}).setdefault(variant, []).append(
+                            float(map_at_k(vs, data.labels, cfg.reward.k).mean()))
             per_list[name] = _per_list(seed_scores, data.labels)
             keys = [k for k in per_seed[0] if k != "seed"]
             arr = np.array([[r[k] for k in keys] for r in per_seed])
@@ -266,6 +275,7 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
            "seeds": seeds, "sd": "sample sd over seeds (ddof=1)", "map_denominator": "min(K, #relevant)",
            "results": results, "random_order": random_reference(data.labels, seed=cfg.seed),
            "knowledge_gain": gains,
+           f"summary_ablation_map@{k}": {kind: {v: float(np.mean(x)) for v, x in d.items()} for kind, d in ablation.items()},
            "knowledge_gain_note": "per-list (+knowledge − base), each averaged over seeds; mean and 95% "
                                   "percentile-bootstrap CI over test lists (2000 resamples)"}
     atomic_write_json(reward_dir(cfg) / "eval.json", out)
@@ -273,6 +283,9 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
     for kind, g in gains.items():
         console.print(f"{kind.upper()} +knowledge − base on the same {len(data)} {split} lists: " + ", ".join(
             f"{m.upper()} {v['mean']:+.4f} [95% CI {v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" for m, v in g.items()))
+    for kind, d in ablation.items():
+        console.print(f"{kind.upper()} +knowledge MAP@{k} with " + ", ".join(
+            f"{v}: {np.mean(x):.4f}" for v, x in d.items()))
     console.print(f"written {reward_dir(cfg) / 'eval.json'}")
     return out
 
@@ -339,6 +352,20 @@ def markdown_table(out: dict) -> str:
 # The scoring API
 
 
+def score_margin(scores: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Mean reranker score of the list's positives minus that of its negatives (0 if either is absent).
+
+    A continuous reward: NDCG only moves when a summary swaps two items across the cut, so a weak
+    reranker ties most summaries; the margin still says which summary pushed positives up.
+    """
+    pos = labels > 0
+    neg = ~pos
+    n_pos, n_neg = pos.sum(-1), neg.sum(-1)
+    mean_pos = (scores * pos).sum(-1) / n_pos.clamp(min=1)
+    mean_neg = (scores * neg).sum(-1) / n_neg.clamp(min=1)
+    return torch.where((n_pos > 0) & (n_neg > 0), mean_pos - mean_neg, torch.zeros_like(mean_pos)).numpy()
+
+
 class RewardScorer:
     """Score (user, summary) pairs with a trained reranker: NDCG@K / MAP@K of the user's list.
 
@@ -385,6 +412,7 @@ class RewardScorer:
         """Encoding excluded: pairs given as summary embeddings [P, Dk] (+ has_k [P]). Arrays [P]."""
         rows = self.rows(users)
         out: dict[str, list] = {f"{m}@{k}": [] for k in self.ks for m in ("ndcg", "map")}
+        out["margin"] = []
         for start in range(0, len(rows), batch_size):
             r = rows[start: start + batch_size]
             uk = hk = None
@@ -392,6 +420,7 @@ class RewardScorer:
                 uk, hk = user_k[start: start + batch_size], has_k[start: start + batch_size] if has_k is not None else None
             scores = self.model(self.data.items[r], self.data.hist[r], self.data.hist_r[r], uk, hk)
             labels = self.data.labels[r]
+            out["margin"].append(score_margin(scores, labels))
             for k in self.ks:
                 out[f"ndcg@{k}"].append(ndcg_at_k(scores, labels, k))
                 out[f"map@{k}"].append(map_at_k(scores, labels, k))

@@ -114,3 +114,16 @@ def test_history_reaches_both_models():
         other.hist = torch.roll(data.hist, 1, dims=0)
         with torch.no_grad():
             assert not torch.allclose(predict(model, data), predict(model, other))
+
+
+def test_summary_only_ablation_ignores_the_history():
+    data, uk, item_k, genres = synthetic(6)
+    cfg = rcfg(knowledge_history=False)
+    hp = hyperparameters(cfg, "dlcm", True, 8)
+    assert hp["history"] is False and hyperparameters(cfg, "dlcm", False, 8)["history"] is True
+    model = build_reranker(hp, 60, genres, item_k).eval()
+    other = data.take(range(6))
+    other.hist = torch.roll(data.hist, 1, dims=0)
+    has = torch.ones(6, dtype=torch.bool)
+    torch.testing.assert_close(predict(model, data, uk, has), predict(model, other, uk, has))
+    assert not torch.allclose(predict(model, data, uk, has), predict(model, data, uk.roll(1, 0), has))
