@@ -1,0 +1,170 @@
+"""`rlrf align` on the tiny random-weight Llama (tests/conftest.py): real trl + peft, seconds per test."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from rlrf.align import PreferenceCollator, adapter_complete, previous_adapter, run_align
+from rlrf.config import LLMConfig, RunConfig
+from rlrf.errors import UserError
+from rlrf.llm import load_policy
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+TEXTS = [
+    "Enjoys Sci-Fi and Thriller movies like Star Wars (1977).",
+    "Likes Comedy and Romance, Drama from the nineties.",
+    "Prefers Action Adventure movies with War themes.",
+    "Watches Animation and Children's movies, Musical too.",
+    "Horror Mystery Film-Noir fan, dislikes Documentary.",
+]
+
+
+def _prompt(tokenizer, user: int) -> str:
+    messages = [{"role": "user", "content": f"Describe this user's preferences: user {user} rated Toy Story (1995)"}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _write_pairs(run_dir, tokenizer, n=4, negatives=1, iteration=0):
+    path = run_dir / f"iter_{iteration}" / "pairs.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for u in range(n):
+            rec = {"user": str(u), "iter": iteration, "prompt": _prompt(tokenizer, u),
+                   "chosen": TEXTS[u % len(TEXTS)], "rejected": TEXTS[(u + 1) % len(TEXTS)], "margin": 0.1 * (u + 1)}
+            if negatives > 1:
+                rec["rejected_list"] = [TEXTS[(u + j) % len(TEXTS)] for j in range(1, negatives + 1)]
+                if u == 0:
+                    rec["rejected_list"] = rec["rejected_list"][:1]  # fewer negatives than k: masked
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def _cfg(tmp_path, model_dir, **align):
+    base = {"max_steps": 1, "batch_size": 2, "max_length": 128, "lora_r": 4, "lora_alpha": 8,
+            "learning_rate": 1e-3}
+    base.update(align)
+    return RunConfig.model_validate({
+        "run_dir": str(tmp_path / "run"), "threads": 1,
+        "llm": {"model": str(model_dir)}, "align": base,
+    })
+
+
+def test_dpo_step_saves_a_loadable_adapter_and_rerun_skips(tmp_path, tiny_model_dir, tiny_tokenizer):
+    cfg = _cfg(tmp_path, tiny_model_dir)
+    _write_pairs(cfg.run_dir, tiny_tokenizer)
+    summary = run_align(cfg, 0, show_progress=False)
+    adapter = cfg.run_dir / "iter_0" / "adapter"
+    assert summary["steps"] == 1 and not summary["skipped"] and summary["negatives"] == 1
+    assert adapter_complete(adapter)
+    assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"] \
+        or {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    assert not (adapter / "ref").exists()  # trl's frozen reference copy is not saved
+    assert not list((cfg.run_dir / "iter_0").glob(".a*"))  # no temporary folders left
+    log = json.loads((cfg.run_dir / "iter_0" / "align_log.json").read_text())
+    step = [e for e in log["steps"] if "loss" in e][0]
+    assert {"loss", "rewards/accuracies", "rewards/margins", "seconds"} <= set(step)
+    # the trained adapter loads with the LLM engineer's loader and changes the model's output
+    base = load_policy(LLMConfig(model=str(tiny_model_dir)))
+    tuned = load_policy(LLMConfig(model=str(tiny_model_dir), adapter=adapter))
+    ids = base.tokenizer("Toy Story (1995)", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert not torch.allclose(base.model(input_ids=ids).logits, tuned.model(input_ids=ids).logits)
+    # rerun: the stage is idempotent
+    mtime = (adapter / "adapter_model.safetensors").stat().st_mtime_ns
+    again = run_align(cfg, 0, show_progress=False)
+    assert again["skipped"] and again["steps"] == 1
+    assert (adapter / "adapter_model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_sdpo_two_negatives_runs(tmp_path, tiny_model_dir, tiny_tokenizer):
+    cfg = _cfg(tmp_path, tiny_model_dir, loss="sdpo", precompute_ref_log_probs=False)
+    _write_pairs(cfg.run_dir, tiny_tokenizer, n=2, negatives=2)  # user 0 has one real negative, user 1 two
+    summary = run_align(cfg, 0, show_progress=False)
+    assert summary["negatives"] == 2 and summary["steps"] == 1
+    # fresh LoRA = reference, so every r(y) = 0: S-DPO = log(1 + #negatives) per pair;
+    # the batch holds both pairs: (log 2 + log 3) / 2 = (0.693147 + 1.098612) / 2 = 0.895880
+    assert summary["first_loss"] == pytest.approx(0.895880, abs=1e-3)
+    assert adapter_complete(cfg.run_dir / "iter_0" / "adapter")
+
+
+def _losses(run_dir, iteration=0):
+    log = json.loads((run_dir / f"iter_{iteration}" / "align_log.json").read_text())
+    return [e["loss"] for e in log["steps"] if "loss" in e]
+
+
+def test_our_dpo_matches_trl_sigmoid(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """The registry's dpo and trl's built-in sigmoid (passed through) train the same way."""
+    runs = {}
+    for name, precompute in (("dpo", True), ("sigmoid", False)):
+        cfg = _cfg(tmp_path / name, tiny_model_dir, loss=name, max_steps=3, batch_size=1, beta=0.5,
+                   precompute_ref_log_probs=precompute)
+        _write_pairs(cfg.run_dir, tiny_tokenizer, n=1)
+        run_align(cfg, 0, show_progress=False)
+        runs[name] = _losses(cfg.run_dir)
+    assert runs["dpo"][-1] < runs["dpo"][0]
+    assert runs["dpo"] == pytest.approx(runs["sigmoid"], abs=2e-4)
+
+
+@pytest.mark.parametrize("loss,extra", [("rosepo", {}), ("dmpo", {"sft_weight": 0.5}), ("ipo", {"sft_weight": 0.5})])
+def test_other_losses_run(tmp_path, tiny_model_dir, tiny_tokenizer, loss, extra):
+    cfg = _cfg(tmp_path, tiny_model_dir, loss=loss, max_steps=2, **extra)
+    _write_pairs(cfg.run_dir, tiny_tokenizer, n=2, negatives=3 if loss == "dmpo" else 1)
+    summary = run_align(cfg, 0, show_progress=False)
+    assert summary["steps"] == 2 and all(x == x for x in _losses(cfg.run_dir))  # finite, no NaN
+    assert summary["negatives"] == (3 if loss == "dmpo" else 1)
+
+
+def test_collator_layout_and_mask(tiny_tokenizer):
+    ex = lambda n: {"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4],  # noqa: E731
+                    "negatives_full_ids": [[1, 2, 4], [1, 2, 5, 6]][:n], "margin": 0.5}
+    batch = PreferenceCollator(pad_token_id=0, negatives=2)([ex(2), ex(1)])
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 0], [1, 2, 3, 0], [1, 2, 4, 0], [1, 2, 4, 0],
+                                           [1, 2, 5, 6], [1, 2, 4, 0]]
+    assert batch["completion_mask"].tolist()[4] == [0, 0, 1, 1]
+    assert batch["neg_mask"].tolist() == [[True, True], [True, False]]
+
+
+def test_loss_decreases_on_a_fixed_pair(tmp_path, tiny_model_dir, tiny_tokenizer):
+    cfg = _cfg(tmp_path, tiny_model_dir, max_steps=6, batch_size=1, learning_rate=5e-3, lr_scheduler="constant",
+               beta=0.5)
+    _write_pairs(cfg.run_dir, tiny_tokenizer, n=1)
+    summary = run_align(cfg, 0, show_progress=False)
+    losses = [e["loss"] for e in json.loads((cfg.run_dir / "iter_0" / "align_log.json").read_text())["steps"]
+              if "loss" in e]
+    assert len(losses) == 6
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # a fresh LoRA is the reference: −log σ(0) = log 2
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert summary["last_reward_accuracy"] == 1.0
+
+
+def test_second_iteration_continues_the_adapter_with_previous_policy_as_reference(tmp_path, tiny_model_dir,
+                                                                                   tiny_tokenizer):
+    cfg = _cfg(tmp_path, tiny_model_dir, max_steps=2, batch_size=1, learning_rate=5e-3, beta=0.5)
+    _write_pairs(cfg.run_dir, tiny_tokenizer, n=1, iteration=0)
+    _write_pairs(cfg.run_dir, tiny_tokenizer, n=1, iteration=1)
+    run_align(cfg, 0, show_progress=False)
+    assert previous_adapter(cfg, 1) == cfg.run_dir / "iter_0" / "adapter"
+    s1 = run_align(cfg, 1, show_progress=False)
+    assert s1["start_adapter"] == str(cfg.run_dir / "iter_0" / "adapter")
+    # the reference of iteration 1 is base + adapter_0, so its first loss is again log 2, not the lower
+    # loss that adapter_0 reaches against the base model
+    assert s1["first_loss"] == pytest.approx(0.6931, abs=1e-3)
+    cfg_t = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"adapter": cfg.run_dir / "iter_1" / "adapter"})})
+    policy = load_policy(cfg_t.llm)  # loads on the plain base model
+    assert policy.adapter == cfg.run_dir / "iter_1" / "adapter"
+
+
+def test_user_errors(tmp_path, tiny_model_dir, tiny_tokenizer):
+    cfg = _cfg(tmp_path, tiny_model_dir)
+    with pytest.raises(UserError, match="no pairs file"):
+        run_align(cfg, 0, show_progress=False)
+    _write_pairs(cfg.run_dir, tiny_tokenizer)
+    bad = _cfg(tmp_path, tiny_model_dir, loss="dpoo")
+    with pytest.raises(UserError, match="align.loss"):
+        run_align(bad, 0, show_progress=False)
