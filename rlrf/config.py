@@ -130,6 +130,7 @@ class RewardConfig(Section):
     specific_experts: int = Field(2, ge=0)  # per tower (user, item)
     dropout: float = Field(0.1, ge=0, lt=1)
     knowledge_dropout: float = Field(0.1, ge=0, lt=1)  # train-time: a user's summary replaced by "missing"
+    knowledge_history: bool = True  # +knowledge models see the history too; false = user known only by the summary (ablation)
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -141,7 +142,7 @@ class RewardConfig(Section):
 class ScoreConfig(Section):
     """Judging responses with the reward model and building preference pairs (rlrf/score.py)."""
 
-    metric: str = "ndcg@5"  # the reward: one of ndcg@K / map@K for K in 1, 3, 5, 7
+    metric: str = "ndcg@5"  # the reward: ndcg@K / map@K (K in 1, 3, 5, 7), or margin (mean positive − negative reranker score)
     min_margin: float = Field(0.0, ge=0)  # skip users whose best − worst reward is below this (ties always skipped)
     negatives: int = Field(1, ge=1)  # rejected responses per pair (k > 1 for sdpo / dmpo)
     batch_size: int = Field(256, ge=1)  # (user, response) pairs scored per forward pass
@@ -175,6 +176,7 @@ class AlignConfig(Section):
     lora_dropout: float = Field(0.0, ge=0, lt=1)  # trl's disable_dropout zeroes it during DPO anyway
     lora_target_modules: str | list[str] = "all-linear"  # peft target_modules (never lm_head)
     precompute_ref_log_probs: bool = True  # reference log-probs once before training (no reference forward per step)
+    share_prompt: bool = True  # one forward pass per prompt, its KV cache shared by chosen + negatives (our losses)
     gradient_checkpointing: bool = False  # saves memory, costs ~30% time; off for small models
     seed: int | None = None  # None = the run's seed
 

@@ -26,7 +26,7 @@ class Method(Protocol):
         """Sample responses with the policy named by cfg.llm (base or the newest adapter)."""
 
     def judge(self, cfg, iteration: int) -> dict:
-        """Score the responses and write the iteration's preference pairs; returns pair statistics."""
+        """Score the responses and write the iteration's pairs; returns pair statistics ({"pairs": n, ...})."""
 
     def align(self, cfg, iteration: int) -> Path:
         """Train on the iteration's pairs; returns the new adapter directory."""
@@ -61,10 +61,13 @@ def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
         method.generate(current, t)
         log(f"[{method.name}] iteration {t}: judge")
         pair_stats = method.judge(current, t)
-        log(f"[{method.name}] iteration {t}: align")
-        adapter = method.align(current, t)
         record = metrics["iterations"].setdefault(str(t), {})
-        record.update({"pairs": pair_stats, "adapter": str(adapter)})
+        if pair_stats.get("pairs", 0) > 0:
+            log(f"[{method.name}] iteration {t}: align on {pair_stats['pairs']} pairs")
+            adapter = method.align(current, t)
+        else:  # every user tied: no preference to learn, the policy stays as it is
+            log(f"[{method.name}] iteration {t}: no pairs, policy unchanged")
+        record.update({"pairs": pair_stats, "adapter": str(adapter) if adapter else None})
         record.setdefault("seconds", round(time.perf_counter() - started, 1))
         atomic_write_json(metrics_path, metrics)
     evaluate(with_adapter(cfg, adapter), f"policy_{iterations}")
