@@ -147,6 +147,23 @@ class PreferenceCollator:
             completion[i, : len(m)] = torch.tensor(m, dtype=torch.long)
         out = {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion,
                "margin": torch.tensor([float(ex["margin"]) for ex in examples])}
+        # the same sequences split at the prompt, for the shared-prompt forward (`align.share_prompt`):
+        # prompts left-padded (B, P), completions right-padded in the same row order as input_ids (N, C)
+        prompts = [ex["prompt_ids"][: self.max_length] if self.max_length else ex["prompt_ids"] for ex in examples]
+        p_width = max(len(p) for p in prompts)
+        out["prompt_input_ids"] = torch.full((len(prompts), p_width), self.pad_token_id, dtype=torch.long)
+        out["prompt_attention_mask"] = torch.zeros((len(prompts), p_width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            out["prompt_input_ids"][i, p_width - len(p):] = torch.tensor(p, dtype=torch.long)
+            out["prompt_attention_mask"][i, p_width - len(p):] = 1
+        B = len(examples)
+        completions = [s[len(prompts[i % B]):] for i, s in enumerate(seqs)]
+        c_width = max(1, max(len(c) for c in completions))
+        out["completion_input_ids"] = torch.full((len(seqs), c_width), self.pad_token_id, dtype=torch.long)
+        out["completion_attention_mask"] = torch.zeros((len(seqs), c_width), dtype=torch.long)
+        for i, c in enumerate(completions):
+            out["completion_input_ids"][i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            out["completion_attention_mask"][i, : len(c)] = 1
         if k > 1:
             out["neg_mask"] = torch.tensor(neg_mask, dtype=torch.bool)
         if "ref_logps" in examples[0]:
@@ -158,7 +175,8 @@ class PreferenceCollator:
         return out
 
 
-_EXTRA_KEYS = ("margin", "neg_mask", "ref_rejected_list_logps")
+_EXTRA_KEYS = ("margin", "neg_mask", "ref_rejected_list_logps", "prompt_input_ids", "prompt_attention_mask",
+               "completion_input_ids", "completion_attention_mask")
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", *_EXTRA_KEYS}
 
 
@@ -177,7 +195,8 @@ def _make_trainer_class():
         """DPOTrainer with our loss registry and k negatives per example; trl losses pass through."""
 
         def __init__(self, *args, loss_name: str, negatives: int, sft_weight: float,
-                     rosepo_eps_max: float, rosepo_tau: float, **kwargs):
+                     rosepo_eps_max: float, rosepo_tau: float, share_prompt: bool = True, **kwargs):
+            self.share_prompt = share_prompt
             self.loss_name = loss_name
             self.n_negatives = negatives
             self.sft_weight = sft_weight
@@ -195,6 +214,57 @@ def _make_trainer_class():
 
         def _sequence_logps(self, model, inputs):
             """Summed completion log-probs (N,) and completion lengths (N,) of every row of the batch."""
+            if self.share_prompt and "prompt_input_ids" in inputs and self._prompt_sharing_supported(model):
+                return self._shared_prompt_logps(model, inputs)
+            return self._full_sequence_logps(model, inputs)
+
+        def _prompt_sharing_supported(self, model) -> bool:
+            lm = self._causal_lm(model)
+            text_config = lm.config.get_text_config()
+            plain_head = not any(getattr(text_config, name, None) for name in (
+                "final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
+            return plain_head and hasattr(lm, lm.base_model_prefix) and lm.get_output_embeddings() is not None
+
+        def _causal_lm(self, model):
+            unwrapped = self.accelerator.unwrap_model(model)
+            return unwrapped.get_base_model() if is_peft_model(unwrapped) else unwrapped
+
+        def _shared_prompt_logps(self, model, inputs):
+            """The same numbers as `_full_sequence_logps`, with ONE forward pass of each prompt: its KV cache
+            is repeated for the chosen response and the k negatives. Prompts are ~500 tokens and responses
+            ~130, so this does 1/(1+k) of the prompt work (gradients flow through the cache)."""
+            from transformers import DynamicCache
+
+            lm = self._causal_lm(model)
+            backbone, head = getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
+            p_ids, p_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+            c_ids, c_mask = inputs["completion_input_ids"], inputs["completion_attention_mask"]
+            B, N = p_ids.size(0), c_ids.size(0)
+            reps = N // B
+            perm = torch.arange(N, device=c_ids.device).view(reps, B).T.reshape(-1)  # group-major -> example-major
+            c_ids, c_mask = c_ids[perm], c_mask[perm]
+            p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)
+            cache = DynamicCache(config=lm.config)
+            prompt_out = backbone(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos,
+                                  past_key_values=cache, use_cache=True)
+            cache = prompt_out.past_key_values
+            cache.batch_repeat_interleave(reps)
+            last = prompt_out.last_hidden_state[:, -1:].repeat_interleave(reps, dim=0)  # predicts token 0
+            c_pos = p_mask.sum(1, keepdim=True).repeat_interleave(reps, dim=0) + torch.arange(
+                c_ids.size(1), device=c_ids.device)
+            attn = torch.cat([p_mask.repeat_interleave(reps, dim=0), c_mask], dim=1)
+            comp_out = backbone(input_ids=c_ids, attention_mask=attn, position_ids=c_pos,
+                                past_key_values=cache, use_cache=True)
+            hidden = torch.cat([last, comp_out.last_hidden_state[:, :-1]], dim=1)
+            logits = head(hidden).float()
+            token_logps = torch.log_softmax(logits, dim=-1).gather(-1, c_ids.unsqueeze(-1)).squeeze(-1)
+            logps = (token_logps * c_mask).sum(1)
+            lengths = c_mask.sum(1)
+            inverse = torch.empty_like(perm)
+            inverse[perm] = torch.arange(N, device=perm.device)
+            return logps[inverse], lengths[inverse]
+
+        def _full_sequence_logps(self, model, inputs):
             completion_mask = inputs["completion_mask"]
             labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
             out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
@@ -429,7 +499,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
             peft_config=lora, callbacks=[timer], loss_name=a.loss, negatives=negatives,
             sft_weight=a.sft_weight if a.loss in LOSSES else 0.0,
-            rosepo_eps_max=a.rosepo_eps_max, rosepo_tau=a.rosepo_tau,
+            rosepo_eps_max=a.rosepo_eps_max, rosepo_tau=a.rosepo_tau, share_prompt=a.share_prompt,
         )
         kept = len(trainer.train_dataset)
         if kept == 0:

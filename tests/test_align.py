@@ -25,7 +25,7 @@ TEXTS = [
 ]
 
 
-def _prompt(tokenizer, user: int) -> str:
+def _prompt(tokenizer, user) -> str:
     messages = [{"role": "user", "content": f"Describe this user's preferences: user {user} rated Toy Story (1995)"}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -168,3 +168,47 @@ def test_user_errors(tmp_path, tiny_model_dir, tiny_tokenizer):
     bad = _cfg(tmp_path, tiny_model_dir, loss="dpoo")
     with pytest.raises(UserError, match="align.loss"):
         run_align(bad, 0, show_progress=False)
+
+
+def test_shared_prompt_logps_equal_full_sequences(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """One prompt pass + its repeated KV cache gives the full-sequence log-probs and gradients."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig
+
+    from rlrf.align import _make_trainer_class, _tokenize_negatives
+
+    policy = load_policy(LLMConfig(model=str(tiny_model_dir)), merge_adapter=False)
+    records = []
+    for u in range(3):  # prompts of different lengths -> left padding in the shared pass
+        prompt = _prompt(tiny_tokenizer, f"{u} Star Wars (1977)" * u)
+        negs = [TEXTS[(u + j) % len(TEXTS)] for j in (1, 2)][: 1 + (u > 0)]
+        records.append({"prompt": prompt, "chosen": TEXTS[u], "rejected": negs[0], "negatives": negs, "margin": 0.2})
+    records = _tokenize_negatives(records, tiny_tokenizer)
+    max_length = len(tiny_tokenizer(records[-1]["prompt"])["input_ids"]) + 6  # cuts the longest prompt's responses
+    data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected", "margin", "negatives_full_ids")}
+                              for r in records])
+    args = DPOConfig(output_dir=str(tmp_path / "w"), max_length=max_length, report_to=[], use_cpu=True, bf16=False,
+                     gradient_checkpointing=False, remove_unused_columns=False, save_strategy="no")
+    collator = PreferenceCollator(pad_token_id=tiny_tokenizer.pad_token_id, negatives=2, max_length=max_length)
+    trainer = _make_trainer_class()(
+        model=policy.model, args=args, train_dataset=data, processing_class=policy.tokenizer, data_collator=collator,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), loss_name="sdpo", negatives=2,
+        sft_weight=0.0, rosepo_eps_max=0.4, rosepo_tau=0.1)
+    with torch.no_grad():  # make the LoRA do something
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    batch = collator([trainer.train_dataset[i] for i in range(3)])
+    assert batch["input_ids"].shape[1] == max_length  # the longest prompt's responses are cut: both layouts agree
+    results, grads = [], []
+    for fn in (trainer._full_sequence_logps, trainer._shared_prompt_logps):
+        trainer.model.zero_grad()
+        logps, lengths = fn(trainer.model, batch)
+        (logps * torch.linspace(0.5, 1.5, len(logps))).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for n, p in trainer.model.named_parameters() if p.requires_grad]))
+        results.append((logps.detach(), lengths))
+    (full, full_lengths), (shared, shared_lengths) = results
+    assert full.shape == (9,) and full_lengths.tolist() == shared_lengths.tolist()
+    torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4)
