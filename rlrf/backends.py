@@ -184,6 +184,137 @@ class _PreallocatedLayer:
         return PreallocatedLayer(capacity)
 
 
+_SHARED_ATTN = "rlrf_shared_prefix"
+
+
+class SharedPrefixKV:
+    """What a shared-prefix cache layer hands to the attention function (not a tensor)."""
+
+    __slots__ = ("prefix_k", "prefix_v", "prefix_mask", "suffix_k", "suffix_v", "length", "pidx", "slot", "slots")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def _shared_prefix_layer(prefix_k, prefix_v, prefix_mask, rows: int, capacity: int, pidx, slot, slots: int):
+    """A decode-time KV layer: the prompt's keys/values once per PROMPT (P, Hkv, Lp, D) plus the
+    generated tokens' keys/values per ROW (R, Hkv, capacity, D), filled in place."""
+    from transformers.cache_utils import DynamicLayer
+
+    class SharedPrefixLayer(DynamicLayer):
+        def __init__(self):
+            super().__init__()
+            self.prefix_k, self.prefix_v, self.prefix_mask = prefix_k, prefix_v, prefix_mask
+            self.suffix_k = prefix_k.new_zeros((rows, prefix_k.shape[1], capacity, prefix_k.shape[3]))
+            self.suffix_v = prefix_v.new_zeros((rows, prefix_v.shape[1], capacity, prefix_v.shape[3]))
+            self.length = 0
+            self.pidx, self.slot, self.slots = pidx, slot, slots
+            self.dtype, self.device = prefix_k.dtype, prefix_k.device
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            n = key_states.shape[-2]
+            self.suffix_k[:, :, self.length : self.length + n] = key_states
+            self.suffix_v[:, :, self.length : self.length + n] = value_states
+            self.length += n
+            kv = SharedPrefixKV(prefix_k=self.prefix_k, prefix_v=self.prefix_v, prefix_mask=self.prefix_mask,
+                                suffix_k=self.suffix_k[:, :, : self.length], suffix_v=self.suffix_v[:, :, : self.length],
+                                length=self.length, pidx=self.pidx, slot=self.slot, slots=self.slots)
+            return kv, kv
+
+        def get_seq_length(self) -> int:
+            return self.prefix_k.shape[2] + self.length
+
+        def batch_select_indices(self, indices):
+            self.suffix_k = self.suffix_k.index_select(0, indices)
+            self.suffix_v = self.suffix_v.index_select(0, indices)
+            self.pidx = self.pidx.index_select(0, indices)
+            self.slot = self.slot.index_select(0, indices)
+
+    return SharedPrefixLayer()
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask=None, dropout: float = 0.0, scaling=None, **kwargs):
+    """Decode-step attention over (shared prompt KV, per-row generated KV) with one softmax.
+
+    The prompt's keys/values are read once per prompt instead of once per sample: the N samples'
+    queries of a prompt are stacked into one matmul against them. Equal to ordinary attention up
+    to floating-point summation order (tested against the plain path).
+    """
+    kv: SharedPrefixKV = key
+    rows, heads, q_len, dim = query.shape
+    if q_len != 1:
+        raise RuntimeError("shared-prefix attention is for single-token decoding steps")
+    hkv = kv.prefix_k.shape[1]
+    g = heads // hkv
+    scale = scaling if scaling is not None else dim ** -0.5
+    n_prompts, lp = kv.prefix_k.shape[0], kv.prefix_k.shape[2]
+    qg = query.reshape(rows, hkv, g, dim)
+    # prompt part: (P, slots, Hkv, g, D) -> (P, Hkv, slots*g, D) @ (P, Hkv, D, Lp)
+    qp = query.new_zeros((n_prompts, kv.slots, hkv, g, dim))
+    qp[kv.pidx, kv.slot] = qg
+    qp = qp.permute(0, 2, 1, 3, 4).reshape(n_prompts, hkv, kv.slots * g, dim)
+    sp = torch.matmul(qp, kv.prefix_k.transpose(-1, -2)) * scale
+    sp = sp.masked_fill(~kv.prefix_mask[:, None, None, :], float("-inf"))
+    sp = sp.reshape(n_prompts, hkv, kv.slots, g, lp).permute(0, 2, 1, 3, 4)[kv.pidx, kv.slot]  # (R, Hkv, g, Lp)
+    # generated part: per row
+    ss = torch.matmul(qg, kv.suffix_k.transpose(-1, -2)) * scale  # (R, Hkv, g, t)
+    probs = torch.softmax(torch.cat([sp, ss], dim=-1).float(), dim=-1).to(query.dtype)
+    pp, ps = probs[..., :lp], probs[..., lp:]
+    # weighted prompt values, again one matmul per prompt
+    pq = query.new_zeros((n_prompts, kv.slots, hkv, g, lp))
+    pq[kv.pidx, kv.slot] = pp
+    pq = pq.permute(0, 2, 1, 3, 4).reshape(n_prompts, hkv, kv.slots * g, lp)
+    op = torch.matmul(pq, kv.prefix_v).reshape(n_prompts, hkv, kv.slots, g, dim).permute(0, 2, 1, 3, 4)[kv.pidx, kv.slot]
+    out = op + torch.matmul(ps, kv.suffix_v)  # (R, Hkv, g, D)
+    return out.reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+def _register_shared_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(_SHARED_ATTN, shared_prefix_attention)
+    AttentionMaskInterface.register(_SHARED_ATTN, lambda *args, **kwargs: None)
+
+
+class _attn_implementation:
+    """Temporarily switch a model's attention implementation (restored even on error)."""
+
+    def __init__(self, model, name: str):
+        self.configs = [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")]
+        self.name = name
+
+    def __enter__(self):
+        self.saved = [c._attn_implementation for c in self.configs]
+        for c in self.configs:
+            c._attn_implementation = self.name
+
+    def __exit__(self, *exc):
+        for c, name in zip(self.configs, self.saved):
+            c._attn_implementation = name
+        return False
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _supports_shared_prefix(model) -> bool:
+    """Llama-style decoder (the default SmolLM2 and most chat models): attention dispatched by name."""
+    config = model.config
+    return (
+        not getattr(config, "is_encoder_decoder", False)
+        and getattr(config, "model_type", "") in {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo2", "smollm3"}
+        and getattr(config, "sliding_window", None) in (None, 0)
+    )
+
+
 def _make_cache(model, capacity: int):
     from transformers.cache_utils import DynamicCache
 
@@ -198,11 +329,19 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 64, compact_every: float = 0.125):
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, compact_every: float = 0.125,
+                 shared_prefix: bool | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         self.compact_every = compact_every
+        # one copy of a prompt's KV for its N samples (decode attention reads it once per prompt);
+        # for decoder-only models whose attention goes through transformers' AttentionInterface
+        if shared_prefix is None:
+            shared_prefix = _supports_shared_prefix(model)
+        self.shared_prefix = shared_prefix
+        if shared_prefix:
+            _register_shared_attention()
         self.device = next(model.parameters()).device
         eos = set()
         for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
@@ -253,17 +392,38 @@ class TransformersBackend:
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
 
-        cache = _make_cache(self.model, width + params.max_new_tokens)
+        shared = self.shared_prefix
+        cache = _make_cache(self.model, width if shared else width + params.max_new_tokens)
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
         )
         # fan each prompt out to its sample rows
         expand = torch.tensor([prompt_pos[i] for i, _ in rows], dtype=torch.long, device=device)
-        cache.batch_select_indices(expand)
         logits = out.logits[:, -1, :].index_select(0, expand)
-        mask = mask.index_select(0, expand)
         next_pos = positions[:, -1].index_select(0, expand) + 1
         del out
+        if shared:
+            slot_of, counts = [], {}
+            for i, _ in rows:
+                slot_of.append(counts.get(i, 0))
+                counts[i] = slot_of[-1] + 1
+            slot = torch.tensor(slot_of, dtype=torch.long, device=device)
+            prefix_mask = mask.bool()
+            layers = [
+                _shared_prefix_layer(layer._k, layer._v, prefix_mask, len(rows), params.max_new_tokens, expand, slot,
+                                     max(counts.values()))
+                for layer in cache.layers
+            ]
+            cache.layers = layers
+            mask = None
+        else:
+            cache.batch_select_indices(expand)
+            mask = mask.index_select(0, expand)
+        with _attn_implementation(self.model, _SHARED_ATTN) if shared else _nullcontext():
+            return self._decode(rows, requests, params, cache, logits, mask, next_pos)
+
+    def _decode(self, rows, requests, params, cache, logits, mask, next_pos) -> list[Sample]:
+        device = self.device
 
         seeds = [requests[i].seeds[j] for i, j in rows]
         u_all = uniform_streams(seeds, params.max_new_tokens).to(device)
@@ -285,9 +445,11 @@ class TransformersBackend:
             if n_done and n_done >= max(1, int(self.compact_every * len(alive))):
                 keep = (~done).nonzero().squeeze(-1)
                 cache.batch_select_indices(keep)
-                alive, tok, mask, next_pos = alive[keep], tok[keep], mask[keep], next_pos[keep]
+                alive, tok, next_pos = alive[keep], tok[keep], next_pos[keep]
+                mask = mask[keep] if mask is not None else None
                 done = done[keep]
-            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
             out = self.model(
                 input_ids=tok.unsqueeze(-1),
                 attention_mask=mask,

@@ -108,6 +108,24 @@ def test_samples_do_not_depend_on_batch_composition(tiny_policy):
         model.generation_config.eos_token_id = 2
 
 
+def test_shared_prefix_attention_equals_plain_attention(tiny_policy):
+    """Decoding against one copy of the prompt KV per prompt gives the same tokens as per-row copies."""
+    model, tok = tiny_policy.model, tiny_policy.tokenizer
+    model.generation_config.eos_token_id = list(range(2, 60))
+    try:
+        reqs = _requests(tok, TEXTS, n=3)
+        for params in (SamplingParams(max_new_tokens=20, temperature=0),
+                       SamplingParams(max_new_tokens=20, temperature=1.0, top_p=0.9)):
+            shared = TransformersBackend(model, tok, batch_size=64, shared_prefix=True)
+            plain = TransformersBackend(model, tok, batch_size=64, shared_prefix=False)
+            assert shared.shared_prefix and not plain.shared_prefix
+            assert _run(shared, reqs, params) == _run(plain, reqs, params)
+            assert _run(TransformersBackend(model, tok, batch_size=4, shared_prefix=True), reqs, params) == _run(plain, reqs, params)
+        assert model.config._attn_implementation == "sdpa"  # switched only while decoding
+    finally:
+        model.generation_config.eos_token_id = 2
+
+
 def test_batched_loop_matches_transformers_generate(tiny_policy):
     """Greedy decoding through the padded, prefill-once, preallocated-cache loop equals model.generate."""
     model, tok = tiny_policy.model, tiny_policy.tokenizer
