@@ -352,20 +352,6 @@ def markdown_table(out: dict) -> str:
 # The scoring API
 
 
-def score_margin(scores: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Mean reranker score of the list's positives minus that of its negatives (0 if either is absent).
-
-    A continuous reward: NDCG only moves when a summary swaps two items across the cut, so a weak
-    reranker ties most summaries; the margin still says which summary pushed positives up.
-    """
-    pos = labels > 0
-    neg = ~pos
-    n_pos, n_neg = pos.sum(-1), neg.sum(-1)
-    mean_pos = (scores * pos).sum(-1) / n_pos.clamp(min=1)
-    mean_neg = (scores * neg).sum(-1) / n_neg.clamp(min=1)
-    return torch.where((n_pos > 0) & (n_neg > 0), mean_pos - mean_neg, torch.zeros_like(mean_pos)).numpy()
-
-
 class RewardScorer:
     """Score (user, summary) pairs with a trained reranker: NDCG@K / MAP@K of the user's list.
 
@@ -420,14 +406,14 @@ class RewardScorer:
                 uk, hk = user_k[start: start + batch_size], has_k[start: start + batch_size] if has_k is not None else None
             scores = self.model(self.data.items[r], self.data.hist[r], self.data.hist_r[r], uk, hk)
             labels = self.data.labels[r]
-            out["margin"].append(score_margin(scores, labels))
             for k in self.ks:
                 out[f"ndcg@{k}"].append(ndcg_at_k(scores, labels, k))
                 out[f"map@{k}"].append(map_at_k(scores, labels, k))
+            out["margin"].append(logit_margin(scores, labels).numpy())
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
     def score(self, users: Sequence[str], texts: Sequence[str], batch_size: int = 4096) -> dict[str, np.ndarray]:
-        """Pairs (users[i], texts[i]) → {"ndcg@K": [P], "map@K": [P], "empty": [P] bool}."""
+        """Pairs (users[i], texts[i]) → {"ndcg@K": [P], "map@K": [P], "margin": [P], "empty": [P] bool}."""
         if len(users) != len(texts):
             raise ValueError(f"{len(users)} users but {len(texts)} texts")
         user_k, has_k = encode_summaries(self.encoder, texts) if self.knowledge else (None, None)
@@ -436,9 +422,21 @@ class RewardScorer:
         return result
 
 
+def logit_margin(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per list: mean logit of its positive items − mean logit of its negatives (0 if it lacks either).
+
+    A continuous reward: it moves with the summary even when the ranking (and so NDCG/MAP) does not.
+    """
+    pos = labels > 0
+    n_pos, n_neg = pos.sum(-1), (~pos).sum(-1)
+    mean_pos = (scores * pos).sum(-1) / n_pos.clamp_min(1)
+    mean_neg = (scores * ~pos).sum(-1) / n_neg.clamp_min(1)
+    return torch.where((n_pos > 0) & (n_neg > 0), mean_pos - mean_neg, torch.zeros_like(mean_pos))
+
+
 def score_summaries(scorer: RewardScorer, summaries: Mapping[str, Sequence[str]],
                     batch_size: int = 4096) -> dict[str, list[dict]]:
-    """{user: [summary, ...]} → {user: [{"ndcg@K": .., "map@K": .., "empty": bool}, ...]} in input order."""
+    """{user: [summary, ...]} → {user: [{"ndcg@K": .., "map@K": .., "margin": .., "empty": bool}, ...]} in input order."""
     users = [u for u, texts in summaries.items() for _ in texts]
     texts = [t for ts in summaries.values() for t in ts]
     scored = scorer.score(users, texts, batch_size)

@@ -53,7 +53,10 @@ def reference(scorer, user, text, k):
     has = torch.tensor([bool(text.strip())])
     with torch.no_grad():
         s = scorer.model.eval()(lst.items, lst.hist, lst.hist_r, vec, has)
-    return float(ndcg_at_k(s, lst.labels, k)[0]), float(map_at_k(s, lst.labels, k)[0])
+    y = lst.labels[0] > 0
+    margin = float(s[0][y].mean() - s[0][~y].mean()) if y.any() and (~y).any() else 0.0
+    gap = float(s[0].sort().values.diff().min())  # a near-tie may rank either way in float32
+    return float(ndcg_at_k(s, lst.labels, k)[0]), float(map_at_k(s, lst.labels, k)[0]), margin, gap
 
 
 def test_batched_scores_equal_the_per_pair_reference(scorer):
@@ -65,11 +68,17 @@ def test_batched_scores_equal_the_per_pair_reference(scorer):
     texts[7] = "   "
     got = scorer.score(users, texts, batch_size=16)  # several batches
     assert got["empty"].tolist() == [i in (3, 7) for i in range(50)]
+    checked = 0
     for i, (u, t) in enumerate(zip(users, texts)):
         for k in scorer.ks:
-            nd, mp = reference(scorer, u, t, k)
+            nd, mp, margin, gap = reference(scorer, u, t, k)
+            assert got["margin"][i] == pytest.approx(margin, abs=1e-5)
+            if gap < 1e-5:
+                continue
+            checked += 1
             assert got[f"ndcg@{k}"][i] == pytest.approx(nd, abs=1e-6)
             assert got[f"map@{k}"][i] == pytest.approx(mp, abs=1e-6)
+    assert checked > 0.9 * 50 * len(scorer.ks)
     # summaries matter: some user gets different scores from different summaries
     per_user = reward.score_summaries(scorer, {"u1": texts[:10], "u2": texts[10:20]})
     assert [len(v) for v in per_user.values()] == [10, 10]
