@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recmodels import knowledge as kn
-from recmodels.train import build_reranker, hyperparameters, tensorize
+from recmodels.train import build_reranker, hyperparameters
 from rlrf import reward
 from rlrf.data import RerankList
 from rlrf.errors import UserError
