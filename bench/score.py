@@ -39,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from recmodels import knowledge as kn
-    from recmodels.train import build_reranker, hyperparameters
+    from recmodels.train import build_reranker, hyperparameters, item_prior_features
     from rlrf import reward
     from rlrf.config import load_config
     from rlrf.data import load_dataset
@@ -57,7 +57,8 @@ def main() -> None:
     except Exception as err:  # not trained yet in this run dir: same shape, fresh weights
         item_vecs = encoder.encode(kn.item_self_texts(ds.catalog))
         hp = hyperparameters(cfg.reward, kind, True, cfg.data.lists.length)
-        model = build_reranker(hp, len(ds.catalog), ds.catalog.genre_matrix(), item_vecs)
+        prior = item_prior_features(ds, ds.splits["train"], cfg.data.positive_rating)
+        model = build_reranker(hp, len(ds.catalog), ds.catalog.genre_matrix(), item_vecs, prior)
         scorer = reward.RewardScorer(model, lists, encoder, cfg.data.lists.max_history, cfg.data.positive_rating)
         source = f"freshly initialised, no usable trained model ({err})"
 

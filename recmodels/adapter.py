@@ -61,13 +61,14 @@ class ListFeatures(nn.Module):
 
     Batch tensors: items [B, L] and hist [B, H] hold catalog index + 1 (0 = padding); hist_r [B, H]
     holds 0 = padding or no rating, 1 = below the positive threshold, 2 = positive; user_k [B, Dk];
-    has_k [B] bool.
+    has_k [B] bool. Optional item statistics (`item_prior`, computed from TRAIN users' ratings only)
+    join each position's features.
     """
 
     def __init__(self, n_items: int, genre_matrix: torch.Tensor, d_embed: int = 32,
                  item_knowledge: torch.Tensor | None = None, adapter_out: int = 32, adapter_hidden: int = 64,
                  n_shared: int = 2, n_specific: int = 2, dropout: float = 0.1, knowledge_dropout: float = 0.1,
-                 use_history: bool = True):
+                 use_history: bool = True, item_prior: torch.Tensor | None = None):
         super().__init__()
         self.d_embed = d_embed
         self.use_history = use_history  # False (ablation): the user is known only through the summary
@@ -83,6 +84,12 @@ class ListFeatures(nn.Module):
         self.knowledge = item_knowledge is not None
         self.knowledge_dropout = knowledge_dropout
         self.out_dim = 3 * d_item
+        self.prior = item_prior is not None  # [n_items, P] item statistics from train users (e.g. positive share)
+        if self.prior:
+            table = torch.zeros(n_items + 1, item_prior.shape[1])
+            table[1:] = item_prior
+            self.register_buffer("item_prior", table)
+            self.out_dim += item_prior.shape[1]
         if self.knowledge:
             table = torch.zeros(n_items + 1, item_knowledge.shape[1])
             table[1:] = item_knowledge
@@ -108,6 +115,8 @@ class ListFeatures(nn.Module):
         att = torch.nan_to_num(torch.softmax(att, dim=-1))  # a user with no history attends to nothing
         h_att = torch.einsum("blh,bhd->bld", att, h)
         parts = [e, h_mean.unsqueeze(1).expand_as(e), h_att]
+        if self.prior:
+            parts.append(self.item_prior[items])
         if self.knowledge:
             if user_k is None:
                 user_k = self.missing_user.expand(items.shape[0], -1)

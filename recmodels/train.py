@@ -78,10 +78,24 @@ def hyperparameters(rcfg, kind: str, knowledge: bool, list_length: int) -> dict:
         "shared_experts": rcfg.shared_experts, "specific_experts": rcfg.specific_experts,
         "dropout": rcfg.dropout, "knowledge_dropout": rcfg.knowledge_dropout,
         "history": bool(getattr(rcfg, "knowledge_history", True)) if knowledge else True,
+        "item_prior": bool(getattr(rcfg, "item_prior", False)),
     }
 
 
-def build_reranker(hp: dict, n_items: int, genre_matrix, item_knowledge=None) -> nn.Module:
+def item_prior_features(ds, users, positive_rating: float = 4.0) -> np.ndarray:
+    """[n_items, 2]: smoothed share of ratings >= positive_rating, (pos + 1) / (n + 2), and
+    log1p(n) / log1p(max n), over the given (TRAIN) users' interactions."""
+    n = len(ds.catalog)
+    pos, cnt = np.zeros(n), np.zeros(n)
+    for u in users:
+        user = ds.users[u]
+        for i, r in zip(user.items, user.ratings):
+            cnt[i] += 1
+            pos[i] += r is not None and r >= positive_rating
+    return np.stack([(pos + 1) / (cnt + 2), np.log1p(cnt) / max(np.log1p(cnt.max()), 1e-9)], 1).astype(np.float32)
+
+
+def build_reranker(hp: dict, n_items: int, genre_matrix, item_knowledge=None, item_prior=None) -> nn.Module:
     """DLCM or PRM from a hyperparameter dict (see `hyperparameters`)."""
     gm = torch.as_tensor(np.asarray(genre_matrix), dtype=torch.float32)
     ik = None
@@ -91,12 +105,20 @@ def build_reranker(hp: dict, n_items: int, genre_matrix, item_knowledge=None) ->
         ik = torch.as_tensor(np.asarray(item_knowledge), dtype=torch.float32)
     features = ListFeatures(n_items, gm, hp["embed_dim"], ik, hp["adapter_out"], hp["adapter_hidden"],
                             hp["shared_experts"], hp["specific_experts"], hp["dropout"], hp["knowledge_dropout"],
-                            hp.get("history", True))
+                            hp.get("history", True), _prior_tensor(hp, item_prior))
     if hp["kind"] == "dlcm":
         return DLCM(features, hp["hidden"])
     if hp["kind"] == "prm":
         return PRM(features, hp["list_length"], hp["hidden"], hp["heads"], hp["layers"], hp["dropout"])
     raise UserError(f"reward.model: unknown reranker '{hp['kind']}' (dlcm or prm)")
+
+
+def _prior_tensor(hp: dict, item_prior):
+    if not hp.get("item_prior", False):
+        return None
+    if item_prior is None:
+        raise ValueError("reward.item_prior is on but no item prior features were given")
+    return torch.as_tensor(np.asarray(item_prior), dtype=torch.float32)
 
 
 def _knowledge_args(model: nn.Module, idx, user_k, has_k):
@@ -198,7 +220,8 @@ def load_reranker(path: Path, dataset: str, encoder: str, n_items: int, genre_ma
     if meta.get("n_items") != n_items:
         raise UserError(f"{file}: reward model has {meta.get('n_items')} items, this dataset has {n_items}")
     ik = blob["state_dict"].get("features.item_k")
-    model = build_reranker(hp, n_items, genre_matrix, None if ik is None else ik[1:])
+    ip = blob["state_dict"].get("features.item_prior")
+    model = build_reranker(hp, n_items, genre_matrix, None if ik is None else ik[1:], None if ip is None else ip[1:])
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, {**meta, "hyperparameters": hp}

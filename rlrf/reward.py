@@ -27,8 +27,8 @@ import torch
 
 from recmodels import knowledge as kn
 from recmodels.train import (
-    ListTensors, build_reranker, hyperparameters, load_reranker, predict, save_reranker, tensorize,
-    train_reranker,
+    ListTensors, build_reranker, hyperparameters, item_prior_features, load_reranker, predict, save_reranker,
+    tensorize, train_reranker,
 )
 from rlrf.errors import UserError
 from rlrf.metrics import map_at_k, ndcg_at_k, ranking_metrics
@@ -183,6 +183,7 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
     train_k = ctx.user_knowledge(train_t.users)
     valid_k = ctx.user_knowledge(valid_t.users)
     length = train_t.items.shape[1]
+    prior = item_prior_features(ctx.ds, ctx.ds.splits["train"], cfg.data.positive_rating) if cfg.reward.item_prior else None
     summary: dict[str, list] = {}
     log_path = reward_dir(cfg) / "train_log.jsonl"  # one line per epoch, rewritten by each `train`
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +204,7 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
                 hp = hyperparameters(cfg.reward, kind, knowledge, length)
                 torch.manual_seed(seed)
                 model = build_reranker(hp, len(ctx.ds.catalog), ctx.genre_matrix,
-                                       ctx.item_vecs if knowledge else None)
+                                       ctx.item_vecs if knowledge else None, prior)
                 result = train_reranker(model, train_t, valid_t, cfg.reward, seed,
                                         train_k if knowledge else None, valid_k if knowledge else None,
                                         log=log_epoch(name, seed))
@@ -273,6 +274,9 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
            "user_knowledge": cfg.reward.user_knowledge, "item_knowledge": cfg.reward.item_knowledge,
            "seeds": seeds, "sd": "sample sd over seeds (ddof=1)", "map_denominator": "min(K, #relevant)",
            "results": results, "random_order": random_reference(data.labels, seed=cfg.seed),
+           "item_prior": item_prior_reference(ctx, data),
+           "item_prior_note": "no model: each item scored by its smoothed share of ratings >= data.positive_rating "
+                              "among TRAIN users' interactions, (pos + 1) / (n + 2)",
            "knowledge_gain": gains,
            f"summary_ablation_map@{k}": {kind: {v: float(np.mean(x)) for v, x in d.items()} for kind, d in ablation.items()},
            "knowledge_gain_note": "per-list (+knowledge − base), each averaged over seeds; mean and 95% "
@@ -307,6 +311,20 @@ def knowledge_gain(with_k: dict, base: dict, metrics: Sequence[str], seed: int =
     return out
 
 
+def item_prior_reference(ctx: Context, data: ListTensors) -> dict[str, float]:
+    """A model-free reference: rank items by their smoothed positive-rating share among train users."""
+    n = len(ctx.ds.catalog)
+    pos, cnt = np.zeros(n + 1), np.zeros(n + 1)  # index = catalog index + 1, as in ListTensors
+    for u in ctx.ds.splits["train"]:
+        user = ctx.ds.users[u]
+        for i, r in zip(user.items, user.ratings):
+            cnt[i + 1] += 1
+            pos[i + 1] += r is not None and r >= ctx.cfg.data.positive_rating
+    prior = (pos + 1) / (cnt + 2)
+    m = ranking_metrics(prior[data.items.numpy()], data.labels, KS)
+    return {k: v for k, v in m.items() if k.split("@")[0] in ("ndcg", "map")}
+
+
 def random_reference(labels, seed: int = 0, n: int = 200) -> dict[str, float]:
     """Expected NDCG/MAP of a uniformly random order of each list (mean over n random orders)."""
     g = torch.Generator().manual_seed(seed)
@@ -328,6 +346,8 @@ def results_table(out: dict):
         label = name.replace("_knowledge", " +knowledge").upper().replace("+KNOWLEDGE", "+knowledge")
         cells = [f"{r['mean'][m]:.4f}" + (f" ± {r['sd'][m]:.4f}" if n > 1 else "") for m in metrics]
         table.add_row(label, *cells)
+    if "item_prior" in out:
+        table.add_row("item prior (no model)", *[f"{out['item_prior'][m]:.4f}" for m in metrics], style="dim")
     if "random_order" in out:
         table.add_row("random order", *[f"{out['random_order'][m]:.4f}" for m in metrics], style="dim")
     return table
@@ -342,6 +362,8 @@ def markdown_table(out: dict) -> str:
         label = name.replace("_knowledge", " +knowledge").upper().replace("+KNOWLEDGE", "+knowledge")
         cells = [f"{r['mean'][m]:.4f}" + (f" ± {r['sd'][m]:.4f}" if n > 1 else "") for m in metrics]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "item_prior" in out:
+        lines.append("| item prior (no model) | " + " | ".join(f"{out['item_prior'][m]:.4f}" for m in metrics) + " |")
     if "random_order" in out:
         lines.append("| random order | " + " | ".join(f"{out['random_order'][m]:.4f}" for m in metrics) + " |")
     return "\n".join(lines)

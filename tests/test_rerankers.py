@@ -127,3 +127,19 @@ def test_summary_only_ablation_ignores_the_history():
     has = torch.ones(6, dtype=torch.bool)
     torch.testing.assert_close(predict(model, data, uk, has), predict(model, other, uk, has))
     assert not torch.allclose(predict(model, data, uk, has), predict(model, data, uk.roll(1, 0), has))
+
+
+def test_item_prior_features_join_and_survive_a_roundtrip(tmp_path):
+    data, uk, item_k, genres = synthetic(6)
+    prior = torch.rand(60, 2)
+    hp = hyperparameters(rcfg(item_prior=True), "dlcm", False, 8)
+    assert hp["item_prior"] is True
+    with pytest.raises(ValueError, match="item prior"):
+        build_reranker(hp, 60, genres)
+    torch.manual_seed(0)
+    model = build_reranker(hp, 60, genres, None, prior).eval()
+    assert model.features.out_dim == build_reranker(hyperparameters(rcfg(), "dlcm", False, 8), 60, genres).features.out_dim + 2
+    torch.testing.assert_close(model.features.item_prior[data.items][..., 0], prior[data.items - 1][..., 0])
+    save_reranker(tmp_path, model, hp, {"dataset": "toy", "encoder": None, "n_items": 60})
+    loaded, _ = load_reranker(tmp_path, "toy", "any", 60, genres)
+    torch.testing.assert_close(predict(loaded, data), predict(model, data))

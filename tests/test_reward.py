@@ -124,7 +124,8 @@ def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
     gain = out["knowledge_gain"]["dlcm"]["map@5"]
     lo, hi = gain["ci95"]
     assert lo <= gain["mean"] <= hi
-    assert 0 < out["random_order"]["map@5"] < 1
+    assert 0 < out["random_order"]["map@5"] < 1 and 0 < out["item_prior"]["map@5"] < 1
+    assert "item prior (no model)" in printed
     meta = json.loads((tmp_path / "run" / "reward" / "dlcm_knowledge" / "meta.json").read_text())
     assert meta["dataset"] == "ml-100k" and meta["encoder"] == "hashing:64|norm"
     # the scoring stage's entry point loads model.pt; another encoder is refused, naming both
