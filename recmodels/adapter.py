@@ -90,6 +90,7 @@ class ListFeatures(nn.Module):
             table[1:] = item_prior
             self.register_buffer("item_prior", table)
             self.out_dim += item_prior.shape[1]
+            self.prior_weight = nn.Parameter(torch.ones(()))  # wide path: score += w · logit(share)
         if self.knowledge:
             table = torch.zeros(n_items + 1, item_knowledge.shape[1])
             table[1:] = item_knowledge
@@ -98,6 +99,16 @@ class ListFeatures(nn.Module):
             self.missing_user = nn.Parameter(torch.zeros(self.d_knowledge))
             self.adapter = HybridExpertAdapter(self.d_knowledge, adapter_out, adapter_hidden, n_shared, n_specific, dropout)
             self.out_dim += 3 * adapter_out
+
+    def prior_logit(self, items: torch.Tensor) -> torch.Tensor | float:
+        """The wide part of the score [B, L]: w · logit(positive share) of each item; 0 without a prior.
+
+        Starts at the model-free item-prior ranking (w = 1), so the deep part learns a correction to it.
+        """
+        if not self.prior:
+            return 0.0
+        share = self.item_prior[items][..., 0].clamp(1e-4, 1 - 1e-4)
+        return self.prior_weight * torch.logit(share)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.item_emb(idx), self.genre_emb(self.genres[idx])], dim=-1)

@@ -140,6 +140,9 @@ def test_item_prior_features_join_and_survive_a_roundtrip(tmp_path):
     model = build_reranker(hp, 60, genres, None, prior).eval()
     assert model.features.out_dim == build_reranker(hyperparameters(rcfg(), "dlcm", False, 8), 60, genres).features.out_dim + 2
     torch.testing.assert_close(model.features.item_prior[data.items][..., 0], prior[data.items - 1][..., 0])
+    # the wide path: w · logit(share), w = 1 at init
+    torch.testing.assert_close(model.features.prior_logit(data.items),
+                               torch.logit(prior[data.items - 1][..., 0].clamp(1e-4, 1 - 1e-4)))
     save_reranker(tmp_path, model, hp, {"dataset": "toy", "encoder": None, "n_items": 60})
     loaded, _ = load_reranker(tmp_path, "toy", "any", 60, genres)
     torch.testing.assert_close(predict(loaded, data), predict(model, data))
