@@ -131,7 +131,7 @@ class RewardConfig(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     knowledge_dropout: float = Field(0.1, ge=0, lt=1)  # train-time: a user's summary replaced by "missing"
     knowledge_history: bool = True  # +knowledge models see the history too; false = user known only by the summary (ablation)
-    item_prior: bool = True  # each item's positive-rating share and log count among TRAIN users join its features
+    item_prior: bool = False  # TRAIN users' positive-rating share + log count per item: features and a wide logit path
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
