@@ -16,8 +16,7 @@ Reference and adapter design (DESIGN.md "Losses": r(y) = log π(y|x) − log π_
   (``align.lora_*``). So every ``iter_<t>/adapter`` loads on the plain base model
   (``llm.model`` + ``llm.adapter = iter_<t>/adapter``), with no chain of merged weights.
 * The reference log-probs come from the previous policy itself: before the first optimizer step
-  (``align.precompute_ref_log_probs``, default) with the adapter as loaded, or per step through
-  trl's reference context. trl 1.16 makes that context right for both cases: a fresh LoRA →
+  (``align.precompute_ref_log_probs``, default) or per step, both under trl's reference context. trl 1.16 makes that context right for both cases: a fresh LoRA →
   adapters disabled = base model = the policy before iteration 0; a loaded adapter → trl adds a
   frozen copy named "ref" (``DPOTrainer.__init__``) = the previous policy. (trl's own
   ``precompute_ref_log_probs`` only knows chosen/rejected pairs, so we precompute ourselves —
@@ -29,6 +28,11 @@ built-in loss type passed through by name (sigmoid, hinge, ipo, robust, ...). sd
 negatives in ``rejected_list`` (their number is ``score.negatives``); pairwise losses use the
 worst one. rosepo's per-pair ε comes from the pair's reward margin (:func:`rlrf.losses.rosepo_epsilon`).
 ``align.sft_weight`` > 0 adds weight × the per-token NLL of the chosen response.
+
+Speed: the ~500-token prompt dominates each sequence (~130 response tokens), so with our losses
+(``align.share_prompt``, default) each prompt is run once and its KV cache repeated for the chosen
+response and the k negatives; gradients flow through the cache. Log-probs and gradients equal the
+full-sequence pass (tested); trl's pass-through losses use trl's full-sequence pass.
 
 The stage is idempotent: a finished ``iter_<t>/adapter`` (written to a temporary folder, then
 renamed) makes a rerun skip and return the saved log's summary.
@@ -432,6 +436,8 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
         return {**saved.get("summary", {"adapter": str(adapter_dir)}), "skipped": True}
 
     get_loss(a.loss)  # unknown names are a UserError naming align.loss
+    for leftover in [*out_dir.glob(".adapter.tmp-*"), *out_dir.glob(".align-work-*")]:  # from a killed run
+        shutil.rmtree(leftover, ignore_errors=True)
     multi = is_multi_negative(a.loss)
     if a.loss not in LOSSES and a.sft_weight > 0 and a.loss == "sft":
         raise UserError("align.sft_weight: the loss is already 'sft'")

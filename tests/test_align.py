@@ -212,3 +212,18 @@ def test_shared_prompt_logps_equal_full_sequences(tmp_path, tiny_model_dir, tiny
     assert full.shape == (9,) and full_lengths.tolist() == shared_lengths.tolist()
     torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4)
+
+
+def test_rerun_after_a_kill_retrains_and_cleans_up(tmp_path, tiny_model_dir, tiny_tokenizer):
+    cfg = _cfg(tmp_path, tiny_model_dir)
+    _write_pairs(cfg.run_dir, tiny_tokenizer)
+    it = cfg.run_dir / "iter_0"
+    # what a kill leaves: a temporary adapter folder, the trainer's work folder, a half-written adapter
+    (it / ".adapter.tmp-999").mkdir()
+    (it / ".align-work-999").mkdir()
+    (it / "adapter").mkdir()
+    (it / "adapter" / "adapter_config.json").write_text("{}")
+    summary = run_align(cfg, 0, show_progress=False)
+    assert not summary["skipped"] and adapter_complete(it / "adapter")
+    assert sorted(p.name for p in it.iterdir() if p.name.startswith(".")) == []
+    load_policy(LLMConfig(model=str(tiny_model_dir), adapter=it / "adapter"))  # a real adapter, not the stub
