@@ -131,6 +131,7 @@ def generate(
     mode: Annotated[str | None, typer.Option("--mode", help="user_preference | item_knowledge | next_item (default: generate.mode).")] = None,
     adapter: Annotated[Path | None, typer.Option("--adapter", help="Override llm.adapter (a peft LoRA directory).")] = None,
     max_users: Annotated[int | None, typer.Option("--max-users", help="Override generate.max_users.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Override generate.batch_size (rows per batch).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Sample N texts per user (or one per item) from the policy into iter_<t>/responses.jsonl; resumable."""
@@ -141,6 +142,8 @@ def generate(
         cfg.llm.adapter = adapter
     if max_users is not None:
         cfg.generate.max_users = max_users
+    if batch_size is not None:
+        cfg.generate.batch_size = batch_size
     result = run_generate(cfg, iteration=iteration, mode=mode, show_progress=not quiet)
     flags = ", ".join(f"{k} {v}" for k, v in sorted(result.flagged.items())) or "none"
     print(

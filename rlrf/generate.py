@@ -262,11 +262,14 @@ def flag_text(text: str) -> str | None:
         top = max(lines.count(ln) for ln in set(lines))
         if top >= 3 and top / len(lines) >= 0.3:
             return "repetitive"
-    words = stripped.lower().split()
+    words = re.sub(r"[^\w\s'-]", " ", stripped.lower()).split()
     if len(words) >= 12:
         grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
         if len(set(grams)) / len(grams) < 0.5:
             return "repetitive"
+    tail = words[-40:]
+    if len(tail) >= 20 and len(set(tail)) / len(tail) < 0.25:  # a loop over a few words ("horror, crime, horror, ...")
+        return "repetitive"
     return None
 
 

@@ -105,7 +105,12 @@ def default_model_dir(cache_dir: Path | str | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         return target
     shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # lost a race with another process converting at the same time
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
     return target
 
 

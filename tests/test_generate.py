@@ -233,6 +233,10 @@ def test_flags():
     assert flag_text("   ") == "empty"
     assert flag_text("I like it.\nI like it.\nI like it.\nI like it.") == "repetitive"
     assert flag_text("drama drama drama drama drama drama drama drama drama drama drama drama drama") == "repetitive"
+    # a real SmolLM2 loop: shuffled words, so trigrams stay varied, but a handful of words repeat
+    loop = ("They like " + "horror, crime, horror, horror, murder, crime, horror, murder, murder, horror, "
+            "murder, murder, crime, crime, horror, crime, ") * 2
+    assert flag_text(loop) == "repetitive"
     assert flag_text("This user enjoys 1990s crime dramas, dark comedies by the Coen brothers and "
                      "science fiction with a strong plot; dislikes musicals.") is None
 
@@ -342,11 +346,11 @@ def test_real_default_model_two_users(tmp_path, ml100k_small):
     cfg.generate.users = "train"
     cfg.generate.max_users = 2
     cfg.generate.n = 2
-    cfg.generate.max_new_tokens = 48
-    cfg.generate.max_prompt_tokens = 320
+    cfg.generate.max_new_tokens = 32
+    cfg.generate.max_prompt_tokens = 256
     result = run_generate(cfg, dataset=ml100k_small, show_progress=False)
     recs = _lines(result.path)
-    assert len(recs) == 4 and result.tokens > 40
+    assert len(recs) == 4 and result.tokens > 30
     assert sum(len(r["text"].split()) >= 5 for r in recs) >= 3  # real words from a real model
     # the real tokenizer keeps injected special tokens inert too
     policy = load_policy(cfg.llm)
