@@ -34,7 +34,6 @@ It is isolated in :class:`VLLMBackend` and not exercised by the tests on this CP
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -597,17 +596,3 @@ def make_backend(name: str, policy, *, batch_size: int) -> Backend:
         return VLLMBackend(policy.source, dtype=dtype, adapter=policy.adapter, chunk=max(batch_size, 256))
     raise UserError(f"generate.backend: unknown backend '{name}' (auto, transformers, vllm)")
 
-
-class Throughput:
-    """Generated tokens per second since creation."""
-
-    def __init__(self):
-        self.start = time.perf_counter()
-        self.tokens = 0
-
-    def add(self, n: int) -> None:
-        self.tokens += n
-
-    @property
-    def rate(self) -> float:
-        return self.tokens / max(time.perf_counter() - self.start, 1e-9)

@@ -22,7 +22,6 @@ kill, or with another batch size, reproduces it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections.abc import Sequence
@@ -422,6 +421,3 @@ def load_prompts(run_dir: Path, iteration: int, mode: str = "user_preference") -
     path = (iter_dir(run_dir, iteration) / OUTPUT_FILE[mode]).with_suffix(".prompts.jsonl")
     return {r[KEY_FIELD[mode]]: r for r in read_jsonl(path)}
 
-
-def dumps(record: dict) -> str:  # pragma: no cover - convenience for debugging
-    return json.dumps(record, ensure_ascii=False)
