@@ -175,19 +175,12 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
 
     # Chronological order: stable sort by timestamp (float64), file order breaks ties.
     if "timestamp" in inter.columns:
-        ts = pd.to_numeric(inter["timestamp"], errors="coerce")
-        if ts.isna().any():
-            bad = int(ts.isna().to_numpy().argmax()) + 2
-            raise UserError(f"{inter_path}: line {bad}: field timestamp is not a number")
-        inter = inter.assign(_ts=ts.to_numpy(dtype=np.float64))
+        inter = inter.assign(_ts=_numeric_column(inter, "timestamp", inter_path))
         inter = inter.sort_values(["_ts"], kind="stable")
     ratings = None
     if "rating" in inter.columns:
-        ratings = pd.to_numeric(inter["rating"], errors="coerce")
-        if ratings.isna().any():
-            bad = int(ratings.isna().to_numpy().argmax()) + 2
-            raise UserError(f"{inter_path}: line {bad}: field rating is not a number")
-        inter = inter.assign(_rating=ratings.to_numpy(dtype=np.float64))
+        ratings = _numeric_column(inter, "rating", inter_path)
+        inter = inter.assign(_rating=ratings)
 
     sizes = inter.groupby("user_id", sort=False).size()
     keep = sizes[sizes >= cfg.min_interactions].index
@@ -241,6 +234,15 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
         density=n_inter / max(1, len(users) * len(catalog)),
     )
     return Dataset(name, folder, catalog, users, splits, stats)
+
+
+def _numeric_column(frame: pd.DataFrame, name: str, path: Path) -> np.ndarray:
+    """A column as float64; a non-number is an error naming its line in the file (header = line 1)."""
+    values = pd.to_numeric(frame[name], errors="coerce")
+    if values.isna().any():
+        line = int(values.index[values.isna().to_numpy()][0]) + 2
+        raise UserError(f"{path}: line {line}: field {name} is not a number")
+    return values.to_numpy(dtype=np.float64)
 
 
 def _natural_key(raw: str):

@@ -152,3 +152,10 @@ def test_non_utf8_title_names_file_and_line(tmp_path):
     # naming the real encoding reads it
     ds = load_dataset(DataConfig(path=folder, encoding="latin-1"))
     assert ds.catalog.titles[ds.catalog.index("m-z")] == "Café"
+
+
+def test_non_numeric_rating_names_its_line(tmp_path):
+    text = TINY_INTER.replace("bob\tm-b\t5\t2", "bob\tm-b\tfive\t2")
+    folder = write_atomic(tmp_path / "d", "d", {"inter": text})
+    with pytest.raises(UserError, match=r"d\.inter: line 7: field rating is not a number"):
+        load_dataset(DataConfig(path=folder))
