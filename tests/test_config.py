@@ -47,3 +47,9 @@ def test_split_must_sum_to_one(tmp_path):
 def test_missing_config_file():
     with pytest.raises(UserError, match="config file not found"):
         load_config("no-such-config.yaml")
+
+
+@pytest.mark.parametrize("name", ["quickstart", "ml100k"])
+def test_every_bundled_config_is_valid(name):
+    cfg = load_config(name)
+    assert cfg.loop.iterations >= 1 and cfg.score.metric in {"margin", "ndcg@5", "map@5"}
