@@ -143,7 +143,7 @@ class RewardConfig(Section):
 class ScoreConfig(Section):
     """Judging responses with the reward model and building preference pairs (rlrf/score.py)."""
 
-    metric: str = "ndcg@5"  # the reward: ndcg@K / map@K (K in 1, 3, 5, 7), or margin (mean positive − negative reranker score)
+    metric: str = Field("ndcg@5", pattern=r"^((ndcg|map)@[1357]|margin)$")  # ndcg@K / map@K (K in 1, 3, 5, 7), or margin (mean positive − negative reranker score)
     min_margin: float = Field(0.0, ge=0)  # skip users whose best − worst reward is below this (ties always skipped)
     negatives: int = Field(1, ge=1)  # rejected responses per pair (k > 1 for sdpo / dmpo)
     batch_size: int = Field(256, ge=1)  # (user, response) pairs scored per forward pass

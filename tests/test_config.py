@@ -53,3 +53,10 @@ def test_missing_config_file():
 def test_every_bundled_config_is_valid(name):
     cfg = load_config(name)
     assert cfg.loop.iterations >= 1 and cfg.score.metric in {"margin", "ndcg@5", "map@5"}
+
+
+def test_unknown_reward_metric_is_refused_at_load(tmp_path):
+    path = tmp_path / "metric.yaml"
+    path.write_text("score:\n  metric: ndcg@10\n")
+    with pytest.raises(UserError, match=rf"{path}: key 'score.metric'"):
+        load_config(path)
