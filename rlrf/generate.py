@@ -195,12 +195,14 @@ def select_users(ds, cfg) -> list[str]:
     return users
 
 
-def visible_histories(ds, cfg) -> dict[str, tuple[list[int], list[float | None]]]:
-    """Per user, the history the reranker sees: `RerankList.history` from `<run_dir>/lists.jsonl`
-    when `rlrf data` wrote it, else the same KAR cut recomputed (`data.history_cut`)."""
+def visible_histories(ds, cfg, lists_dir: Path | None = None) -> dict[str, tuple[list[int], list[float | None]]]:
+    """Per user, the history the reranker sees: `RerankList.history` from `lists.jsonl` in
+    `lists_dir` (default: the run directory) when `rlrf data` wrote it, else the same KAR cut
+    recomputed (`data.history_cut`). Stages that write into a sub-folder of a run (evaluation,
+    export) pass the run directory, so SASRec-sourced lists keep their own history."""
     from rlrf.data import history_cut, load_lists
 
-    path = Path(cfg.run_dir) / "lists.jsonl"
+    path = Path(lists_dir or cfg.run_dir) / "lists.jsonl"
     if path.exists():
         lists = load_lists(path)
         return {u: (lst.history, lst.history_ratings) for u, lst in lists.items()}
@@ -211,7 +213,7 @@ def visible_histories(ds, cfg) -> dict[str, tuple[list[int], list[float | None]]
     return out
 
 
-def build_prompts(cfg, ds, tokenizer, mode: str = "user_preference") -> list[Prompt]:
+def build_prompts(cfg, ds, tokenizer, mode: str = "user_preference", lists_dir: Path | None = None) -> list[Prompt]:
     g = cfg.generate
     builder = PromptBuilder(tokenizer, g.templates.get(mode, mode), max_prompt_tokens=g.max_prompt_tokens, domain=g.domain)
     cat = ds.catalog
@@ -227,7 +229,7 @@ def build_prompts(cfg, ds, tokenizer, mode: str = "user_preference") -> list[Pro
         return prompts
     users = select_users(ds, cfg)
     if mode == "user_preference":
-        hist = visible_histories(ds, cfg)
+        hist = visible_histories(ds, cfg, lists_dir)
         for u in users:
             if u not in hist or not hist[u][0]:
                 continue
@@ -304,8 +306,10 @@ def sampling_params(cfg, mode: str):
 
 
 def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=None, dataset=None,
-                 show_progress: bool = True, backend: str | None = None) -> GenerateResult:
-    """Generate what is missing from this iteration's output file; returns what was done."""
+                 show_progress: bool = True, backend: str | None = None, lists_dir: Path | None = None) -> GenerateResult:
+    """Generate what is missing from this iteration's output file; returns what was done.
+
+    `lists_dir` holds the run's lists.jsonl (default cfg.run_dir; see `visible_histories`)."""
     import torch
 
     from rlrf.backends import Request, make_backend, sample_seed
@@ -324,7 +328,7 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
     policy = policy if policy is not None else load_policy(cfg.llm)
-    prompts = build_prompts(cfg, ds, policy.tokenizer, mode)
+    prompts = build_prompts(cfg, ds, policy.tokenizer, mode, lists_dir)
     n = 1 if mode == "item_knowledge" else g.n
 
     prompt_log = JsonlLog(out_path.with_suffix(".prompts.jsonl"), key=lambda r: r[key_field])

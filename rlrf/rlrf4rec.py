@@ -71,7 +71,7 @@ class RLRF4Rec(Method):
             "generate": cfg.generate.model_copy(update={"users": "test", "max_users": cfg.loop.eval_users}),
         })
         run_generate(eval_cfg, iteration=0, mode="user_preference", dataset=self.dataset,
-                     show_progress=self.show_progress)
+                     show_progress=self.show_progress, lists_dir=Path(cfg.run_dir))
         responses, scored = score_responses(eval_cfg, 0, self.scorer, self.show_progress)
         return summarize_rewards(responses, scored, cfg.score.metric)
 
