@@ -386,7 +386,7 @@ def _tokenize_negatives(records: list[dict], tokenizer) -> list[dict]:
     return records
 
 
-def _prepare_model(cfg, policy, start_adapter: Path | None):
+def trainable_policy(cfg, policy, start_adapter: Path | None):
     """(model, tokenizer, peft_config): a trainable PeftModel continuing `start_adapter`, or a base
     model + a fresh LoraConfig for trl to wrap."""
     from peft import LoraConfig, PeftModel
@@ -417,6 +417,21 @@ def _prepare_model(cfg, policy, start_adapter: Path | None):
     return model, tokenizer, lora
 
 
+def save_adapter(peft_model, adapter_dir: Path, before_rename=None) -> None:
+    """Write the trainable "default" LoRA to a temporary folder and rename it into place, so a
+    complete `adapter_dir` (what makes a stage skip on rerun) is never half-written."""
+    adapter_dir = Path(adapter_dir)
+    tmp = adapter_dir.parent / f".{adapter_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.save_pretrained(str(tmp), selected_adapters=["default"])
+    if not adapter_complete(tmp):
+        raise RuntimeError(f"peft did not write {', '.join(ADAPTER_FILES)} into {tmp}")
+    if before_rename is not None:
+        before_rename()
+    shutil.rmtree(adapter_dir, ignore_errors=True)  # a half-written leftover, never a complete one
+    tmp.rename(adapter_dir)
+
+
 def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> dict:
     """Align the policy on ``iter_<t>/pairs.jsonl``; writes ``iter_<t>/adapter`` and ``align_log.json``.
 
@@ -436,7 +451,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
         return {**saved.get("summary", {"adapter": str(adapter_dir)}), "skipped": True}
 
     get_loss(a.loss)  # unknown names are a UserError naming align.loss
-    for leftover in [*out_dir.glob(".adapter.tmp-*"), *out_dir.glob(".align-work-*")]:  # from a killed run
+    for leftover in [*out_dir.glob(f".{ADAPTER_DIR}.tmp-*"), *out_dir.glob(".align-work-*")]:  # from a killed run
         shutil.rmtree(leftover, ignore_errors=True)
     multi = is_multi_negative(a.loss)
     if a.loss not in LOSSES and a.sft_weight > 0 and a.loss == "sft":
@@ -453,7 +468,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
     from datasets import Dataset
     from trl import DPOConfig
 
-    model, tokenizer, lora = _prepare_model(cfg, policy, start_adapter)
+    model, tokenizer, lora = trainable_policy(cfg, policy, start_adapter)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     if negatives > 1:
@@ -543,15 +558,9 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             "device": str(device),
             "dtype": str(dtype).replace("torch.", ""),
         }
-        tmp = out_dir / f".adapter.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        peft_model.save_pretrained(str(tmp), selected_adapters=["default"])
-        if not adapter_complete(tmp):
-            raise RuntimeError(f"peft did not write {', '.join(ADAPTER_FILES)} into {tmp}")
         summary["seconds"] = round(time.perf_counter() - started, 1)
-        atomic_write_json(log_path, {"summary": summary, "config": a.model_dump(mode="json"), "steps": history})
-        shutil.rmtree(adapter_dir, ignore_errors=True)  # a half-written leftover, never a complete one
-        tmp.rename(adapter_dir)
+        save_adapter(peft_model, adapter_dir, before_rename=lambda: atomic_write_json(
+            log_path, {"summary": summary, "config": a.model_dump(mode="json"), "steps": history}))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return {**summary, "skipped": False}

@@ -228,5 +228,26 @@ def align(
     )
 
 
+# --- sprec (issue 6, owned by rlrf/sprec.py) ---
+@app.command()
+@user_errors
+def sprec(
+    config: ConfigOption = Path("configs/sprec.yaml"),
+    run_dir: RunDirOption = None,
+    iterations: Annotated[int | None, typer.Option(help="Override loop.iterations.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """SPRec: SFT on next items, then T self-play rounds beside the DPO-random / DPO-popularity baselines."""
+    from rlrf.sprec import run_sprec
+    from rlrf.sprec_report import write_sprec_report
+
+    cfg = load_run_config(config, run_dir)
+    if iterations is not None:
+        cfg.loop.iterations = iterations
+    _setup_threads(cfg)
+    metrics = run_sprec(cfg, show_progress=not quiet)
+    print(f"wrote {write_sprec_report(cfg.run_dir, metrics)}")
+
+
 if __name__ == "__main__":
     app()

@@ -182,6 +182,26 @@ class AlignConfig(Section):
     seed: int | None = None  # None = the run's seed
 
 
+class SPRecConfig(Section):
+    """Self-play next-item generation (`rlrf sprec`, rlrf/sprec.py). Prompts show the user's last
+    `data.lists.max_history` items before the target; the answer is one "Title (year)"."""
+
+    sft_users: int | None = Field(256, ge=1)  # train users whose next item the initial SFT learns (None = all)
+    sft_epochs: float = Field(1.0, gt=0)
+    sft_learning_rate: float = Field(2e-4, gt=0)  # LoRA; the same adapter is continued by every later step
+    sft_batch_size: int = Field(8, ge=1)
+    users_per_iteration: int = Field(64, ge=1)  # train users sampled afresh each iteration: positives, predictions, pairs
+    samples: int = Field(1, ge=1)  # predictions sampled per user for self-play negatives (>= score.negatives)
+    methods: list[Literal["sprec", "dpo_random", "dpo_popularity"]] = ["sprec", "dpo_random", "dpo_popularity"]
+    min_similarity: float = Field(0.5, ge=-1, le=1)  # nearest-title grounding below this cosine is "ungrounded"
+    topk: Literal["nearest", "samples"] = "nearest"  # top-K = the K items nearest the greedy title, or K sampled titles grounded
+    eval_samples: int = Field(10, ge=1)  # topk=samples: titles sampled per test user
+    exclude_history: bool = True  # never recommend an item the user already has
+    eval_users: int | None = Field(None, ge=1)  # test users evaluated (None = all)
+    ks: list[int] = [1, 5, 10]
+    evaluate_base: bool = True  # also evaluate the policy before SFT (a reference row)
+
+
 class RunConfig(Section):
     """The whole run: where it writes, its seed, and each stage's section."""
 
@@ -197,6 +217,7 @@ class RunConfig(Section):
     align: AlignConfig = AlignConfig()
     score: ScoreConfig = ScoreConfig()
     loop: LoopConfig = LoopConfig()
+    sprec: SPRecConfig = SPRecConfig()
 
 
 def resolve_config_path(name: str | Path) -> Path:

@@ -213,7 +213,9 @@ def visible_histories(ds, cfg, lists_dir: Path | None = None) -> dict[str, tuple
     return out
 
 
-def build_prompts(cfg, ds, tokenizer, mode: str = "user_preference", lists_dir: Path | None = None) -> list[Prompt]:
+def build_prompts(cfg, ds, tokenizer, mode: str = "user_preference", lists_dir: Path | None = None,
+                  users: Sequence[str] | None = None) -> list[Prompt]:
+    """Prompts of `mode` for `users` (default: `select_users`), in that order."""
     g = cfg.generate
     builder = PromptBuilder(tokenizer, g.templates.get(mode, mode), max_prompt_tokens=g.max_prompt_tokens, domain=g.domain)
     cat = ds.catalog
@@ -227,7 +229,7 @@ def build_prompts(cfg, ds, tokenizer, mode: str = "user_preference", lists_dir: 
         for i in order.tolist():
             prompts.append(builder.item_prompt(cat.ids[i], cat, i))
         return prompts
-    users = select_users(ds, cfg)
+    users = select_users(ds, cfg) if users is None else list(users)
     if mode == "user_preference":
         hist = visible_histories(ds, cfg, lists_dir)
         for u in users:
@@ -306,10 +308,12 @@ def sampling_params(cfg, mode: str):
 
 
 def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=None, dataset=None,
-                 show_progress: bool = True, backend: str | None = None, lists_dir: Path | None = None) -> GenerateResult:
+                 show_progress: bool = True, backend: str | None = None, lists_dir: Path | None = None,
+                 users: Sequence[str] | None = None) -> GenerateResult:
     """Generate what is missing from this iteration's output file; returns what was done.
 
-    `lists_dir` holds the run's lists.jsonl (default cfg.run_dir; see `visible_histories`)."""
+    `lists_dir` holds the run's lists.jsonl (default cfg.run_dir; see `visible_histories`);
+    `users` replaces the generate.users / generate.max_users selection (SPRec samples its own)."""
     import torch
 
     from rlrf.backends import Request, make_backend, sample_seed
@@ -328,7 +332,7 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
     policy = policy if policy is not None else load_policy(cfg.llm)
-    prompts = build_prompts(cfg, ds, policy.tokenizer, mode, lists_dir)
+    prompts = build_prompts(cfg, ds, policy.tokenizer, mode, lists_dir, users)
     n = 1 if mode == "item_knowledge" else g.n
 
     prompt_log = JsonlLog(out_path.with_suffix(".prompts.jsonl"), key=lambda r: r[key_field])

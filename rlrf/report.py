@@ -74,6 +74,10 @@ def plot(metrics: dict, out_dir: Path) -> None:
 
 
 def write_report(run_dir: Path | str, metrics: dict) -> Path:
+    if metrics.get("method") == "sprec":
+        from rlrf.sprec_report import write_sprec_report
+
+        return write_sprec_report(run_dir, metrics)
     run_dir = Path(run_dir)
     plot(metrics, run_dir)
     path = run_dir / "report.md"
