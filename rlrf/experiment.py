@@ -5,6 +5,8 @@ For each reranker of `reward.models` (DLCM, PRM), the rows
 - ``base``                         — no knowledge;
 - ``+knowledge (self text)``       — the run's +knowledge model with the templated "self" user text
                                      (the reference: what the reward model was trained with);
+- ``+knowledge (no user text)``    — the same model with no user summary (its learned "missing" user
+                                     vector; item knowledge kept): what a summary adds at all;
 - ``+knowledge (base policy)``     — user knowledge = the base policy's summary;
 - ``+knowledge (iter t policy)``   — user knowledge = the summary of the policy aligned in iteration t
                                      (``iter_<t>/adapter``; the README's ``policy_<t+1>``),
@@ -58,7 +60,7 @@ SPLITS = ("test",)  # evaluated; validation users only select (early stopping), 
 
 @dataclass(frozen=True)
 class Row:
-    key: str  # "base", "self", "policy_base", "policy_iter_<t>"
+    key: str  # "base", "self", "none", "policy_base", "policy_iter_<t>"
     label: str
     knowledge: bool
     policy: str | None = None  # policy tag ("base", "iter_<t>") for policy rows
@@ -71,6 +73,7 @@ def experiment_dir(run_dir: Path, protocol: str) -> Path:
 
 def experiment_rows(iterations: list[int]) -> list[Row]:
     rows = [Row("base", "base", False), Row("self", "+knowledge (self text)", True),
+            Row("none", "+knowledge (no user text)", True),
             Row("policy_base", "+knowledge (base policy)", True, "base", None)]
     rows += [Row(f"policy_iter_{t}", f"+knowledge (iter {t} policy)", True, f"iter_{t}", t) for t in iterations]
     return rows
@@ -97,7 +100,8 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     from rlrf import reward
     from rlrf.policy_knowledge import aligned_iterations, policy_adapter
 
-    console = console or Console(stderr=True)
+    console = console or Console(width=None if Console().is_terminal else 200)  # tables, written paths
+    log = Console(stderr=True)  # progress lines and notes
     protocol = protocol or default_protocol()
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol: unknown protocol '{protocol}' ({', '.join(PROTOCOLS)})")
@@ -118,7 +122,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     notes: list[str] = []
     start = time.perf_counter()
 
-    console.print(f"rerank experiment: protocol {protocol}, models {', '.join(cfg.reward.models)}, "
+    log.print(f"rerank experiment: protocol {protocol}, models {', '.join(cfg.reward.models)}, "
                   f"seeds {seed_list}, policies: base" + "".join(f", iter {t}" for t in iterations))
     # the context: dataset, lists, encoder, item knowledge, "self" user texts (for the reference row)
     t0 = time.perf_counter()
@@ -137,7 +141,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
         if row.policy is None:
             continue
         t1 = time.perf_counter()
-        texts, path = _policy_texts(cfg, row.iteration, splits_needed, ctx, show_progress, console)
+        texts, path = _policy_texts(cfg, row.iteration, splits_needed, ctx, show_progress, log)
         policy_texts[row.policy] = texts
         knowledge_files[row.policy] = str(path)
         timings[f"knowledge_{row.policy}_s"] = time.perf_counter() - t1
@@ -151,7 +155,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
 
     # 2. reward models: the run's (train the missing seeds), and for retrain one +knowledge model per policy
     t0 = time.perf_counter()
-    trained = _ensure_models(cfg, ctx, rows, seed_list, protocol, out_dir, policy_texts, show_progress, console)
+    trained = _ensure_models(cfg, ctx, rows, seed_list, protocol, out_dir, policy_texts, show_progress, log)
     timings["train_s"] = time.perf_counter() - t0
 
     # 3. evaluate every (model, row, seed) cell on valid and test users; cached by fingerprint
@@ -163,7 +167,9 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
               for s in SPLITS}
     policy_k = {p: {s: reward.encode_summaries(ctx.encoder, [texts.get(u, "") for u in data[s].users])
                     for s in SPLITS} for p, texts in policy_texts.items()}
-    text_hash = {"self": _texts_hash(ctx.user_texts, data), **{p: _texts_hash(t, data) for p, t in policy_texts.items()}}
+    text_hash = {"self": _texts_hash(ctx.user_texts, data), "none": "none",
+                 **{p: _texts_hash(t, data) for p, t in policy_texts.items()}}
+    no_k = {s: (torch.zeros(len(data[s]), ctx.encoder.dim), torch.zeros(len(data[s]), dtype=torch.bool)) for s in SPLITS}
     todo = [(kind, row, seed) for kind in cfg.reward.models for row in rows for seed in seed_list]
     computed = reused = 0
     with _progress(show_progress) as progress:
@@ -181,7 +187,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
                 for s in SPLITS:
                     uk, hk = (None, None)
                     if row.knowledge:
-                        uk, hk = self_k[s] if row.key == "self" else policy_k[row.policy][s]
+                        uk, hk = {"self": self_k, "none": no_k}.get(row.key, policy_k.get(row.policy, {}))[s]
                     result[s] = _metrics(model, data[s], uk, hk, cfg.reward.k)
                 cells[key] = result
                 atomic_write_json(cells_path, cells)
@@ -204,7 +210,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     (out_dir / "table.md").write_text(markdown_tables(out), encoding="utf-8")
     plot(out, out_dir / "rerank.png")
     for note in notes:
-        console.print(f"[yellow]{note}[/yellow]")
+        log.print(f"[yellow]{note}[/yellow]")
     for table in rich_tables(out):
         console.print(table)
     console.print(f"cells: {computed} computed, {reused} reused; {len(trained)} models trained now; "
@@ -221,10 +227,21 @@ def _policy_texts(cfg, iteration, splits, ctx, show_progress, console) -> tuple[
     from recmodels import knowledge as kn
     from rlrf.policy_knowledge import generate_user_knowledge, policy_tag
 
-    path = None
+    from rlrf.generate import OUTPUT_FILE, iter_dir
+    from rlrf.policy_knowledge import knowledge_dir
+    from rlrf.runs import read_jsonl
+
+    path = iter_dir(knowledge_dir(cfg.run_dir, iteration), 0) / OUTPUT_FILE["user_preference"]
+    have = {r["user"] for r in read_jsonl(path)} if path.exists() else set()
     for split in splits:
-        console.print(f"knowledge: {policy_tag(iteration)} policy, {split} users")
+        users = ctx.ds.users if split == "all" else ctx.ds.splits[split]
+        wanted = [u for u in users if u in ctx.lists and ctx.lists[u].history]  # users with a prompt
+        if all(u in have for u in wanted):  # stored already: no need to load the policy
+            continue
+        console.print(f"knowledge: {policy_tag(iteration)} policy, {split} users ({len(wanted) - len(have & set(wanted))} to write)")
         path = generate_user_knowledge(cfg, iteration, split, dataset=ctx.ds, show_progress=show_progress)
+    if not path.exists():
+        raise UserError(f"{path}: no summaries were written for the {policy_tag(iteration)} policy")
     kf = kn.load_knowledge_file(path, ctx.ds.users.keys(), field_name="user")
     return kf.first(), path
 
@@ -370,11 +387,14 @@ def _aggregate(cfg, ctx, rows, seeds, cells, data, protocol, iterations) -> dict
                 stats = {m: mean_sd([c[split]["metrics"][m] for c in per_seed]) for m in METRICS}
                 entry[split] = {"mean": {m: v[0] for m, v in stats.items()}, "sd": {m: v[1] for m, v in stats.items()},
                                 "per_seed": [{"seed": s, **c[split]["metrics"]} for s, c in zip(seeds, per_seed)]}
-            if row.key not in ("base", "self"):  # how far the policy's summaries move the ranking
-                entry["vs"] = {ref: _paired(per_seed, [cells[f"{kind}|{ref}|{s}"] for s in seeds], k)
-                               for ref in ("self", "base")}
+            if row.policy is not None:  # how far the policy's summaries move the ranking
+                refs = ("self", "none", "base") + (("policy_base",) if row.iteration is not None else ())
+                entry["vs"] = {ref: _paired(per_seed, [cells[f"{kind}|{ref}|{s}"] for s in seeds], k, cfg.seed)
+                               for ref in refs}
+            if row.key in ("self", "none"):
+                entry["vs"] = {"base": _paired(per_seed, [cells[f"{kind}|base|{s}"] for s in seeds], k, cfg.seed)}
             if row.key == "self":
-                entry["vs"] = {"base": _paired(per_seed, [cells[f"{kind}|base|{s}"] for s in seeds], k)}
+                entry["vs"]["none"] = _paired(per_seed, [cells[f"{kind}|none|{s}"] for s in seeds], k, cfg.seed)
             out_rows[row.key] = entry
         models[kind] = out_rows
     test = data["test"]
@@ -385,25 +405,33 @@ def _aggregate(cfg, ctx, rows, seeds, cells, data, protocol, iterations) -> dict
         "item_knowledge": cfg.reward.item_knowledge, "k": k,
         "sd": "sample sd over seeds (ddof=1; 0 for one seed)", "map_denominator": "min(K, #relevant)",
         "selection": ("rerankers as trained by `rlrf reward train` (self texts, epochs selected on valid MAP@5); "
-                      "policy rows swap the valid/test users' knowledge for the policy's summaries"
+                      "policy rows swap the test users' knowledge for the policy's summaries"
                       if protocol == "swap" else
                       "policy rows: +knowledge reranker retrained per policy and seed on the policy's summaries "
                       "for every user, epochs selected on valid MAP@5 with those summaries"),
         "models": models,
         "random_order": reward.random_reference(test.labels, seed=cfg.seed),
         "item_prior": reward.item_prior_reference(ctx, test),
-        "vs_note": f"paired over the same test lists: mean per-list difference of NDCG@{k} / MAP@{k} (row − ref, "
-                   "averaged over seeds) and the share of (list, seed) cells whose value changed at all",
+        "vs_note": f"mean per-list difference of NDCG@{k} / MAP@{k}, row − ref, averaged over seeds; 95% percentile "
+                   "bootstrap CI over lists; share of (list, seed) values that changed at all",
     }
 
 
-def _paired(cells_a: list, cells_b: list, k: int) -> dict:
+def _paired(cells_a: list, cells_b: list, k: int, seed: int = 0, n_boot: int = 2000) -> dict:
+    """Row a − row b on the same test lists: mean difference (per list, averaged over seeds) with a
+    95% percentile-bootstrap CI over lists, and the share of (list, seed) values that changed at all."""
+    rng = np.random.default_rng(seed)
     out = {}
     for m in (f"ndcg@{k}", f"map@{k}"):
-        a = np.array([c["test"][f"per_list_{m}"] for c in cells_a])
+        a = np.array([c["test"][f"per_list_{m}"] for c in cells_a])  # [seeds, lists]
         b = np.array([c["test"][f"per_list_{m}"] for c in cells_b])
         diff = a - b
-        out[m] = {"mean_diff": float(diff.mean()), "changed_share": float((np.abs(diff) > 1e-9).mean())}
+        per_list = diff.mean(0)
+        boots = per_list[rng.integers(0, len(per_list), size=(n_boot, len(per_list)))].mean(1)
+        out[m] = {"mean_diff": float(per_list.mean()),
+                  "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))],
+                  "changed_share": float((np.abs(diff) > 1e-9).mean()),
+                  "lists_better": int((per_list > 1e-12).sum()), "lists_worse": int((per_list < -1e-12).sum())}
     return out
 
 
@@ -426,11 +454,18 @@ def markdown_tables(out: dict) -> str:
         for name, ref in (("item prior (no model)", out["item_prior"]), ("random order", out["random_order"])):
             lines.append(f"| {name} | " + " | ".join(f"{ref[m]:.4f}" for m in out["metrics"]) + " |")
         k = out["k"]
-        changed = [f"{e['label']}: {e['vs']['self'][f'map@{k}']['changed_share']:.1%} of (list, seed) MAP@{k} values "
-                   f"differ from the self-text row (mean diff {e['vs']['self'][f'map@{k}']['mean_diff']:+.4f})"
-                   for e in rows.values() if "self" in e.get("vs", {})]
-        if changed:
-            lines += ["", *[f"- {c}" for c in changed]]
+        names = {"self": "self text", "none": "no user text", "base": "base", "policy_base": "base policy"}
+        paired = []
+        for e in rows.values():
+            for ref, v in e.get("vs", {}).items():
+                if e["policy"] is not None and ref == "base":
+                    continue  # in results.json; the table above shows it
+                d = v[f"map@{k}"]
+                paired.append(f"{e['label']} − {names[ref]}: MAP@{k} {d['mean_diff']:+.4f} "
+                              f"(95% CI {d['ci95'][0]:+.4f} … {d['ci95'][1]:+.4f}; "
+                              f"{d['changed_share']:.0%} of (list, seed) values changed)")
+        if paired:
+            lines += ["", f"Paired over the same test lists ({out['vs_note']}):", "", *[f"- {p}" for p in paired]]
         lines.append("")
     return "\n".join(lines)
 

@@ -20,7 +20,8 @@ from rlrf.runs import read_jsonl
 
 torch.set_num_threads(1)
 
-LABELS = ["base", "+knowledge (self text)", "+knowledge (base policy)", "+knowledge (iter 0 policy)"]
+LABELS = ["base", "+knowledge (self text)", "+knowledge (no user text)", "+knowledge (base policy)",
+          "+knowledge (iter 0 policy)"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def _check_complete(out: dict, seeds: list[int]):
                     assert entry[split]["mean"][m] == pytest.approx(np.mean(values))
                     assert entry[split]["sd"][m] == pytest.approx(np.std(values, ddof=1) if len(values) > 1 else 0.0)
         for key in ("policy_base", "policy_iter_0"):
-            assert set(rows[key]["vs"]) == {"self", "base"}
+            assert set(rows[key]["vs"]) == {"self", "none", "base"} | ({"policy_base"} if key == "policy_iter_0" else set())
         for key in ("base", "self"):  # the validation MAP@5 each model was selected with, per seed
             assert len(rows[key]["selected_valid_map@5"]["per_seed"]) == len(seeds)
 
@@ -109,7 +110,7 @@ def test_swap_table_has_every_row_and_column_then_resumes(cfg):
 
     # rerun: nothing trained or evaluated again, same numbers
     again = run_rerank_experiment(cfg, seeds=2, show_progress=False, protocol="swap")
-    assert again["trained_now"] == [] and again["cells_computed"] == 0 and again["cells_reused"] == 2 * 4 * 2
+    assert again["trained_now"] == [] and again["cells_computed"] == 0 and again["cells_reused"] == 2 * 5 * 2
     assert again["models"] == out["models"]
 
 
