@@ -496,7 +496,9 @@ def plot(out: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     kinds = list(out["models"])
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.8), squeeze=False, sharey=True)
+    n_rows = max(len(out["models"][kind]) for kind in kinds)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(max(4.5, 0.9 * n_rows + 1) * len(kinds), 3.8), squeeze=False,
+                             sharey=True)
     shown = ("ndcg@5", "map@5")
     lows = []
     for ax, kind in zip(axes[0], kinds):
@@ -510,7 +512,7 @@ def plot(out: dict, path: Path) -> None:
             ax.bar(x + (j - 0.5) * width, means, width, yerr=sds, capsize=3, label=m.upper())
         for j, m in enumerate(shown):
             ax.axhline(out["random_order"][m], color=f"C{j}", linestyle=":", linewidth=1)
-        ax.set_xticks(x, [r["label"].replace("+knowledge ", "+k\n") for r in rows], fontsize=7)
+        ax.set_xticks(x, [_short(r["label"]) for r in rows], fontsize=7)
         ax.set_title(f"{kind.upper()} ({out['protocol']})")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(f"test users, mean ± sd over {len(out['seeds'])} seeds")
@@ -519,6 +521,15 @@ def plot(out: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _short(label: str) -> str:
+    """'+knowledge (iter 0 policy)' -> '+k iter 0\npolicy' (two short tick lines)."""
+    if "(" not in label:
+        return label
+    words = label[label.index("(") + 1: label.rindex(")")].split()
+    cut = max(1, len(words) - 1)
+    return "+k " + " ".join(words[:cut]) + "\n" + " ".join(words[cut:])
 
 
 def _read_json(path: Path):
