@@ -123,7 +123,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     start = time.perf_counter()
 
     log.print(f"rerank experiment: protocol {protocol}, models {', '.join(cfg.reward.models)}, "
-                  f"seeds {seed_list}, policies: base" + "".join(f", iter {t}" for t in iterations))
+              f"seeds {seed_list}, policies: base" + "".join(f", iter {t}" for t in iterations))
     # the context: dataset, lists, encoder, item knowledge, "self" user texts (for the reference row)
     t0 = time.perf_counter()
     self_cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"user_knowledge": "self"})})
@@ -158,7 +158,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     trained = _ensure_models(cfg, ctx, rows, seed_list, protocol, out_dir, policy_texts, show_progress, log)
     timings["train_s"] = time.perf_counter() - t0
 
-    # 3. evaluate every (model, row, seed) cell on valid and test users; cached by fingerprint
+    # 3. evaluate every (model, row, seed) cell on the test users; cached by fingerprint
     t0 = time.perf_counter()
     cells_path = out_dir / "cells.json"
     cells = _read_json(cells_path) or {}
@@ -177,7 +177,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
         for kind, row, seed in todo:
             file = _model_file(cfg, kind, row, seed, protocol, out_dir)
             key = f"{kind}|{row.key}|{seed}"
-            fp = _fingerprint(file, text_hash.get(row.policy or row.key) if row.knowledge else None)
+            fp = _fingerprint(file, text_hash.get(row.policy or row.key) if row.knowledge else None, cfg.reward.k)
             if cells.get(key, {}).get("fingerprint") == fp:
                 reused += 1
             else:
@@ -344,9 +344,10 @@ def _ensure_models(cfg, ctx, rows, seeds, protocol, out_dir, policy_texts, show_
     return done
 
 
-def _fingerprint(file: Path, texts: str | None) -> str:
+def _fingerprint(file: Path, texts: str | None, k: int) -> str:
+    """Model file (name, size, mtime), the knowledge texts' hash and the paired metrics' K."""
     st = file.stat()
-    return f"{file.name}:{st.st_size}:{st.st_mtime_ns}:{texts or '-'}"
+    return f"{file.name}:{st.st_size}:{st.st_mtime_ns}:k{k}:{texts or '-'}"
 
 
 def _metrics(model, data, uk, hk, k: int) -> dict:
