@@ -249,5 +249,27 @@ def sprec(
     print(f"wrote {write_sprec_report(cfg.run_dir, metrics)}")
 
 
+# --- experiments (issue 7, owned by rlrf/experiment.py and recmodels/context.py) ---
+experiment_app = typer.Typer(no_args_is_help=True, help="Offline experiments: does the LLM's knowledge help conventional recommenders?")
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("rerank")
+@user_errors
+def experiment_rerank(
+    config: ConfigOption = Path("configs/quickstart.yaml"),
+    run_dir: RunDirOption = None,
+    iteration: Annotated[list[int] | None, typer.Option("--iteration", "-i", help="Aligned iterations to compare (default: all).")] = None,
+    seeds: SeedsOption = None,
+    protocol: Annotated[str | None, typer.Option("--protocol", help="swap (CPU default) | retrain (CUDA default).")] = None,
+) -> None:
+    """DLCM / PRM on test users: base, +knowledge (self text, no text, base policy, each aligned policy); mean ± sd over seeds."""
+    from rlrf.experiment import run_rerank_experiment
+
+    cfg = load_run_config(config, run_dir)
+    _setup_threads(cfg)
+    run_rerank_experiment(cfg, iteration or None, seeds, protocol=protocol)
+
+
 if __name__ == "__main__":
     app()
