@@ -25,10 +25,10 @@ item: release_year, class) and the user and item id:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import statistics
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -213,13 +213,28 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+FIELD_SETS = ("raw", "adapter", "all")
+
+
+def select_fields(fields: tuple[list, list], which: str) -> tuple[list, list]:
+    """raw = the encoder's vectors, adapter = the reranker adapter's outputs (`--adapter-outputs`), all = both."""
+    from rlrf.export import ADAPTER_SUFFIX
+
+    if which not in FIELD_SETS:
+        raise UserError(f"knowledge fields: unknown '{which}' ({', '.join(FIELD_SETS)})")
+    keep = {"raw": lambda f: not f.endswith(ADAPTER_SUFFIX), "adapter": lambda f: f.endswith(ADAPTER_SUFFIX),
+            "all": lambda f: True}[which]
+    return [f for f in fields[0] if keep(f)], [f for f in fields[1] if keep(f)]
+
+
 def run_context_experiment(cfg, export_dir: Path, model: str = "DeepFM", epochs: int = 20,
-                           seeds=(0, 1, 2), variants=VARIANTS, show_progress: bool = True,
-                           extra_config: dict | None = None, log=print) -> dict:
+                           seeds=(0, 1, 2), variants=VARIANTS, knowledge_fields: str = "raw",
+                           show_progress: bool = True, extra_config: dict | None = None, log=print) -> dict:
     """Train and test `model` on the export's RecBole dataset for each variant and seed.
 
     Writes `<export_dir>/recbole_<model>.json` (every run + mean ± sd) and `recbole_<model>.md`
-    (the table). `extra_config`: more RecBole settings (e.g. {"embedding_size": 16}).
+    (the table); with `knowledge_fields` other than "raw" the names get `_<fields>`.
+    `extra_config`: more RecBole settings (e.g. {"embedding_size": 16}).
     """
     from rlrf.data import load_dataset
     from rlrf.export import load_export
@@ -234,17 +249,17 @@ def run_context_experiment(cfg, export_dir: Path, model: str = "DeepFM", epochs:
     *_, meta = load_export(export_dir, ds)  # refuses an export of another dataset
     data_path = export_dir / meta["recbole"]["data_path"]
     name = meta["recbole"]["dataset"]
-    fields = _fields(data_path, name)
+    fields = select_fields(_fields(data_path, name), knowledge_fields)
     if not fields[0] and not fields[1] and any(v != "base" for v in variants):
-        raise UserError(f"{data_path / name}: no float_seq field in the .user or .item file")
-    work = export_dir.parent / f".recbole-{export_dir.name}-{model}"
+        raise UserError(f"{data_path / name}: no {knowledge_fields} float_seq field in the .user or .item file")
+    work = export_dir.parent / f".recbole-{export_dir.name}-{model}-{uuid.uuid4().hex[:8]}"
     result = {
         "model": model, "epochs": epochs, "seeds": list(seeds), "variants": list(variants),
         "task": "label = rating >= %g; per-user time order 80/10/10; RecBole labeled evaluation" % cfg.data.positive_rating,
         "export": {"folder": str(export_dir), "user_source": meta["sources"]["user"], "item_source": meta["sources"]["item"],
                    "encoder": meta["encoder"]["key"], "policy": meta["policy"]["tag"] if meta["policy"]["used"] else "none",
                    "fields": {"user": fields[0], "item": fields[1]}},
-        "extra_config": extra_config or {},
+        "knowledge_fields": knowledge_fields, "extra_config": extra_config or {},
         "runs": {}, "summary": {},
     }
     pairs = None
@@ -266,6 +281,7 @@ def run_context_experiment(cfg, export_dir: Path, model: str = "DeepFM", epochs:
         import shutil
 
         shutil.rmtree(work)
-    atomic_write_json(export_dir / f"recbole_{model}.json", result)
-    atomic_write_text(export_dir / f"recbole_{model}.md", markdown_table(result))
+    stem = f"recbole_{model}" + ("" if knowledge_fields == "raw" else f"_{knowledge_fields}")
+    atomic_write_json(export_dir / f"{stem}.json", result)
+    atomic_write_text(export_dir / f"{stem}.md", markdown_table(result))
     return result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -105,3 +104,14 @@ def test_experiment_refuses_another_datasets_export(small, tmp_path):
         run_context_experiment(other, result.folder, epochs=1, seeds=(0,), show_progress=False)
     with pytest.raises(UserError, match="variant: unknown 'wide'"):
         run_context_experiment(cfg, result.folder, epochs=1, seeds=(0,), variants=("wide",), show_progress=False)
+    with pytest.raises(UserError, match="no adapter float_seq field"):  # exported without --adapter-outputs
+        run_context_experiment(cfg, result.folder, epochs=1, seeds=(0,), knowledge_fields="adapter", show_progress=False)
+
+
+def test_select_fields():
+    from recmodels.context import select_fields
+
+    fields = (["user_knowledge", "user_knowledge_adapter"], ["item_knowledge", "item_knowledge_adapter"])
+    assert select_fields(fields, "raw") == (["user_knowledge"], ["item_knowledge"])
+    assert select_fields(fields, "adapter") == (["user_knowledge_adapter"], ["item_knowledge_adapter"])
+    assert select_fields(fields, "all") == fields

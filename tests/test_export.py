@@ -196,3 +196,30 @@ def test_export_names():
     assert export_name(None, "self", "self") == "self"
     assert export_name(2, "policy", "policy") == "iter_2_item-policy"
     assert export_name(2, "self", "policy") == "iter_2_user-self_item-policy"
+
+
+def test_adapter_outputs_are_the_reranker_towers(tmp_path, ml100k_small):
+    import torch
+
+    from recmodels import knowledge as kn
+    from recmodels.train import load_reranker
+    from rlrf import reward
+
+    cfg = RunConfig.model_validate({
+        "run_dir": str(tmp_path / "run"), "seed": 0, "threads": 1, "data": {"max_users": 40},
+        "encoder": {"model": "hashing:16", "cache_dir": str(tmp_path / "emb")},
+        "reward": {"models": ["dlcm"], "epochs": 1, "adapter_out": 4, "adapter_hidden": 8},
+    })
+    reward.train(cfg, ctx=reward.prepare(cfg, progress=False, ds=ml100k_small))
+    res = run_export(cfg, None, user_source="self", adapter_outputs=True, dataset=ml100k_small, show_progress=False)
+    users, ua, items, ia, meta = load_export(res.folder, ml100k_small, adapter=True)
+    assert ua.shape == (40, 4) and ia.shape == (len(items), 4) and meta["adapter_outputs"]["dim"] == 4
+    _, uvecs, _, ivecs, _ = load_export(res.folder, ml100k_small)
+    enc = kn.load_encoder(cfg.encoder, progress=False)
+    model, _ = load_reranker(cfg.run_dir / "reward" / "dlcm_knowledge", "ml-100k", enc.key, len(items),
+                             ml100k_small.catalog.genre_matrix())
+    a = model.features.adapter
+    with torch.no_grad():
+        u, _ = a._tower(torch.from_numpy(uvecs[:2]), a.user_experts, a.shared, a.user_gate)
+    np.testing.assert_allclose(ua[:2], u.numpy(), atol=1e-6)
+    assert res.fields == {"user": [USER_FIELD, USER_FIELD + "_adapter"], "item": [ITEM_FIELD, ITEM_FIELD + "_adapter"]}
