@@ -271,5 +271,65 @@ def experiment_rerank(
     run_rerank_experiment(cfg, iteration or None, seeds, protocol=protocol)
 
 
+@experiment_app.command("recbole")
+@user_errors
+def experiment_recbole(
+    config: ConfigOption = Path("configs/quickstart.yaml"),
+    run_dir: RunDirOption = None,
+    export: Annotated[Path | None, typer.Option("--export", help="An `rlrf export` folder (default: the last aligned iteration's).")] = None,
+    model: Annotated[str, typer.Option("--model", help="A RecBole context-aware model that reads float_seq fields.")] = "DeepFM",
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs (early stopping on validation AUC).")] = 20,
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds cfg.seed, +1, ...")] = 1,
+    fields: Annotated[str, typer.Option("--fields", help="Knowledge fields: raw | adapter | all.")] = "raw",
+    variant: Annotated[list[str] | None, typer.Option("--variant", help="base | knowledge_stock | knowledge (default: all).")] = None,
+) -> None:
+    """A RecBole context-aware model (DeepFM) on the exported dataset, with and without the knowledge features."""
+    from recmodels.context import VARIANTS, markdown_table, run_context_experiment
+    from rlrf.export import export_dir
+    from rlrf.policy_knowledge import aligned_iterations
+
+    cfg = load_run_config(config, run_dir)
+    _setup_threads(cfg)
+    if export is None:
+        done = aligned_iterations(cfg.run_dir)
+        export = export_dir(cfg, done[-1] if done else None)
+        if not (export / "meta.json").is_file():
+            raise UserError(f"{export}: no export here; run `rlrf export` first or pass --export")
+    result = run_context_experiment(cfg, export, model=model, epochs=epochs,
+                                    seeds=tuple(cfg.seed + i for i in range(seeds)),
+                                    variants=tuple(variant or VARIANTS), knowledge_fields=fields)
+    print(markdown_table(result))
+
+
+# --- export (issue 7, owned by rlrf/export.py) ---
+@app.command()
+@user_errors
+def export(
+    config: ConfigOption = Path("configs/quickstart.yaml"),
+    run_dir: RunDirOption = None,
+    iteration: Annotated[int | None, typer.Option("--iteration", "-i", help="Aligned policy iter_<t> (default: the last one).")] = None,
+    base: Annotated[bool, typer.Option("--base", help="The base policy instead of an aligned one.")] = False,
+    user_source: Annotated[str, typer.Option("--user-source", help="policy (one greedy summary per user) | self (text from the history).")] = "policy",
+    item_source: Annotated[str, typer.Option("--item-source", help="self (the item's own text) | policy (one description per item).")] = "self",
+    adapter_outputs: Annotated[bool, typer.Option("--adapter-outputs", help="Also the +knowledge reranker's adapter outputs.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: <run_dir>/export/<policy>).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Knowledge vectors of every user and item: RecBole atomic files (float_seq), .npy + ids, meta.json."""
+    from rlrf.export import run_export
+    from rlrf.policy_knowledge import aligned_iterations
+
+    cfg = load_run_config(config, run_dir)
+    _setup_threads(cfg)
+    if base and iteration is not None:
+        raise UserError("--base and --iteration name two different policies; give one")
+    if not base and iteration is None:
+        done = aligned_iterations(cfg.run_dir)
+        iteration = done[-1] if done else None
+    result = run_export(cfg, iteration, user_source=user_source, item_source=item_source,
+                        adapter_outputs=adapter_outputs, out_dir=out, show_progress=not quiet)
+    print("\n".join(result.lines()))
+
+
 if __name__ == "__main__":
     app()
