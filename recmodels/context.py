@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recmodels.recbole_env import load_checkpoint, prepare_recbole
+from recmodels.recbole_env import load_checkpoint, prepare_recbole, run_settings
 from rlrf.errors import UserError
 from rlrf.runs import atomic_write_json, atomic_write_text
 
@@ -96,16 +96,7 @@ def recbole_config(data_path: Path, name: str, model: str, variant: str, *, know
         "learning_rate": learning_rate,
         "train_batch_size": batch_size,
         "eval_batch_size": 8192,
-        "checkpoint_dir": str(checkpoint_dir),
-        "seed": seed,
-        "reproducibility": True,
-        "use_gpu": False,
-        "device": "cpu",
-        "show_progress": False,
-        "save_dataset": False,
-        "save_dataloaders": False,
-        "log_wandb": False,
-        "state": "WARNING",
+        **run_settings(checkpoint_dir, seed),
         **(extra or {}),
     })
 

@@ -43,6 +43,23 @@ def prepare_recbole() -> None:
             pass
 
 
+def run_settings(checkpoint_dir: Path, seed: int) -> dict:
+    """RecBole settings every rlrf model shares: CPU, seeded, quiet, nothing cached but the checkpoint
+    (RecBole's dataset/dataloader caches are keyed by name only and would outlive our atomic files)."""
+    return {
+        "checkpoint_dir": str(checkpoint_dir),
+        "seed": seed,
+        "reproducibility": True,
+        "use_gpu": False,
+        "device": "cpu",
+        "show_progress": False,
+        "save_dataset": False,
+        "save_dataloaders": False,
+        "log_wandb": False,
+        "state": "WARNING",
+    }
+
+
 def load_checkpoint(path: Path) -> dict:
     """Our own RecBole checkpoint (it pickles the config, so weights_only must be off)."""
     return torch.load(path, map_location="cpu", weights_only=False)

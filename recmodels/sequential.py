@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recmodels.recbole_env import load_checkpoint, prepare_recbole
+from recmodels.recbole_env import load_checkpoint, prepare_recbole, run_settings
 from rlrf.config import SASRecConfig
 from rlrf.data import Dataset, history_cut
 from rlrf.runs import atomic_write_json, atomic_write_text
@@ -78,16 +78,7 @@ def _recbole_config(cfg: SASRecConfig, data_root: Path, checkpoint_dir: Path, se
             "metrics": ["Hit", "NDCG"],
             "topk": [10],
             "valid_metric": "NDCG@10",
-            "checkpoint_dir": str(checkpoint_dir),
-            "seed": seed,
-            "reproducibility": True,
-            "use_gpu": False,
-            "device": "cpu",
-            "show_progress": False,
-            "save_dataset": False,
-            "save_dataloaders": False,
-            "log_wandb": False,
-            "state": "WARNING",
+            **run_settings(checkpoint_dir, seed),
         },
     )
 
