@@ -13,7 +13,7 @@ from rlrf.runs import atomic_write_text
 
 METHOD_TITLES = {"sprec": "SPRec", "dpo_random": "DPO-random", "dpo_popularity": "DPO-popularity"}
 ACCURACY = [("hr@1", "HR@1"), ("hr@5", "HR@5"), ("ndcg@5", "NDCG@5"), ("hr@10", "HR@10"), ("ndcg@10", "NDCG@10")]
-BIAS = [("div_ratio@10", "DivRatio@10 ↑"), ("or_ratio@10", "ORRatio@10 ↓"), ("mgu@10", "MGU@10 ↓"),
+BIAS = [("div_ratio@1", "DivRatio@1 ↑"), ("or_ratio@1", "ORRatio@1 ↓"), ("div_ratio@10", "DivRatio@10 ↑"), ("or_ratio@10", "ORRatio@10 ↓"), ("mgu@10", "MGU@10 ↓"),
         ("dgu@10", "DGU@10 ↓"), ("mean_popularity@10", "mean pop@10")]
 
 
@@ -50,7 +50,7 @@ def markdown(metrics: dict) -> str:
         f"Next-item generation on {users} held-out test users: the policy writes one title (greedy), the",
         "top-K list is that title's catalogue item followed by the items nearest its embedding",
         "(`sprec.topk`). DivRatio = distinct items / slots; ORRatio = share of the 3 most",
-        "recommended items; MGU/DGU = genre drift from the histories.",
+        "recommended items; MGU/DGU = genre drift from the histories. @1 is the generated title itself.",
         "",
         "| policy | " + " | ".join(title for _, title in columns) + " | grounded top-1 |",
         "|---|" + "---|" * (len(columns) + 1),
@@ -72,8 +72,8 @@ def markdown(metrics: dict) -> str:
                              + " | ".join("" if x is None else f"{x:.1f}" for x in pop) + f" | {it.get('seconds', '')} |")
     sft = metrics.get("sft")
     if sft:
-        lines += ["", f"SFT: {sft.get('examples')} examples, {sft.get('steps')} steps, loss "
-                  f"{sft.get('first_loss')} → {sft.get('last_loss')}, {sft.get('seconds')} s."]
+        losses = " → ".join(f"{x:.3f}" for x in (sft.get("first_loss"), sft.get("last_loss")) if x is not None)
+        lines += ["", f"SFT: {sft.get('examples')} examples, {sft.get('steps')} steps, loss {losses}, {sft.get('seconds')} s."]
     lines += ["", "![popularity](sprec_popularity.png)", "", "![per iteration](sprec_iterations.png)", ""]
     return "\n".join(lines)
 
@@ -116,6 +116,7 @@ def plot(metrics: dict, out_dir: Path) -> None:
             evs = sorted(m["evaluations"].items(), key=lambda kv: int(kv[0].split("_")[1]))
             ax.plot([int(k.split("_")[1]) for k, _ in evs], [ev.get(key) or 0.0 for _, ev in evs], marker="o",
                     label=METHOD_TITLES.get(name, name))
+        ax.set_xticks(range(max((len(m["evaluations"]) for m in methods.values()), default=1)))
         ax.set_xlabel("iteration (0 = SFT)")
         ax.set_title(title)
     axes[0].legend(fontsize=7)
