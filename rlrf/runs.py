@@ -7,6 +7,7 @@ the stage writes only the missing ones: every key ends up exactly once.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -67,19 +68,32 @@ class JsonlLog:
                 f.truncate(keep)
 
     def append(self, records: Iterable[dict]) -> int:
-        """Append records whose key is not yet present; returns how many were written."""
-        fresh = []
-        for record in records:
-            k = self.key(record)
-            if k in self.done:
-                continue
-            self.done.add(k)
-            fresh.append(json.dumps(record, ensure_ascii=False) + "\n")
-        if fresh:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write("".join(fresh))
-                f.flush()
-                os.fsync(f.fileno())
+        """Append records whose key is not yet present; returns how many were written.
+
+        Two commands may fill one file at once (`rlrf export` and `rlrf experiment` share the
+        knowledge store), so the append holds an exclusive lock and first takes in the keys the
+        other writer added since: each key is still written exactly once.
+        """
+        records = list(records)
+        if not records:
+            return 0
+        with self.path.open("ab") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                self._truncate_torn_tail()
+                self.done |= {self.key(r) for r in read_jsonl(self.path)}
+                fresh = []
+                for record in records:
+                    k = self.key(record)
+                    if k not in self.done:
+                        self.done.add(k)
+                        fresh.append(json.dumps(record, ensure_ascii=False) + "\n")
+                if fresh:
+                    f.write("".join(fresh).encode("utf-8"))
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return len(fresh)
 
     def __iter__(self) -> Iterator[dict]:

@@ -1,0 +1,36 @@
+"""The append-only JSONL log every stage resumes from: each key exactly once, whoever writes it."""
+
+from __future__ import annotations
+
+from rlrf.runs import JsonlLog, read_jsonl
+
+
+def by_user(record: dict) -> str:
+    return record["user"]
+
+
+def test_a_key_is_written_once_even_across_reopen(tmp_path):
+    path = tmp_path / "log.jsonl"
+    assert JsonlLog(path, by_user).append([{"user": "a"}, {"user": "b"}, {"user": "a"}]) == 2
+    again = JsonlLog(path, by_user)
+    assert "a" in again and "c" not in again
+    assert again.append([{"user": "b"}, {"user": "c"}]) == 1
+    assert [r["user"] for r in read_jsonl(path)] == ["a", "b", "c"]
+
+
+def test_a_torn_last_line_from_a_kill_is_dropped_then_rewritten(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"user": "a"}\n{"user": "b", "te')
+    log = JsonlLog(path, by_user)
+    assert "b" not in log
+    assert log.append([{"user": "b"}]) == 1
+    assert [r["user"] for r in read_jsonl(path)] == ["a", "b"]
+
+
+def test_two_writers_sharing_one_file_never_duplicate_a_key(tmp_path):
+    path = tmp_path / "store.jsonl"
+    first, second = JsonlLog(path, by_user), JsonlLog(path, by_user)  # e.g. export and experiment at once
+    assert first.append([{"user": "a", "by": 1}]) == 1
+    assert second.append([{"user": "a", "by": 2}, {"user": "b", "by": 2}]) == 1
+    assert first.append([{"user": "b", "by": 1}, {"user": "c", "by": 1}]) == 1
+    assert [(r["user"], r["by"]) for r in read_jsonl(path)] == [("a", 1), ("b", 2), ("c", 1)]
