@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recmodels.recbole_env import load_checkpoint, prepare_recbole, run_settings
+from recmodels.recbole_env import load_checkpoint, make_config, prepare_recbole, run_settings
 from rlrf.errors import UserError
 from rlrf.runs import atomic_write_json, atomic_write_text
 
@@ -77,10 +77,8 @@ def _fields(data_path: Path, name: str) -> tuple[list[str], list[str]]:
 def recbole_config(data_path: Path, name: str, model: str, variant: str, *, knowledge_fields: tuple[list, list],
                    seed: int, epochs: int, checkpoint_dir: Path, positive_rating: float = 4.0,
                    learning_rate: float = 1e-3, batch_size: int = 2048, stopping_step: int = 3, extra: dict | None = None):
-    from recbole.config import Config
-
     user_k, item_k = knowledge_fields if variant != "base" else ([], [])
-    return Config(model=model, dataset=name, config_dict={
+    return make_config(model=model, dataset=name, config_dict={
         "data_path": str(data_path),
         "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"],
                      "user": ["user_id", *USER_FEATURES, *user_k], "item": ["item_id", *ITEM_FEATURES, *item_k]},

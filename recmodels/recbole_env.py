@@ -5,6 +5,8 @@
 - glibc returning freed arenas to the OS on every SASRec batch costs a third of the step time;
   keeping them (no mmap, high trim threshold) avoids it.
 - `recbole.quick_start` imports ray (and pkg_resources): never import it.
+- `recbole.config.Config` also reads `--key=value` pairs from `sys.argv`, so an `rlrf` option such as
+  `--epochs=60` would silently become a RecBole setting: build configs with `make_config`.
 - `Trainer.evaluate(load_best_model=True)` fails on torch >= 2.6 (weights_only); load our own
   checkpoints with `load_checkpoint` instead.
 """
@@ -41,6 +43,19 @@ def prepare_recbole() -> None:
             libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
         except (OSError, AttributeError):  # not glibc: nothing to tune
             pass
+
+
+def make_config(model: str, dataset: str, config_dict: dict):
+    """A RecBole `Config` from `config_dict` alone: the process's command line is hidden from it."""
+    import sys
+
+    from recbole.config import Config
+
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return Config(model=model, dataset=dataset, config_dict=config_dict)
+    finally:
+        sys.argv = argv
 
 
 def run_settings(checkpoint_dir: Path, seed: int) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recmodels.recbole_env import load_checkpoint, prepare_recbole, run_settings
+from recmodels.recbole_env import load_checkpoint, make_config, prepare_recbole, run_settings
 from rlrf.config import SASRecConfig
 from rlrf.data import Dataset, history_cut
 from rlrf.runs import atomic_write_json, atomic_write_text
@@ -53,9 +53,7 @@ def _write_atomic(sequences: dict[str, list[int]], folder: Path) -> None:
 
 
 def _recbole_config(cfg: SASRecConfig, data_root: Path, checkpoint_dir: Path, seed: int):
-    from recbole.config import Config
-
-    return Config(
+    return make_config(
         model="SASRec",
         dataset=DATASET_NAME,
         config_dict={

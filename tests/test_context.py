@@ -115,3 +115,15 @@ def test_select_fields():
     assert select_fields(fields, "raw") == (["user_knowledge"], ["item_knowledge"])
     assert select_fields(fields, "adapter") == (["user_knowledge_adapter"], ["item_knowledge_adapter"])
     assert select_fields(fields, "all") == fields
+
+
+def test_recbole_settings_come_from_rlrf_never_from_the_command_line(monkeypatch, tmp_path):
+    import sys
+
+    from recmodels.recbole_env import make_config, prepare_recbole, run_settings
+
+    prepare_recbole()
+    monkeypatch.setattr(sys, "argv", ["rlrf", "experiment", "recbole", "--epochs=99", "--seed=7"])
+    config = make_config("BPR", "ml-100k", {"epochs": 3, **run_settings(tmp_path, seed=1)})
+    assert config["epochs"] == 3 and config["seed"] == 1
+    assert sys.argv[-1] == "--seed=7"  # the process's own arguments are left as they were
