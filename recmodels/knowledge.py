@@ -319,6 +319,19 @@ def item_self_texts(catalog) -> list[str]:
     return [catalog.describe(i) for i in range(len(catalog))]
 
 
+def item_texts_with_knowledge(catalog, knowledge: dict[str, str]) -> tuple[list[str], int]:
+    """Each item's knowledge text where one exists, else its own text; returns (texts, how many kept their own)."""
+    texts = item_self_texts(catalog)
+    own = 0
+    for i, raw in enumerate(catalog.ids):
+        text = knowledge.get(raw, "")
+        if text.strip():
+            texts[i] = text
+        else:
+            own += 1
+    return texts, own
+
+
 def user_self_text(catalog, history: Sequence[int], ratings: Sequence[float | None] | None = None,
                    positive_rating: float = 4.0, n_genres: int = 3, n_titles: int = 5) -> str:
     """"self" user knowledge from the visible history only (never the list being ranked).

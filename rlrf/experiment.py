@@ -40,7 +40,6 @@ to ``rerank_retrain/models/<policy>/<model>_knowledge/seed_<s>.pt``.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ import numpy as np
 import torch
 
 from rlrf.errors import UserError
-from rlrf.runs import atomic_write_json
+from rlrf.runs import atomic_write_json, read_json
 
 PROTOCOLS = ("swap", "retrain")
 KS = (1, 3, 5, 7)
@@ -534,12 +533,9 @@ def _short(label: str) -> str:
 
 
 def _read_json(path: Path):
-    path = Path(path)
-    if not path.exists():
-        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        return read_json(path)
+    except UserError:
         return None  # a cache: recomputed
 
 

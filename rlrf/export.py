@@ -148,9 +148,8 @@ def _user_texts(cfg, ds, lists, iteration, source: str, show_progress: bool, inf
 def _item_texts(cfg, ds, iteration, source: str, show_progress: bool, info: dict) -> tuple[list[str], int]:
     from recmodels import knowledge as kn
 
-    texts = kn.item_self_texts(ds.catalog)
     if source == "self":
-        return texts, 0
+        return kn.item_self_texts(ds.catalog), 0
     from rlrf.policy_knowledge import generate_item_knowledge
 
     start = time.perf_counter()
@@ -158,15 +157,7 @@ def _item_texts(cfg, ds, iteration, source: str, show_progress: bool, info: dict
     info["generate_seconds"] = info.get("generate_seconds", 0.0) + time.perf_counter() - start
     info["item_file"] = str(path)
     info["item_generation"] = _read_meta(path.parent / f"{path.stem}.meta.json")
-    first = kn.load_knowledge_file(path, ds.catalog.ids, field_name="item").first()
-    own = 0
-    for i, raw in enumerate(ds.catalog.ids):
-        text = first.get(raw, "")
-        if text.strip():
-            texts[i] = text
-        else:
-            own += 1
-    return texts, own
+    return kn.item_texts_with_knowledge(ds.catalog, kn.load_knowledge_file(path, ds.catalog.ids, field_name="item").first())
 
 
 def _read_meta(path: Path) -> dict | None:

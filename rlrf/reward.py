@@ -107,20 +107,12 @@ def load_lists_for(cfg, ds) -> dict:
 
 
 def _item_texts(cfg, ds, notes: list[str]) -> list[str]:
-    texts = kn.item_self_texts(ds.catalog)
     source = cfg.reward.item_knowledge
     if source == "self":
-        return texts
+        return kn.item_self_texts(ds.catalog)
     kf = kn.load_knowledge_file(Path(source), ds.catalog.ids, field_name="item")
     notes.append("item knowledge: " + kf.report())
-    first = kf.first()
-    missing = 0
-    for i, raw in enumerate(ds.catalog.ids):
-        text = first.get(raw, "")
-        if text.strip():
-            texts[i] = text
-        else:
-            missing += 1  # keeps its own text
+    texts, missing = kn.item_texts_with_knowledge(ds.catalog, kf.first())
     if missing:
         notes.append(f"item knowledge: {missing} items without a text in {source} use their own text")
     return texts
