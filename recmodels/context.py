@@ -191,8 +191,8 @@ def markdown_table(result: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for variant, summary in result["summary"].items():
-        def cell(key, s=summary):
-            return f"{s[key]['mean']:.4f} ± {s[key]['sd']:.4f}"
+        def cell(key, s=summary, one_seed=len(result["seeds"]) < 2):
+            return f"{s[key]['mean']:.4f}" + ("" if one_seed else f" ± {s[key]['sd']:.4f}")
         lines.append(f"| {LABELS[variant].format(model=model)} | {cell('test_auc')} | {cell('test_logloss')} | "
                      f"{cell('valid_auc')} | {summary['epochs_run']:.1f} | {summary['seconds']:.0f} |")
     overlap = result.get("overlap")
