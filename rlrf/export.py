@@ -168,15 +168,6 @@ def _read_meta(path: Path) -> dict | None:
     return {k: meta.get(k) for k in ("model", "adapter", "backend", "params", "records")}
 
 
-def _encode(encoder, texts: list[str]) -> tuple[np.ndarray, int]:
-    """[len, dim] float32; an empty text is a zero vector (not an encoded empty string)."""
-    has = np.array([bool(t and t.strip()) for t in texts], dtype=bool)
-    out = np.zeros((len(texts), encoder.dim), np.float32)
-    if has.any():
-        out[has] = encoder.encode([t for t, h in zip(texts, has) if h])
-    return out, int((~has).sum())
-
-
 def adapter_vectors(cfg, ds, encoder, user_vecs: np.ndarray, has_user: np.ndarray, item_vecs: np.ndarray):
     """The raw vectors through the user / item tower of the run's +knowledge reranker (`reward.model`).
 
@@ -321,9 +312,12 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
     item_ids = list(ds.catalog.ids)
     utexts = _user_texts(cfg, ds, lists, iteration, user_source, show_progress, info)
     itexts, items_own = _item_texts(cfg, ds, iteration, item_source, show_progress, info)
-    user_vecs, users_empty = _encode(encoder, [utexts[u] for u in user_ids])
-    item_vecs, _ = _encode(encoder, itexts)
-    has_user = np.array([bool(utexts[u].strip()) for u in user_ids], dtype=bool)
+    from rlrf.reward import encode_summaries  # an empty text is a zero vector, flagged, as in scoring
+
+    user_k, has_k = encode_summaries(encoder, [utexts[u] for u in user_ids])
+    user_vecs, has_user = user_k.numpy(), has_k.numpy()
+    users_empty = int((~has_user).sum())
+    item_vecs = encode_summaries(encoder, itexts)[0].numpy()
 
     user_cols = {USER_FIELD: user_vecs}
     item_cols = {ITEM_FIELD: item_vecs}

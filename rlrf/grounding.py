@@ -140,8 +140,8 @@ class Grounding:
     similarity: float | None = None
 
 
-def _catalogue_text(title: str, year: int | None) -> str:
-    """The text embedded for an item: "Title (year)", the form the policy is prompted with."""
+def catalogue_text(title: str, year: int | None) -> str:
+    """The text embedded for an item: "Title (year)", the form the policy is prompted with and taught."""
     return f"{title} ({year})" if year is not None and f"({year})" not in title else title
 
 
@@ -160,7 +160,7 @@ class TitleGrounder:
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self._index = None
         self._popularity = np.asarray(catalog.popularity, dtype=np.int64)
-        self.texts = [_catalogue_text(t, y) for t, y in zip(catalog.titles, catalog.years)]
+        self.texts = [catalogue_text(t, y) for t, y in zip(catalog.titles, catalog.years)]
         # key -> list of (item, rank); rank 0 = primary title, 1 = alternate title.
         self._exact: dict[str, list[tuple[int, int]]] = {}
         self._normalised: dict[str, list[tuple[int, int]]] = {}
@@ -252,6 +252,10 @@ class TitleGrounder:
         return vectors
 
     # --- public ------------------------------------------------------------------------------
+
+    def item_similarity(self, i: int, j: int) -> float:
+        """Cosine of two catalogue items' title vectors, read back from the index."""
+        return float(self.index.reconstruct(int(i)) @ self.index.reconstruct(int(j)))
 
     def ground(self, texts: Sequence[str]) -> list[Grounding]:
         """One `Grounding` per text; the texts levels 1-2 miss are embedded in one encode call."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlrf.config import RunConfig, save_config
 from rlrf.data import Dataset, build_lists, load_dataset, save_lists
-from rlrf.runs import atomic_write_json, atomic_write_text
+from rlrf.runs import atomic_write_json, atomic_write_jsonl
 
 
 @dataclass
@@ -27,13 +26,8 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    atomic_write_text(
-        run_dir / "candidates.jsonl",
-        "".join(
-            json.dumps({"user": u, "items": [ds.catalog.ids[i] for i in items]}) + "\n"
-            for u, items in candidates.items.items()
-        ),
-    )
+    atomic_write_jsonl(run_dir / "candidates.jsonl", (
+        {"user": u, "items": [ds.catalog.ids[i] for i in items]} for u, items in candidates.items.items()))
     save_lists(lists, run_dir / "lists.jsonl")
     positives = [sum(lst.labels) for lst in lists.values()]
     summary = {

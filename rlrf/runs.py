@@ -29,6 +29,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def atomic_write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    """A whole JSONL file at once (one record per line), never half-written."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """All complete records; a torn last line (from a kill mid-write) is ignored."""
     if not path.exists():

@@ -9,13 +9,12 @@ pairs, so validation and test users stay unseen by alignment.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlrf.errors import UserError
-from rlrf.runs import JsonlLog, atomic_write_json, atomic_write_text, read_jsonl
+from rlrf.runs import JsonlLog, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 
 @dataclass
@@ -125,7 +124,7 @@ def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress:
         responses, rewards, prompts, set(ds.splits["train"]), cfg.score.negatives, cfg.score.min_margin
     )
     out_dir = iter_dir(cfg.run_dir, iteration)
-    atomic_write_text(out_dir / "pairs.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+    atomic_write_jsonl(out_dir / "pairs.jsonl", pairs)
     atomic_write_json(out_dir / "pairs.meta.json", {"metric": metric, **asdict(stats)})
     return stats
 

@@ -7,7 +7,7 @@ accurate. The baselines run the same loop with random or popularity-sampled cata
 
 Run layout (``<run_dir>``)::
 
-    sft/adapter, sft/sft_log.json        SFT on train users' real next items (policy_0 of every method)
+    sft/adapter, sft/adapter_log.json    SFT on train users' real next items (policy_0 of every method)
     <method>/iter_<t>/next_item.jsonl    self-play predictions for the iteration's train users (sprec only)
     <method>/iter_<t>/pairs.jsonl        real next item vs negatives (grounded predictions / sampled items)
     <method>/iter_<t>/sft_adapter        SFT on the iteration's fresh positives, continuing the one LoRA
@@ -30,17 +30,17 @@ import numpy as np
 
 from rlrf.errors import UserError
 from rlrf.loop import Method, run_loop, with_adapter
-from rlrf.runs import atomic_write_json, atomic_write_text, read_json, read_jsonl
-
+from rlrf.runs import atomic_write_json, atomic_write_jsonl, read_json
 from rlrf.sprec_report import METHOD_TITLES
 
 SFT_DIR = "sft"
 
 
 def answer_text(catalog, i: int) -> str:
-    """The completion the policy is taught for item i: "Title (year)", as the prompt asks."""
-    year = catalog.years[i]
-    return f"{catalog.titles[i]} ({year})" if year else str(catalog.titles[i])
+    """The completion the policy is taught for item i: "Title (year)", as the prompt asks (and as grounding embeds it)."""
+    from rlrf.grounding import catalogue_text
+
+    return catalogue_text(catalog.titles[i], catalog.years[i])
 
 
 def _rng(seed: int, *parts) -> np.random.Generator:
@@ -99,14 +99,12 @@ def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: P
         return {**(read_json(log_path) or {}).get("summary", {}), "skipped": True}
     if not records:
         raise UserError(f"{adapter_dir}: no SFT examples (no train user with two or more items)")
+    for leftover in [*adapter_dir.parent.glob(f".{adapter_dir.name}.tmp-*"), *adapter_dir.parent.glob(".sft-work-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)  # from a killed run
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    policy_cfg = with_adapter(cfg, start_adapter)
-    from rlrf.llm import load_policy
-
-    policy = load_policy(policy_cfg.llm.model_copy(update={"adapter": None}), merge_adapter=False)
-    model, tokenizer, lora = trainable_policy(policy_cfg, policy, start_adapter)
+    model, tokenizer, lora = trainable_policy(cfg, None, start_adapter)
     s = cfg.sprec
     work_dir = adapter_dir.parent / f".sft-work-{os.getpid()}"
     dtype = next(model.parameters()).dtype
@@ -178,7 +176,7 @@ def sampled_negatives(rng: np.random.Generator, n_items: int, k: int, exclude: s
     return rng.choice(n_items, size=k, replace=False, p=weights / weights.sum()).tolist() if k else []
 
 
-def build_pairs(cfg, ds, prompts, negatives: dict[str, list[int]], similarity=None, iteration: int = 0) -> list[dict]:
+def build_pairs(ds, prompts, negatives: dict[str, list[int]], similarity=None, iteration: int = 0) -> list[dict]:
     """Pairs in the align stage's format: chosen = the real next item, rejected = the negatives.
 
     `margin` (RosePO's oracle) = 1 − cos(target, first negative) when `similarity` is given: a
@@ -206,11 +204,10 @@ def build_pairs(cfg, ds, prompts, negatives: dict[str, list[int]], similarity=No
 class SPRecMethod(Method):
     """One arm of `rlrf sprec`: "sprec" (self-play negatives) or a baseline ("dpo_random", "dpo_popularity")."""
 
-    def __init__(self, name: str, root: Path, dataset, grounder, similarity, show_progress: bool = True):
+    def __init__(self, name: str, root: Path, dataset, grounder, show_progress: bool = True):
         if name not in METHOD_TITLES:
             raise UserError(f"sprec.methods: unknown method '{name}' ({', '.join(METHOD_TITLES)})")
         self.name, self.root, self.ds, self.grounder = name, Path(root), dataset, grounder
-        self.similarity = similarity
         self.show_progress = show_progress
         self._tokenizer = None
 
@@ -269,7 +266,7 @@ class SPRecMethod(Method):
                 exclude = {target, *self.ds.users[p.key].items[:-1]}
                 negatives[p.key] = sampled_negatives(_rng(cfg.seed, self.name, iteration, p.key), len(cat), k,
                                                      exclude, popularity)
-        pairs = build_pairs(cfg, self.ds, prompts, negatives, self.similarity, iteration)
+        pairs = build_pairs(self.ds, prompts, negatives, self.grounder.item_similarity, iteration)
         chosen_pop = [cat.popularity[cat.index(p.meta["target"])] for p in prompts]
         neg_pop = [cat.popularity[i] for negs in negatives.values() for i in negs]
         stats.update({
@@ -277,7 +274,7 @@ class SPRecMethod(Method):
             "mean_target_popularity": float(np.mean(chosen_pop)) if chosen_pop else None,
             "mean_negative_popularity": float(np.mean(neg_pop)) if neg_pop else None,
         })
-        atomic_write_text(out_dir / "pairs.jsonl", "".join(_json_line(p) for p in pairs))
+        atomic_write_jsonl(out_dir / "pairs.jsonl", pairs)
         atomic_write_json(meta_path, stats)
         return stats
 
@@ -295,12 +292,6 @@ class SPRecMethod(Method):
 
     def evaluate(self, cfg, label: str) -> dict:
         return evaluate_policy(cfg, self.root, self.ds, self.grounder, self.show_progress)
-
-
-def _json_line(record: dict) -> str:
-    import json
-
-    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 # -------------------------------------------------------------------------------------- evaluation
@@ -335,11 +326,11 @@ def recommendations(grounder, ds, records: list[dict], histories: dict[str, list
         by_user.setdefault(r["user"], []).append(r)
     users = sorted(by_user)
     first = grounder.ground([by_user[u][0]["text"] for u in users])
-    recs = np.full((len(users), k), -1, dtype=np.int64)
     if topk == "nearest":
         exclude = [histories[u] if exclude_history else [] for u in users]
         recs = grounder.nearest([by_user[u][0]["text"] for u in users], k, exclude=exclude, grounded_first=True)
     else:
+        recs = np.full((len(users), k), -1, dtype=np.int64)
         texts = [r["text"] for u in users for r in by_user[u]]
         grounded = iter(grounder.ground(texts))
         for row, u in enumerate(users):
@@ -417,8 +408,8 @@ def evaluate_policy(cfg, root: Path, ds, grounder, show_progress: bool = True) -
     his_hist, _ = m.popularity_histogram(history_items, cat.popularity, edges)
     result["popularity_histogram"] = {"edges": edges.tolist(), "recommended": rec_hist.round(5).tolist(),
                                       "history": his_hist.round(5).tolist()}
-    atomic_write_text(iter_dir(out_dir, 0) / "recommendations.jsonl", "".join(
-        _json_line({"user": u, "target": cat.ids[t], "items": [cat.ids[i] for i in row if i >= 0]})
+    atomic_write_jsonl(iter_dir(out_dir, 0) / "recommendations.jsonl", (
+        {"user": u, "target": cat.ids[t], "items": [cat.ids[i] for i in row if i >= 0]}
         for u, t, row in zip(rec_users, targets.tolist(), recs.tolist())))
     atomic_write_json(out_dir / "eval.json", result)
     return result
@@ -434,23 +425,11 @@ def _shares(groundings) -> dict:
 
 
 def make_grounder(cfg, ds):
-    """(grounder, similarity(i, j) = cosine of two items' answer texts) over one encoder."""
     from recmodels.knowledge import load_encoder
     from rlrf.grounding import TitleGrounder
 
-    encoder = load_encoder(cfg.encoder, progress=False)
-    grounder = TitleGrounder(ds.catalog, encoder, min_similarity=cfg.sprec.min_similarity,
-                             index_dir=Path(cfg.run_dir) / "grounding")
-    vectors = None
-
-    def similarity(i: int, j: int) -> float:
-        nonlocal vectors
-        if vectors is None:  # the embedding cache makes this free after the grounder's index is built
-            vecs = encoder.encode([answer_text(ds.catalog, x) for x in range(len(ds.catalog))])
-            vectors = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        return float(vectors[i] @ vectors[j])
-
-    return grounder, similarity
+    return TitleGrounder(ds.catalog, load_encoder(cfg.encoder, progress=False),
+                         min_similarity=cfg.sprec.min_similarity, index_dir=Path(cfg.run_dir) / "grounding")
 
 
 def run_sprec(cfg, show_progress: bool = True, log=print) -> dict:
@@ -462,13 +441,13 @@ def run_sprec(cfg, show_progress: bool = True, log=print) -> dict:
     ds = load_dataset(cfg.data, seed=cfg.seed)
     root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, root / "config.yaml")
-    grounder, similarity = make_grounder(cfg, ds)
+    grounder = make_grounder(cfg, ds)
     metrics_path = root / "metrics.json"
     metrics = read_json(metrics_path) or {"method": "sprec", "evaluations": {}, "methods": {}}
 
     if cfg.sprec.evaluate_base and "base" not in metrics["evaluations"]:
         log("[sprec] evaluating the base policy (before SFT)")
-        metrics["evaluations"]["base"] = evaluate_policy(with_adapter(cfg, cfg.llm.adapter), root, ds, grounder, show_progress)
+        metrics["evaluations"]["base"] = evaluate_policy(cfg, root, ds, grounder, show_progress)
         atomic_write_json(metrics_path, metrics)
 
     sft_adapter = root / SFT_DIR / "adapter"
@@ -479,7 +458,7 @@ def run_sprec(cfg, show_progress: bool = True, log=print) -> dict:
 
     for name in cfg.sprec.methods:
         method_cfg = with_adapter(cfg.model_copy(update={"run_dir": root / name}), sft_adapter)
-        method = SPRecMethod(name, root, ds, grounder, similarity, show_progress)
+        method = SPRecMethod(name, root, ds, grounder, show_progress)
         metrics["methods"][name] = run_loop(method_cfg, method, cfg.loop.iterations, log=log)
         atomic_write_json(metrics_path, metrics)
     metrics["evaluations"]["sft"] = metrics["methods"][cfg.sprec.methods[0]]["evaluations"]["policy_0"]

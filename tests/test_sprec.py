@@ -49,11 +49,11 @@ def test_pairs_put_the_real_next_item_first_and_refuse_the_target_as_negative(ml
     target = ml100k_small.users[user].items[-1]
     prompt = Prompt(user, "PROMPT", [1, 2], {"target": cat.ids[target]})
     other = (target + 1) % len(cat)
-    (pair,) = build_pairs(None, ml100k_small, [prompt], {user: [other]}, similarity=lambda i, j: 0.25)
+    (pair,) = build_pairs(ml100k_small, [prompt], {user: [other]}, similarity=lambda i, j: 0.25)
     assert pair["chosen"] == answer_text(cat, target) and pair["rejected"] == answer_text(cat, other)
     assert pair["margin"] == pytest.approx(0.75) and pair["prompt"] == "PROMPT"
     with pytest.raises(AssertionError):
-        build_pairs(None, ml100k_small, [prompt], {user: [target]})
+        build_pairs(ml100k_small, [prompt], {user: [target]})
 
 
 @pytest.fixture
@@ -139,5 +139,5 @@ def test_sprec_end_to_end_on_a_tiny_policy(tiny_sprec_config):
 def _grounded(cfg, ds, path):
     from rlrf.sprec import make_grounder
 
-    grounder, _ = make_grounder(cfg, ds)
+    grounder = make_grounder(cfg, ds)
     return [g.item for g in grounder.ground([r["text"] for r in read_jsonl(path)]) if g.item is not None]
