@@ -192,13 +192,19 @@ class SPRecConfig(Section):
     sft_batch_size: int = Field(8, ge=1)
     users_per_iteration: int = Field(64, ge=1)  # train users sampled afresh each iteration: positives, predictions, pairs
     samples: int = Field(1, ge=1)  # predictions sampled per user for self-play negatives (>= score.negatives)
-    methods: list[Literal["sprec", "dpo_random", "dpo_popularity"]] = ["sprec", "dpo_random", "dpo_popularity"]
+    methods: list[Literal["sprec", "dpo_random", "dpo_popularity"]] = Field(["sprec", "dpo_random", "dpo_popularity"], min_length=1)
     min_similarity: float = Field(0.5, ge=-1, le=1)  # nearest-title grounding below this cosine is "ungrounded"
     topk: Literal["nearest", "samples"] = "nearest"  # top-K = the K items nearest the greedy title, or K sampled titles grounded
     eval_samples: int = Field(10, ge=1)  # topk=samples: titles sampled per test user
     exclude_history: bool = True  # never recommend an item the user already has
     eval_users: int | None = Field(None, ge=1)  # test users evaluated (None = all)
-    ks: list[int] = [1, 5, 10]
+    ks: list[int] = Field([1, 5, 10], min_length=1)  # cut-offs of the evaluation metrics
+
+    @model_validator(mode="after")
+    def _positive_ks(self) -> "SPRecConfig":
+        if min(self.ks) < 1:
+            raise ValueError(f"sprec.ks must be positive cut-offs (got {self.ks})")
+        return self
     evaluate_base: bool = True  # also evaluate the policy before SFT (a reference row)
 
 

@@ -30,3 +30,12 @@ def test_sprec_names_a_bad_config_key(tmp_path):
     result = run_cli("sprec", "-c", str(bad))
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {bad}: key 'sprec.topk'")
+
+
+def test_sprec_needs_a_method_and_positive_cut_offs(tmp_path):
+    for body, key in [("sprec: {methods: []}", "sprec.methods"), ("sprec: {ks: [0, 5]}", "sprec")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(body + "\n")
+        result = run_cli("sprec", "-c", str(bad), "--run-dir", str(tmp_path / "run"))
+        assert result.returncode == 2 and result.stderr.startswith(f"error: {bad}: key '{key}'")
+        assert not (tmp_path / "run").exists()
