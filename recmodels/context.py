@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from recmodels.recbole_env import load_checkpoint, make_config, prepare_recbole, run_settings
-from rlrf.errors import UserError
-from rlrf.runs import atomic_write_json, atomic_write_text
+from rlrf.core.errors import UserError
+from rlrf.core.io import atomic_write_json, atomic_write_text
 
 VARIANTS = ("base", "knowledge_stock", "knowledge")
 USER_FEATURES = ("age", "gender", "occupation")
@@ -146,7 +146,7 @@ def _raw_pairs(dataset) -> list[tuple[str, str]]:
 
 def history_overlap(cfg, ds, pairs) -> dict:
     """Validation/test interactions whose item is in the user's visible history (what knowledge sees)."""
-    from rlrf.reward import load_lists_for
+    from rlrf.reward.model import load_lists_for
 
     lists = load_lists_for(cfg, ds)
     seen = {u: {ds.catalog.ids[i] for i in lst.history} for u, lst in lists.items()}
@@ -207,7 +207,7 @@ FIELD_SETS = ("raw", "adapter", "all")
 
 def select_fields(fields: tuple[list, list], which: str) -> tuple[list, list]:
     """raw = the encoder's vectors, adapter = the reranker adapter's outputs (`--adapter-outputs`), all = both."""
-    from rlrf.export import ADAPTER_SUFFIX
+    from rlrf.export.vectors import ADAPTER_SUFFIX
 
     if which not in FIELD_SETS:
         raise UserError(f"knowledge fields: unknown '{which}' ({', '.join(FIELD_SETS)})")
@@ -225,8 +225,8 @@ def run_context_experiment(cfg, export_dir: Path, model: str = "DeepFM", epochs:
     (the table); with `knowledge_fields` other than "raw" the names get `_<fields>`.
     `extra_config`: more RecBole settings (e.g. {"embedding_size": 16}).
     """
-    from rlrf.data import load_dataset
-    from rlrf.export import load_export
+    from rlrf.data.dataset import load_dataset
+    from rlrf.export.vectors import load_export
 
     export_dir = Path(export_dir)
     unknown = [v for v in variants if v not in VARIANTS]

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from recmodels.recbole_env import load_checkpoint, make_config, prepare_recbole, run_settings
-from rlrf.config import SASRecConfig
-from rlrf.data import Dataset, history_cut
-from rlrf.runs import atomic_write_json, atomic_write_text
+from rlrf.core.config import SASRecConfig
+from rlrf.data.dataset import Dataset, history_cut
+from rlrf.core.io import atomic_write_json, atomic_write_text
 
 DATASET_NAME = "rlrf_sasrec"  # never 'ml-100k': RecBole resolves that name to its bundled copy
 
@@ -165,7 +165,7 @@ def top_m(scores: np.ndarray, histories: list[list[int]], m: int) -> np.ndarray:
 
 def generate_candidates(ds: Dataset, cfg: SASRecConfig, max_history: int, out_dir: Path, seed: int = 0) -> Candidates:
     """Train/reuse SASRec, then top-M for every user from the history before the list cut."""
-    from rlrf.metrics import hit_ndcg_at_k, target_ranks
+    from rlrf.evaluation.metrics import hit_ndcg_at_k, target_ranks
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model, dataset = train_sasrec(ds, cfg, max_history, out_dir, seed)

@@ -21,8 +21,8 @@ from torch import nn
 from recmodels.adapter import ListFeatures
 from recmodels.dlcm import DLCM
 from recmodels.prm import PRM
-from rlrf.errors import UserError
-from rlrf.metrics import map_at_k
+from rlrf.core.errors import UserError
+from rlrf.evaluation.metrics import map_at_k
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -194,7 +194,7 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
 
 def save_reranker(folder: Path, model: nn.Module, hp: dict, meta: dict, name: str = MODEL_FILE) -> None:
     """The state dict (item knowledge table included) + meta.json naming dataset, encoder, hyperparameters."""
-    from rlrf.runs import atomic_write_json
+    from rlrf.core.io import atomic_write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.tmp"

@@ -13,7 +13,7 @@ from typing import Annotated, Callable
 
 import typer
 
-from rlrf.errors import UserError
+from rlrf.core.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 
@@ -41,7 +41,7 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def load_run_config(config: Path, run_dir: Path | None):
-    from rlrf.config import load_config
+    from rlrf.core.config import load_config
 
     overrides = {"run_dir": str(run_dir)} if run_dir else None
     return load_config(config, overrides)
@@ -61,7 +61,7 @@ def data(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDir
     from rich.console import Console
     from rich.table import Table
 
-    from rlrf.prepare import prepare_data
+    from rlrf.data.prepare import prepare_data
 
     cfg = load_run_config(config, run_dir)
     _setup_threads(cfg)
@@ -104,7 +104,7 @@ SeedsOption = Annotated[int | None, typer.Option("--seeds", help="Seeds (cfg.see
 def reward_train(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDirOption = None,
                  seeds: SeedsOption = None) -> None:
     """Train base and +knowledge DLCM/PRM on train users, early-stopped on valid users' MAP@5."""
-    from rlrf import reward
+    from rlrf.reward import model as reward
 
     cfg = load_run_config(config, run_dir)
     reward.train(cfg, seeds)
@@ -115,7 +115,7 @@ def reward_train(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir
 def reward_eval(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDirOption = None,
                 seeds: SeedsOption = None) -> None:
     """NDCG@K / MAP@K (K = 1, 3, 5, 7) on test users, base vs +knowledge; writes reward/eval.json."""
-    from rlrf import reward
+    from rlrf.reward import model as reward
 
     cfg = load_run_config(config, run_dir)
     reward.evaluate(cfg, seeds)
@@ -135,7 +135,7 @@ def generate(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Sample N texts per user (or one per item) from the policy into iter_<t>/responses.jsonl; resumable."""
-    from rlrf.generate import run_generate
+    from rlrf.generation.generate import run_generate
 
     cfg = load_run_config(config, run_dir)
     if adapter is not None:
@@ -160,7 +160,7 @@ def score(
     iteration: Annotated[int, typer.Option("--iter", help="Iteration whose responses to score.")] = 0,
 ) -> None:
     """Score each response with the reward model; write scores.jsonl and best-vs-worst pairs.jsonl."""
-    from rlrf.score import run_score
+    from rlrf.reward.score import run_score
 
     cfg = load_run_config(config, run_dir)
     _setup_threads(cfg)
@@ -180,9 +180,9 @@ def run_command(
     iterations: Annotated[int | None, typer.Option(help="Override loop.iterations.")] = None,
 ) -> None:
     """RLRF4Rec end to end: data, reward model, then T x (generate -> score -> align), evaluated each time."""
-    from rlrf.loop import run_loop
-    from rlrf.report import write_report
-    from rlrf.rlrf4rec import RLRF4Rec
+    from rlrf.methods.loop import run_loop
+    from rlrf.evaluation.report import write_report
+    from rlrf.methods.rlrf4rec import RLRF4Rec
 
     cfg = load_run_config(config, run_dir)
     _setup_threads(cfg)
@@ -194,8 +194,8 @@ def run_command(
 @user_errors
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with metrics.json.")]) -> None:
     """Write report.md and its plots from a run directory's metrics.json."""
-    from rlrf.report import write_report
-    from rlrf.runs import read_json
+    from rlrf.evaluation.report import write_report
+    from rlrf.core.io import read_json
 
     metrics = read_json(run_dir / "metrics.json")
     if metrics is None:
@@ -213,7 +213,7 @@ def align(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Preference-align the policy (LoRA) on iter_<t>/pairs.jsonl; writes iter_<t>/adapter and align_log.json."""
-    from rlrf.align import run_align
+    from rlrf.alignment.dpo import run_align
 
     cfg = load_run_config(config, run_dir)
     _setup_threads(cfg)
@@ -238,8 +238,8 @@ def sprec(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """SPRec: SFT on next items, then T self-play rounds beside the DPO-random / DPO-popularity baselines."""
-    from rlrf.sprec import run_sprec
-    from rlrf.sprec_report import write_sprec_report
+    from rlrf.methods.sprec import run_sprec
+    from rlrf.evaluation.sprec_report import write_sprec_report
 
     cfg = load_run_config(config, run_dir)
     if iterations is not None:
@@ -264,7 +264,7 @@ def experiment_rerank(
     protocol: Annotated[str | None, typer.Option("--protocol", help="swap (CPU default) | retrain (CUDA default).")] = None,
 ) -> None:
     """DLCM / PRM on test users: base, +knowledge (self text, no text, base policy, each aligned policy); mean ± sd over seeds."""
-    from rlrf.experiment import run_rerank_experiment
+    from rlrf.experiments.rerank import run_rerank_experiment
 
     cfg = load_run_config(config, run_dir)
     _setup_threads(cfg)
@@ -285,8 +285,8 @@ def experiment_recbole(
 ) -> None:
     """A RecBole context-aware model (DeepFM) on the exported dataset, with and without the knowledge features."""
     from recmodels.context import VARIANTS, markdown_table, run_context_experiment
-    from rlrf.export import export_dir
-    from rlrf.policy_knowledge import aligned_iterations
+    from rlrf.export.vectors import export_dir
+    from rlrf.generation.knowledge import aligned_iterations
 
     cfg = load_run_config(config, run_dir)
     _setup_threads(cfg)
@@ -316,8 +316,8 @@ def export(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Knowledge vectors of every user and item: RecBole atomic files (float_seq), .npy + ids, meta.json."""
-    from rlrf.export import run_export
-    from rlrf.policy_knowledge import aligned_iterations
+    from rlrf.export.vectors import run_export
+    from rlrf.generation.knowledge import aligned_iterations
 
     cfg = load_run_config(config, run_dir)
     _setup_threads(cfg)

@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 
-from rlrf.align import PreferenceCollator, adapter_complete, previous_adapter, run_align
-from rlrf.config import LLMConfig, RunConfig
-from rlrf.errors import UserError
-from rlrf.llm import load_policy
+from rlrf.alignment.dpo import PreferenceCollator, adapter_complete, previous_adapter, run_align
+from rlrf.core.config import LLMConfig, RunConfig
+from rlrf.core.errors import UserError
+from rlrf.generation.policy import load_policy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -176,7 +176,7 @@ def test_shared_prompt_logps_equal_full_sequences(tmp_path, tiny_model_dir, tiny
     from peft import LoraConfig
     from trl import DPOConfig
 
-    from rlrf.align import _make_trainer_class, _tokenize_negatives
+    from rlrf.alignment.dpo import _make_trainer_class, _tokenize_negatives
 
     policy = load_policy(LLMConfig(model=str(tiny_model_dir)), merge_adapter=False)
     records = []

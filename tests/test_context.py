@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from rlrf.config import RunConfig
-from rlrf.export import ITEM_FIELD, USER_FIELD, run_export
+from rlrf.core.config import RunConfig
+from rlrf.export.vectors import ITEM_FIELD, USER_FIELD, run_export
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # RecBole 1.2.1's pandas calls (correct on pandas 2)
 
@@ -96,7 +96,7 @@ def test_experiment_writes_every_row(small):
 
 def test_experiment_refuses_another_datasets_export(small, tmp_path):
     from recmodels.context import run_context_experiment
-    from rlrf.errors import UserError
+    from rlrf.core.errors import UserError
 
     cfg, result = small
     other = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_users": 41})})

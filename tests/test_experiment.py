@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from rlrf.config import load_config
-from rlrf.errors import UserError
-from rlrf.experiment import METRICS, experiment_dir, run_rerank_experiment
-from rlrf.runs import read_jsonl
+from rlrf.core.config import load_config
+from rlrf.core.errors import UserError
+from rlrf.experiments.rerank import METRICS, experiment_dir, run_rerank_experiment
+from rlrf.core.io import read_jsonl
 
 torch.set_num_threads(1)
 

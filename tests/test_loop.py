@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from rlrf.config import load_config
-from rlrf.loop import run_loop
-from rlrf.report import write_report
-from rlrf.rlrf4rec import RLRF4Rec
-from rlrf.runs import read_json, read_jsonl
+from rlrf.core.config import load_config
+from rlrf.methods.loop import run_loop
+from rlrf.evaluation.report import write_report
+from rlrf.methods.rlrf4rec import RLRF4Rec
+from rlrf.core.io import read_json, read_jsonl
 
 torch.set_num_threads(1)
 

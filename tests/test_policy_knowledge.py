@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from rlrf.config import load_config
-from rlrf.errors import UserError
-from rlrf.policy_knowledge import aligned_iterations, generate_user_knowledge, knowledge_dir, policy_adapter
-from rlrf.runs import read_jsonl
+from rlrf.core.config import load_config
+from rlrf.core.errors import UserError
+from rlrf.generation.knowledge import aligned_iterations, generate_user_knowledge, knowledge_dir, policy_adapter
+from rlrf.core.io import read_jsonl
 
 
 @pytest.fixture

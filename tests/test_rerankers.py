@@ -12,8 +12,8 @@ from recmodels.adapter import HybridExpertAdapter
 from recmodels.train import (
     ListTensors, build_reranker, hyperparameters, load_reranker, predict, save_reranker, train_reranker,
 )
-from rlrf.errors import UserError
-from rlrf.metrics import map_at_k
+from rlrf.core.errors import UserError
+from rlrf.evaluation.metrics import map_at_k
 
 torch.set_num_threads(1)
 

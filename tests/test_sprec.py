@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from rlrf import metrics as m
-from rlrf.config import load_config
-from rlrf.grounding import Grounding
-from rlrf.runs import read_json, read_jsonl
-from rlrf.sprec import answer_text, build_pairs, iteration_users, run_sprec, sampled_negatives, self_play_negatives
+from rlrf.evaluation import metrics as m
+from rlrf.core.config import load_config
+from rlrf.generation.grounding import Grounding
+from rlrf.core.io import read_json, read_jsonl
+from rlrf.methods.sprec import answer_text, build_pairs, iteration_users, run_sprec, sampled_negatives, self_play_negatives
 
 torch.set_num_threads(1)
 
@@ -42,7 +42,7 @@ def test_sampled_negatives_avoid_the_target_and_the_history():
 
 
 def test_pairs_put_the_real_next_item_first_and_refuse_the_target_as_negative(ml100k_small):
-    from rlrf.generate import Prompt
+    from rlrf.generation.generate import Prompt
 
     cat = ml100k_small.catalog
     user = next(iter(ml100k_small.users))
@@ -77,8 +77,8 @@ def tiny_sprec_config(tmp_path, tiny_model_dir):
 
 
 def test_sprec_end_to_end_on_a_tiny_policy(tiny_sprec_config):
-    from rlrf.data import load_dataset
-    from rlrf.sprec_report import write_sprec_report
+    from rlrf.data.dataset import load_dataset
+    from rlrf.evaluation.sprec_report import write_sprec_report
 
     cfg = tiny_sprec_config
     run = cfg.run_dir
@@ -137,7 +137,7 @@ def test_sprec_end_to_end_on_a_tiny_policy(tiny_sprec_config):
 
 
 def _grounded(cfg, ds, path):
-    from rlrf.sprec import make_grounder
+    from rlrf.methods.sprec import make_grounder
 
     grounder = make_grounder(cfg, ds)
     return [g.item for g in grounder.ground([r["text"] for r in read_jsonl(path)]) if g.item is not None]

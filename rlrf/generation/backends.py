@@ -581,7 +581,7 @@ class VLLMBackend:
 
 def make_backend(name: str, policy, *, batch_size: int) -> Backend:
     """`auto` = vLLM when importable with a CUDA GPU, else transformers."""
-    from rlrf.errors import UserError
+    from rlrf.core.errors import UserError
 
     if name == "auto":
         name = "vllm" if vllm_available() else "transformers"

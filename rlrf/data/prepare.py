@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlrf.config import RunConfig, save_config
-from rlrf.data import Dataset, build_lists, load_dataset, save_lists
-from rlrf.runs import atomic_write_json, atomic_write_jsonl
+from rlrf.core.config import RunConfig, save_config
+from rlrf.data.dataset import Dataset, build_lists, load_dataset, save_lists
+from rlrf.core.io import atomic_write_json, atomic_write_jsonl
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlrf.runs import atomic_write_text
+from rlrf.core.io import atomic_write_text
 
 METHOD_TITLES = {"sprec": "SPRec", "dpo_random": "DPO-random", "dpo_popularity": "DPO-popularity"}
 ACCURACY = [("hr@1", "HR@1"), ("hr@5", "HR@5"), ("ndcg@5", "NDCG@5"), ("hr@10", "HR@10"), ("ndcg@10", "NDCG@10")]

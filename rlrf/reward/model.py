@@ -30,9 +30,9 @@ from recmodels.train import (
     ListTensors, build_reranker, hyperparameters, item_prior_features, load_reranker, predict, save_reranker,
     tensorize, train_reranker,
 )
-from rlrf.errors import UserError
-from rlrf.metrics import map_at_k, ndcg_at_k, ranking_metrics
-from rlrf.runs import atomic_write_json
+from rlrf.core.errors import UserError
+from rlrf.evaluation.metrics import map_at_k, ndcg_at_k, ranking_metrics
+from rlrf.core.io import atomic_write_json
 
 KS = (1, 3, 5, 7)
 
@@ -93,7 +93,7 @@ def encode_summaries(encoder: kn.CachedEncoder, texts: Sequence[str]) -> tuple[t
 
 def load_lists_for(cfg, ds) -> dict:
     """`<run_dir>/lists.jsonl` when `rlrf data` wrote it, else built here from the config (same seed)."""
-    from rlrf.data import build_lists, load_lists
+    from rlrf.data.dataset import build_lists, load_lists
 
     path = Path(cfg.run_dir) / "lists.jsonl"
     if path.exists():
@@ -133,7 +133,7 @@ def _user_texts(cfg, ds, lists, notes: list[str]) -> dict[str, str]:
 
 
 def prepare(cfg, progress: bool = True, ds=None, lists=None, encoder=None, with_knowledge: bool = True) -> Context:
-    from rlrf.data import load_dataset
+    from rlrf.data.dataset import load_dataset
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -370,7 +370,7 @@ class RewardScorer:
 
     All lists of the run are tensorized once; a batch of pairs gathers its lists by row index, runs
     one forward pass with the summaries' embeddings as user knowledge, and computes the metrics with
-    the vectorised `rlrf.metrics` functions. An empty summary is scored as no knowledge (the model's
+    the vectorised `rlrf.evaluation.metrics` functions. An empty summary is scored as no knowledge (the model's
     learned "missing" user vector) and flagged `empty`.
     """
 
@@ -388,7 +388,7 @@ class RewardScorer:
     def from_run(cls, cfg, ds=None, lists=None, encoder=None, kind: str | None = None,
                  knowledge: bool | None = None, progress: bool = True) -> "RewardScorer":
         """The run's reward model (`reward.model`, `reward.knowledge`) over the run's lists."""
-        from rlrf.data import load_dataset
+        from rlrf.data.dataset import load_dataset
 
         ds = ds if ds is not None else load_dataset(cfg.data, seed=cfg.seed)
         lists = lists if lists is not None else load_lists_for(cfg, ds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlrf.runs import atomic_write_text
+from rlrf.core.io import atomic_write_text
 
 COLUMNS = [
     ("users", "test users", "{:d}"),
@@ -75,7 +75,7 @@ def plot(metrics: dict, out_dir: Path) -> None:
 
 def write_report(run_dir: Path | str, metrics: dict) -> Path:
     if metrics.get("method") == "sprec":
-        from rlrf.sprec_report import write_sprec_report
+        from rlrf.evaluation.sprec_report import write_sprec_report
 
         return write_sprec_report(run_dir, metrics)
     run_dir = Path(run_dir)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from rlrf.runs import atomic_write_json, read_json
+from rlrf.core.io import atomic_write_json, read_json
 
 
 class Method(Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # the rlrf package (this file is rlrf/core/resources.py)
 
 
 def resource_dir(name: str) -> Path:

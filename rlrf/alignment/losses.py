@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlrf.errors import UserError
+from rlrf.core.errors import UserError
 
 # trl 1.16 DPOTrainer loss types, passed through by name (trl/trainer/dpo_trainer.py `_compute_loss`).
 TRL_LOSSES = frozenset({

@@ -23,10 +23,10 @@ Reference and adapter design (DESIGN.md "Losses": r(y) = log π(y|x) − log π_
   one no-grad pass over chosen + all negatives — and hand trl the ``ref_chosen_logps`` /
   ``ref_rejected_logps`` columns it reads when its built-in losses are passed through.)
 
-Losses: ``align.loss`` names an entry of :mod:`rlrf.losses` (dpo, sdpo, dmpo, rosepo) or a trl
+Losses: ``align.loss`` names an entry of :mod:`rlrf.alignment.losses` (dpo, sdpo, dmpo, rosepo) or a trl
 built-in loss type passed through by name (sigmoid, hinge, ipo, robust, ...). sdpo/dmpo use all the
 negatives in ``rejected_list`` (their number is ``score.negatives``); pairwise losses use the
-worst one. rosepo's per-pair ε comes from the pair's reward margin (:func:`rlrf.losses.rosepo_epsilon`).
+worst one. rosepo's per-pair ε comes from the pair's reward margin (:func:`rlrf.alignment.losses.rosepo_epsilon`).
 ``align.sft_weight`` > 0 adds weight × the per-token NLL of the chosen response.
 
 Speed: the ~500-token prompt dominates each sequence (~130 response tokens), so with our losses
@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlrf.errors import UserError
-from rlrf.runs import atomic_write_json, read_jsonl
+from rlrf.core.errors import UserError
+from rlrf.core.io import atomic_write_json, read_jsonl
 
 PAIRS_FILE = "pairs.jsonl"
 ADAPTER_DIR = "adapter"
@@ -193,7 +193,7 @@ def _make_trainer_class():
     from trl import DPOTrainer
     from trl.trainer.utils import use_adapter
 
-    from rlrf.losses import LOSSES, rosepo_epsilon, sequence_nll_per_token
+    from rlrf.alignment.losses import LOSSES, rosepo_epsilon, sequence_nll_per_token
 
     class PreferenceTrainer(DPOTrainer):
         """DPOTrainer with our loss registry and k negatives per example; trl losses pass through."""
@@ -391,7 +391,7 @@ def trainable_policy(cfg, policy, start_adapter: Path | None):
     model + a fresh LoraConfig for trl to wrap."""
     from peft import LoraConfig, PeftModel
 
-    from rlrf.llm import attach_adapter, load_policy
+    from rlrf.generation.policy import attach_adapter, load_policy
 
     a = cfg.align
     if policy is None:
@@ -440,7 +440,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
     """
     import torch
 
-    from rlrf.losses import LOSSES, get_loss, is_multi_negative
+    from rlrf.alignment.losses import LOSSES, get_loss, is_multi_negative
 
     a = cfg.align
     out_dir = iteration_dir(cfg.run_dir, iteration)

@@ -26,7 +26,7 @@ and renamed at the end, so a failure leaves nothing half-written and a re-export
 old folder whole. `load_export` reads the .npy side back and refuses another dataset or encoder.
 
 Knowledge texts: user ``policy`` = one greedy summary per user by that policy (the shared store of
-`rlrf.policy_knowledge`, generated if missing), ``self`` = the text built from the visible history
+`rlrf.generation.knowledge`, generated if missing), ``self`` = the text built from the visible history
 (``recmodels.knowledge.user_self_text``); item ``self`` = the item's own title, year and genres,
 ``policy`` = one greedy description per item by that policy (an item without one keeps its own text).
 """
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrf.errors import UserError
+from rlrf.core.errors import UserError
 
 FORMAT = "rlrf-export/1"
 META_FILE = "meta.json"
@@ -108,7 +108,7 @@ def ids_fingerprint(ids) -> str:
 
 def export_name(iteration: int | None, user_source: str = "policy", item_source: str = "self") -> str:
     """``<tag>`` for the default sources (user policy, item self); the sources are spelled out otherwise."""
-    from rlrf.policy_knowledge import policy_tag
+    from rlrf.generation.knowledge import policy_tag
 
     if user_source == "self" and item_source == "self":
         return "self"
@@ -134,7 +134,7 @@ def _user_texts(cfg, ds, lists, iteration, source: str, show_progress: bool, inf
     if source == "self":
         return {u: (kn.user_self_text(ds.catalog, lists[u].history, lists[u].history_ratings, cfg.data.positive_rating)
                     if u in lists else "") for u in ds.users}
-    from rlrf.policy_knowledge import generate_user_knowledge
+    from rlrf.generation.knowledge import generate_user_knowledge
 
     start = time.perf_counter()
     path = generate_user_knowledge(cfg, iteration, "all", dataset=ds, show_progress=show_progress)
@@ -150,7 +150,7 @@ def _item_texts(cfg, ds, iteration, source: str, show_progress: bool, info: dict
 
     if source == "self":
         return kn.item_self_texts(ds.catalog), 0
-    from rlrf.policy_knowledge import generate_item_knowledge
+    from rlrf.generation.knowledge import generate_item_knowledge
 
     start = time.perf_counter()
     path = generate_item_knowledge(cfg, iteration, dataset=ds, show_progress=show_progress)
@@ -177,7 +177,7 @@ def adapter_vectors(cfg, ds, encoder, user_vecs: np.ndarray, has_user: np.ndarra
     import torch
 
     from recmodels.train import load_reranker
-    from rlrf.reward import model_name, reward_dir
+    from rlrf.reward.model import model_name, reward_dir
 
     folder = reward_dir(cfg) / model_name(cfg.reward.model, True)
     model, _ = load_reranker(folder, ds.name, encoder.key, len(ds.catalog), ds.catalog.genre_matrix())
@@ -261,7 +261,7 @@ def _inter_file(path: Path, users: set[str], items: set[str], encoding: str) -> 
 def write_recbole(folder: Path, ds, user_ids: list[str], item_ids: list[str], user_cols: dict[str, np.ndarray],
                   item_cols: dict[str, np.ndarray], encoding: str = "utf-8") -> tuple[Path, str]:
     """A RecBole atomic dataset `<ds.name>-rlrf` under `folder`; returns (data_path, dataset name)."""
-    from rlrf.data import _dataset_files
+    from rlrf.data.dataset import _dataset_files
 
     name = ds.name + RECBOLE_SUFFIX
     _, inter, item_file, user_file = _dataset_files(Path(ds.path))
@@ -286,9 +286,9 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
     Only the sources set to "policy" run the LLM; `dataset` / `encoder` may be passed in (tests).
     """
     from recmodels import knowledge as kn
-    from rlrf.data import load_dataset
-    from rlrf.policy_knowledge import policy_adapter, policy_tag
-    from rlrf.reward import load_lists_for
+    from rlrf.data.dataset import load_dataset
+    from rlrf.generation.knowledge import policy_adapter, policy_tag
+    from rlrf.reward.model import load_lists_for
 
     if user_source not in USER_SOURCES:
         raise UserError(f"user source: unknown '{user_source}' ({', '.join(USER_SOURCES)})")
@@ -312,7 +312,7 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
     item_ids = list(ds.catalog.ids)
     utexts = _user_texts(cfg, ds, lists, iteration, user_source, show_progress, info)
     itexts, items_own = _item_texts(cfg, ds, iteration, item_source, show_progress, info)
-    from rlrf.reward import encode_summaries  # an empty text is a zero vector, flagged, as in scoring
+    from rlrf.reward.model import encode_summaries  # an empty text is a zero vector, flagged, as in scoring
 
     user_k, has_k = encode_summaries(encoder, [utexts[u] for u in user_ids])
     user_vecs, has_user = user_k.numpy(), has_k.numpy()

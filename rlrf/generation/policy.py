@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlrf.errors import UserError
+from rlrf.core.errors import UserError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -223,7 +223,7 @@ def load_policy(cfg=None, *, merge_adapter: bool = True, threads: int | None = N
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlrf.config import LLMConfig
+    from rlrf.core.config import LLMConfig
 
     cfg = cfg or LLMConfig()
     if threads:

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlrf.errors import UserError
-from rlrf.resources import prompts_dir
-from rlrf.runs import JsonlLog, atomic_write_json, read_jsonl
+from rlrf.core.errors import UserError
+from rlrf.core.resources import prompts_dir
+from rlrf.core.io import JsonlLog, atomic_write_json, read_jsonl
 
 MODES = ("user_preference", "item_knowledge", "next_item")
 OUTPUT_FILE = {"user_preference": "responses.jsonl", "item_knowledge": "item_knowledge.jsonl", "next_item": "next_item.jsonl"}
@@ -200,7 +200,7 @@ def visible_histories(ds, cfg, lists_dir: Path | None = None) -> dict[str, tuple
     `lists_dir` (default: the run directory) when `rlrf data` wrote it, else the same KAR cut
     recomputed (`data.history_cut`). Stages that write into a sub-folder of a run (evaluation,
     export) pass the run directory, so SASRec-sourced lists keep their own history."""
-    from rlrf.data import history_cut, load_lists
+    from rlrf.data.dataset import history_cut, load_lists
 
     path = Path(lists_dir or cfg.run_dir) / "lists.jsonl"
     if path.exists():
@@ -300,7 +300,7 @@ def iter_dir(run_dir: Path, iteration: int) -> Path:
 
 
 def sampling_params(cfg, mode: str):
-    from rlrf.backends import SamplingParams
+    from rlrf.generation.backends import SamplingParams
 
     g = cfg.generate
     temperature = g.item_temperature if mode == "item_knowledge" else g.temperature
@@ -316,9 +316,9 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
     `users` replaces the generate.users / generate.max_users selection (SPRec samples its own)."""
     import torch
 
-    from rlrf.backends import Request, make_backend, sample_seed
-    from rlrf.data import load_dataset
-    from rlrf.llm import load_policy
+    from rlrf.generation.backends import Request, make_backend, sample_seed
+    from rlrf.data.dataset import load_dataset
+    from rlrf.generation.policy import load_policy
 
     g = cfg.generate
     mode = mode or g.mode

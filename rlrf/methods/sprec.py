@@ -12,7 +12,7 @@ Run layout (``<run_dir>``)::
     <method>/iter_<t>/pairs.jsonl        real next item vs negatives (grounded predictions / sampled items)
     <method>/iter_<t>/sft_adapter        SFT on the iteration's fresh positives, continuing the one LoRA
     <method>/iter_<t>/adapter            then DPO on the pairs, reference = that SFT'd policy
-    <method>/metrics.json                the loop's record (rlrf.loop.run_loop)
+    <method>/metrics.json                the loop's record (rlrf.methods.loop.run_loop)
     eval/<policy>/                       test users' generations and eval.json, shared by equal policies
     metrics.json, report.md, *.png       every method side by side (`rlrf report`)
 """
@@ -28,17 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrf.errors import UserError
-from rlrf.loop import Method, run_loop, with_adapter
-from rlrf.runs import atomic_write_json, atomic_write_jsonl, read_json
-from rlrf.sprec_report import METHOD_TITLES
+from rlrf.core.errors import UserError
+from rlrf.methods.loop import Method, run_loop, with_adapter
+from rlrf.core.io import atomic_write_json, atomic_write_jsonl, read_json
+from rlrf.evaluation.sprec_report import METHOD_TITLES
 
 SFT_DIR = "sft"
 
 
 def answer_text(catalog, i: int) -> str:
     """The completion the policy is taught for item i: "Title (year)", as the prompt asks (and as grounding embeds it)."""
-    from rlrf.grounding import catalogue_text
+    from rlrf.generation.grounding import catalogue_text
 
     return catalogue_text(catalog.titles[i], catalog.years[i])
 
@@ -70,13 +70,13 @@ def sft_users(ds, cfg) -> list[str]:
 
 def next_item_prompts(cfg, ds, tokenizer, users) -> list:
     """Prompts over each user's items before the last one; `meta["target"]` = the last item's id."""
-    from rlrf.generate import build_prompts
+    from rlrf.generation.generate import build_prompts
 
     return build_prompts(cfg, ds, tokenizer, "next_item", users=users)
 
 
 def load_tokenizer_for(cfg):
-    from rlrf.llm import load_tokenizer, resolve_model_source
+    from rlrf.generation.policy import load_tokenizer, resolve_model_source
 
     return load_tokenizer(resolve_model_source(cfg.llm.model, cfg.llm.cache_dir))
 
@@ -91,7 +91,7 @@ def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: P
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from rlrf.align import adapter_complete, save_adapter, trainable_policy
+    from rlrf.alignment.dpo import adapter_complete, save_adapter, trainable_policy
 
     adapter_dir = Path(adapter_dir)
     log_path = adapter_dir.parent / f"{adapter_dir.name}_log.json"
@@ -222,14 +222,14 @@ class SPRecMethod(Method):
     def generate(self, cfg, iteration: int) -> None:
         if self.name != "sprec":
             return  # the baselines draw negatives from the catalogue, not from the policy
-        from rlrf.generate import run_generate
+        from rlrf.generation.generate import run_generate
 
         gen = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"n": cfg.sprec.samples})})
         run_generate(gen, iteration=iteration, mode="next_item", dataset=self.ds, users=iteration_users(self.ds, cfg, iteration),
                      show_progress=self.show_progress)
 
     def judge(self, cfg, iteration: int) -> dict:
-        from rlrf.generate import iter_dir
+        from rlrf.generation.generate import iter_dir
 
         out_dir = iter_dir(cfg.run_dir, iteration)
         meta_path = out_dir / "pairs.meta.json"
@@ -241,8 +241,8 @@ class SPRecMethod(Method):
         stats: dict = {"users": len(prompts)}
         negatives: dict[str, list[int]] = {}
         if self.name == "sprec":
-            from rlrf.generate import load_prompts, load_responses
-            from rlrf.grounding import grounding_shares
+            from rlrf.generation.generate import load_prompts, load_responses
+            from rlrf.generation.grounding import grounding_shares
 
             used = load_prompts(cfg.run_dir, iteration, "next_item")
             for p in prompts:
@@ -279,8 +279,8 @@ class SPRecMethod(Method):
         return stats
 
     def align(self, cfg, iteration: int) -> Path:
-        from rlrf.align import run_align
-        from rlrf.generate import iter_dir
+        from rlrf.alignment.dpo import run_align
+        from rlrf.generation.generate import iter_dir
 
         out_dir = iter_dir(cfg.run_dir, iteration)
         users = iteration_users(self.ds, cfg, iteration)
@@ -347,7 +347,7 @@ def recommendations(grounder, ds, records: list[dict], histories: dict[str, list
 
 def bias_and_ranking_metrics(recs: np.ndarray, targets: np.ndarray, history_items: np.ndarray, catalog,
                              ks: list[int]) -> dict:
-    from rlrf import metrics as m
+    from rlrf.evaluation import metrics as m
 
     ranks = m.target_ranks(recs, targets)
     genre = catalog.genre_matrix()
@@ -376,8 +376,8 @@ def evaluate_policy(cfg, root: Path, ds, grounder, show_progress: bool = True) -
 
     Cached in ``<root>/eval/<policy>/eval.json``: methods that share a policy (SFT) evaluate it once.
     """
-    from rlrf import metrics as m
-    from rlrf.generate import iter_dir, load_responses, run_generate
+    from rlrf.evaluation import metrics as m
+    from rlrf.generation.generate import iter_dir, load_responses, run_generate
 
     s = cfg.sprec
     out_dir = Path(root) / "eval" / policy_slug(root, cfg.llm.adapter)
@@ -416,7 +416,7 @@ def evaluate_policy(cfg, root: Path, ds, grounder, show_progress: bool = True) -
 
 
 def _shares(groundings) -> dict:
-    from rlrf.grounding import grounding_shares
+    from rlrf.generation.grounding import grounding_shares
 
     return {k: round(v, 5) for k, v in grounding_shares(groundings).items()}
 
@@ -426,7 +426,7 @@ def _shares(groundings) -> dict:
 
 def make_grounder(cfg, ds):
     from recmodels.knowledge import load_encoder
-    from rlrf.grounding import TitleGrounder
+    from rlrf.generation.grounding import TitleGrounder
 
     return TitleGrounder(ds.catalog, load_encoder(cfg.encoder, progress=False),
                          min_similarity=cfg.sprec.min_similarity, index_dir=Path(cfg.run_dir) / "grounding")
@@ -434,8 +434,8 @@ def make_grounder(cfg, ds):
 
 def run_sprec(cfg, show_progress: bool = True, log=print) -> dict:
     """SFT, then `loop.iterations` rounds of each method in `sprec.methods`; resumable. Returns metrics.json."""
-    from rlrf.config import save_config
-    from rlrf.data import load_dataset
+    from rlrf.core.config import save_config
+    from rlrf.data.dataset import load_dataset
 
     root = Path(cfg.run_dir)
     ds = load_dataset(cfg.data, seed=cfg.seed)

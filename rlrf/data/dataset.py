@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rlrf.config import DataConfig, ListsConfig
-from rlrf.errors import UserError
-from rlrf.runs import atomic_write_text
+from rlrf.core.config import DataConfig, ListsConfig
+from rlrf.core.errors import UserError
+from rlrf.core.io import atomic_write_text
 
 TITLE_FIELDS = ("movie_title", "title", "item_name", "name")
 GENRE_FIELDS = ("class", "genre", "genres", "categories", "category")

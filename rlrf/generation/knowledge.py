@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlrf.errors import UserError
+from rlrf.core.errors import UserError
 
 USER_SPLITS = ("train", "valid", "test", "all")
 
@@ -23,7 +23,7 @@ def policy_tag(iteration: int | None) -> str:
 
 def policy_adapter(run_dir: Path, iteration: int | None) -> Path | None:
     """The adapter of ``iter_<t>`` (None for the base policy); an error if that iteration has none."""
-    from rlrf.align import ADAPTER_DIR, adapter_complete, iteration_dir
+    from rlrf.alignment.dpo import ADAPTER_DIR, adapter_complete, iteration_dir
 
     if iteration is None:
         return None
@@ -35,7 +35,7 @@ def policy_adapter(run_dir: Path, iteration: int | None) -> Path | None:
 
 def aligned_iterations(run_dir: Path) -> list[int]:
     """Iterations of the run that wrote a complete adapter, in order."""
-    from rlrf.align import ADAPTER_DIR, adapter_complete
+    from rlrf.alignment.dpo import ADAPTER_DIR, adapter_complete
 
     found = []
     for folder in Path(run_dir).glob("iter_*"):
@@ -62,7 +62,7 @@ def generate_user_knowledge(cfg, iteration: int | None, users: str = "all", *, d
                             show_progress: bool = True) -> Path:
     """One greedy preference summary per user of `users` (a split or "all"), from the history the
     reranker sees; resumable. Returns the responses-style JSONL path (``reward.user_knowledge`` reads it)."""
-    from rlrf.generate import OUTPUT_FILE, iter_dir, run_generate
+    from rlrf.generation.generate import OUTPUT_FILE, iter_dir, run_generate
 
     if users not in USER_SPLITS:
         raise UserError(f"users: unknown split '{users}' ({', '.join(USER_SPLITS)})")
@@ -76,7 +76,7 @@ def generate_item_knowledge(cfg, iteration: int | None, max_items: int | None = 
                             show_progress: bool = True) -> Path:
     """One greedy description per catalogue item (the `max_items` most popular, or all); resumable.
     Returns the JSONL path (``reward.item_knowledge`` reads it)."""
-    from rlrf.generate import OUTPUT_FILE, iter_dir, run_generate
+    from rlrf.generation.generate import OUTPUT_FILE, iter_dir, run_generate
 
     kcfg = _knowledge_config(cfg, iteration, max_items=max_items, item_temperature=0.0, mode="item_knowledge")
     run_generate(kcfg, iteration=0, mode="item_knowledge", policy=policy, dataset=dataset,

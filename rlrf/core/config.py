@@ -13,8 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlrf.errors import UserError
-from rlrf.resources import configs_dir
+from rlrf.core.errors import UserError
+from rlrf.core.resources import configs_dir
 
 
 class Section(BaseModel):

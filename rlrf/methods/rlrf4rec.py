@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrf.loop import Method
+from rlrf.methods.loop import Method
 
 
 class RLRF4Rec(Method):
@@ -25,12 +25,12 @@ class RLRF4Rec(Method):
         self.scorer = None
 
     def prepare(self, cfg) -> None:
-        from rlrf.data import load_dataset
-        from rlrf.errors import UserError
-        from rlrf.reward import RewardScorer, train
+        from rlrf.data.dataset import load_dataset
+        from rlrf.core.errors import UserError
+        from rlrf.reward.model import RewardScorer, train
 
         if not (Path(cfg.run_dir) / "lists.jsonl").exists():
-            from rlrf.prepare import prepare_data
+            from rlrf.data.prepare import prepare_data
 
             prepare_data(cfg)
         self.dataset = load_dataset(cfg.data, seed=cfg.seed)
@@ -44,27 +44,27 @@ class RLRF4Rec(Method):
             self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
 
     def generate(self, cfg, iteration: int) -> None:
-        from rlrf.generate import run_generate
+        from rlrf.generation.generate import run_generate
 
         train_cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"users": "train"})})
         run_generate(train_cfg, iteration=iteration, mode="user_preference", dataset=self.dataset,
                      show_progress=self.show_progress)
 
     def judge(self, cfg, iteration: int) -> dict:
-        from rlrf.score import run_score
+        from rlrf.reward.score import run_score
 
         stats = run_score(cfg, iteration, scorer=self.scorer, dataset=self.dataset, show_progress=self.show_progress)
         return asdict(stats)
 
     def align(self, cfg, iteration: int) -> Path:
-        from rlrf.align import run_align
+        from rlrf.alignment.dpo import run_align
 
         run_align(cfg, iteration)
         return Path(cfg.run_dir) / f"iter_{iteration}" / "adapter"
 
     def evaluate(self, cfg, label: str) -> dict:
-        from rlrf.generate import run_generate
-        from rlrf.score import score_responses
+        from rlrf.generation.generate import run_generate
+        from rlrf.reward.score import score_responses
 
         eval_cfg = cfg.model_copy(update={
             "run_dir": Path(cfg.run_dir) / "eval" / label,

@@ -13,7 +13,7 @@ For each reranker of `reward.models` (DLCM, PRM), the rows
 
 and the columns NDCG@K and MAP@K (K = 1, 3, 5, 7) on TEST users, mean ± sd over seeds. Summaries
 are one greedy text per user and policy, from the store shared with `rlrf export`
-(`rlrf.policy_knowledge`). Item knowledge is the config's (`reward.item_knowledge`) in every row.
+(`rlrf.generation.knowledge`). Item knowledge is the config's (`reward.item_knowledge`) in every row.
 
 Two protocols (nothing is ever chosen on test users):
 
@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlrf.errors import UserError
-from rlrf.runs import atomic_write_json, read_json
+from rlrf.core.errors import UserError
+from rlrf.core.io import atomic_write_json, read_json
 
 PROTOCOLS = ("swap", "retrain")
 KS = (1, 3, 5, 7)
@@ -96,8 +96,8 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     """
     from rich.console import Console
 
-    from rlrf import reward
-    from rlrf.policy_knowledge import aligned_iterations, policy_adapter
+    from rlrf.reward import model as reward
+    from rlrf.generation.knowledge import aligned_iterations, policy_adapter
 
     console = console or Console(width=None if Console().is_terminal else 200)  # tables, written paths
     log = Console(stderr=True)  # progress lines and notes
@@ -224,11 +224,11 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
 
 def _policy_texts(cfg, iteration, splits, ctx, show_progress, console) -> tuple[dict[str, str], Path]:
     from recmodels import knowledge as kn
-    from rlrf.policy_knowledge import generate_user_knowledge, policy_tag
+    from rlrf.generation.knowledge import generate_user_knowledge, policy_tag
 
-    from rlrf.generate import OUTPUT_FILE, iter_dir
-    from rlrf.policy_knowledge import knowledge_dir
-    from rlrf.runs import read_jsonl
+    from rlrf.generation.generate import OUTPUT_FILE, iter_dir
+    from rlrf.generation.knowledge import knowledge_dir
+    from rlrf.core.io import read_jsonl
 
     path = iter_dir(knowledge_dir(cfg.run_dir, iteration), 0) / OUTPUT_FILE["user_preference"]
     have = {r["user"] for r in read_jsonl(path)} if path.exists() else set()
@@ -247,7 +247,7 @@ def _policy_texts(cfg, iteration, splits, ctx, show_progress, console) -> tuple[
 
 def _summary_stats(path: Path, users: list[str]) -> dict:
     """Over the users the protocol reads: how many summaries, mean tokens, unfinished, flagged (generate's flags)."""
-    from rlrf.runs import read_jsonl
+    from rlrf.core.io import read_jsonl
 
     wanted = set(users)
     first: dict[str, dict] = {}
@@ -277,7 +277,7 @@ def _texts_hash(texts: dict[str, str], data: dict) -> str:
 
 
 def _model_file(cfg, kind: str, row: Row, seed: int, protocol: str, out_dir: Path) -> Path:
-    from rlrf import reward
+    from rlrf.reward import model as reward
 
     if protocol == "retrain" and row.policy is not None:
         return out_dir / "models" / row.policy / reward.model_name(kind, True) / f"seed_{seed}.pt"
@@ -293,7 +293,7 @@ def _load(file: Path, ctx):
 
 def _ensure_models(cfg, ctx, rows, seeds, protocol, out_dir, policy_texts, show_progress, console) -> list[str]:
     """Train every model file the cells need that does not exist yet; returns the files trained now."""
-    from rlrf import reward
+    from rlrf.reward import model as reward
 
     jobs = []  # (file, kind, knowledge, seed, texts or None)
     seen = set()
@@ -351,7 +351,7 @@ def _fingerprint(file: Path, texts: str | None, k: int) -> str:
 
 def _metrics(model, data, uk, hk, k: int) -> dict:
     from recmodels.train import predict
-    from rlrf.metrics import map_at_k, ndcg_at_k, ranking_metrics
+    from rlrf.evaluation.metrics import map_at_k, ndcg_at_k, ranking_metrics
 
     scores = predict(model, data, uk, hk)
     m = ranking_metrics(scores, data.labels, KS)
@@ -371,7 +371,7 @@ def mean_sd(values) -> tuple[float, float]:
 
 
 def _aggregate(cfg, ctx, rows, seeds, cells, data, protocol, iterations) -> dict:
-    from rlrf import reward
+    from rlrf.reward import model as reward
 
     k = cfg.reward.k
     models = {}

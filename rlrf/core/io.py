@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rlrf.errors import UserError
+from rlrf.core.errors import UserError
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -13,8 +13,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rlrf.errors import UserError
-from rlrf.runs import JsonlLog, atomic_write_json, atomic_write_jsonl, read_jsonl
+from rlrf.core.errors import UserError
+from rlrf.core.io import JsonlLog, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 
 @dataclass
@@ -80,7 +80,7 @@ def score_responses(cfg, iteration: int, scorer, show_progress: bool = True) -> 
     """Score every response of the iteration not yet in scores.jsonl; returns (responses, scores by (user, k))."""
     from rich.progress import Progress
 
-    from rlrf.generate import iter_dir, load_responses
+    from rlrf.generation.generate import iter_dir, load_responses
 
     out_dir = iter_dir(cfg.run_dir, iteration)
     responses = load_responses(cfg.run_dir, iteration)
@@ -110,9 +110,9 @@ def score_responses(cfg, iteration: int, scorer, show_progress: bool = True) -> 
 
 def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress: bool = True) -> PairStats:
     """Score the iteration's responses (skipping rows already scored), then rewrite its pairs."""
-    from rlrf.data import load_dataset
-    from rlrf.generate import iter_dir, load_prompts
-    from rlrf.reward import RewardScorer
+    from rlrf.data.dataset import load_dataset
+    from rlrf.generation.generate import iter_dir, load_prompts
+    from rlrf.reward.model import RewardScorer
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
     scorer = scorer if scorer is not None else RewardScorer.from_run(cfg, ds=ds, progress=show_progress)
@@ -130,7 +130,7 @@ def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress:
 
 
 def load_pairs(run_dir: Path, iteration: int) -> list[dict]:
-    from rlrf.generate import iter_dir
+    from rlrf.generation.generate import iter_dir
 
     path = iter_dir(run_dir, iteration) / "pairs.jsonl"
     if not path.exists():
