@@ -154,7 +154,7 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=rcfg.lr, weight_decay=rcfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=rcfg.learning_rate, weight_decay=rcfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     tk = train_k or (None, None)
     vk = valid_k or (None, None)
@@ -226,6 +226,3 @@ def load_reranker(path: Path, dataset: str, encoder: str, n_items: int, genre_ma
     model.eval()
     return model, {**meta, "hyperparameters": hp}
 
-
-def read_meta(path: Path) -> dict:
-    return json.loads((Path(path) / META_FILE).read_text(encoding="utf-8"))

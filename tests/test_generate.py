@@ -330,7 +330,7 @@ def test_cli_generate(tmp_path, tiny_model_dir):
     result = CliRunner().invoke(app, ["generate", "--config", str(cfg), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "wrote 4 new records" in result.output
-    bad = CliRunner().invoke(app, ["generate", "--config", str(cfg), "--quiet", "--adapter", str(tmp_path / "none")])
+    bad = CliRunner().invoke(app, ["generate", "--config", str(cfg), "--quiet", f"llm.adapter={tmp_path / 'none'}"])
     assert bad.exit_code == 2 and "llm.adapter" in bad.output
 
 

@@ -8,10 +8,10 @@ section; defaults are sized for the 2-core CPU quickstart.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlrf.core.errors import UserError
 from rlrf.core.resources import configs_dir
@@ -134,7 +134,7 @@ class RewardConfig(Section):
     item_prior: bool = False  # TRAIN users' positive-rating share + log count per item: features and a wide logit path
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(6, ge=1)  # epochs without a better VALID map@5 before stopping
     seeds: int = Field(1, ge=1)  # default for --seeds
@@ -150,46 +150,95 @@ class ScoreConfig(Section):
 
 
 class LoopConfig(Section):
-    """The outer loop of `rlrf run` (rlrf/loop.py)."""
+    """The outer loop shared by every method (rlrf/methods/loop.py)."""
 
     iterations: int = Field(2, ge=1)
-    eval_users: int | None = Field(None, ge=1)  # test users evaluated after each iteration (None = all)
+    eval_users: int | None = Field(None, ge=1)  # test users evaluated before the first and after every iteration (None = all)
+
+
+# rlrf's defaults for trl's DPOConfig and SFTConfig; any other field of those classes may be added.
+DPO_TRAINER_DEFAULTS: dict[str, Any] = {
+    "beta": 0.1,  # strength of the KL anchor to the reference policy
+    "learning_rate": 5e-5,  # LoRA on CPU; trl's DPO default (1e-6) barely moves a few steps
+    "lr_scheduler_type": "linear",
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 2,  # pairs per forward pass (each pair = 1 + negatives sequences)
+    "gradient_accumulation_steps": 1,
+    "max_length": 768,  # prompt + completion tokens per sequence (completion cut at the end)
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "activation_checkpointing": False,  # trl turns it on; it costs ~30% time and a 135M model needs no memory saved
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": [],
+}
+SFT_TRAINER_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "linear",
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 8,
+    "max_length": 768,
+    "completion_only_loss": True,  # learn the answer, not the prompt
+    "packing": False,
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "activation_checkpointing": False,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": [],
+}
 
 
 class AlignConfig(Section):
-    """Preference alignment of the policy: trl DPOTrainer + peft LoRA (rlrf/align.py, rlrf/losses.py)."""
+    """Preference alignment of the policy: trl DPOTrainer + peft LoRA (rlrf/alignment/)."""
 
     loss: str = "dpo"  # dpo | sdpo | dmpo | rosepo, or a trl loss_type passed through (sigmoid, hinge, ipo, robust, ...)
-    beta: float = Field(0.1, gt=0)  # strength of the KL anchor to the reference policy
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # trl's robust / exo_pair / aot losses only
     rosepo_eps_max: float = Field(0.4, ge=0, lt=0.5)  # rosepo: epsilon = eps_max * exp(-margin / tau), in [0, 0.5)
     rosepo_tau: float = Field(0.1, gt=0)  # rosepo: reward-margin scale (margins are NDCG/MAP differences)
     sft_weight: float = Field(0.0, ge=0)  # + weight * per-token NLL of the chosen response (0 = off)
-    learning_rate: float = Field(5e-5, gt=0)  # LoRA on CPU; trl's DPO default (1e-6) barely moves a few steps
-    lr_scheduler: str = "linear"  # transformers scheduler name (linear, constant, cosine, ...)
-    epochs: float = Field(1.0, gt=0)  # passes over the iteration's pairs
-    max_steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs when set
-    batch_size: int = Field(2, ge=1)  # pairs per forward pass (each pair = 1 + negatives sequences)
-    grad_accum: int = Field(1, ge=1)  # forward passes per optimizer step
-    max_length: int = Field(768, ge=16)  # prompt + completion tokens per sequence (completion cut at the end)
-    lora_r: int = Field(8, ge=1)  # a fresh adapter's rank; a continued adapter keeps its own
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)  # trl's disable_dropout zeroes it during DPO anyway
-    lora_target_modules: str | list[str] = "all-linear"  # peft target_modules (never lm_head)
     precompute_ref_log_probs: bool = True  # reference log-probs once before training (no reference forward per step)
     share_prompt: bool = True  # one forward pass per prompt, its KV cache shared by chosen + negatives (our losses)
-    gradient_checkpointing: bool = False  # saves memory, costs ~30% time; off for small models
-    seed: int | None = None  # None = the run's seed
+    # any trl DPOConfig field (beta, learning_rate, num_train_epochs, max_steps, per_device_train_batch_size,
+    # max_length, warmup_steps, report_to, ...), laid over DPO_TRAINER_DEFAULTS and checked by trl itself;
+    # seed and data_seed default to the run's seed
+    trainer_args: dict[str, Any] = Field(default_factory=lambda: dict(DPO_TRAINER_DEFAULTS))
+
+    @field_validator("trainer_args", mode="before")
+    @classmethod
+    def _over_defaults(cls, value):
+        """Entries given in YAML are laid over the defaults key by key: setting one keeps the others."""
+        return {**DPO_TRAINER_DEFAULTS, **(value or {})}
+
+
+class SFTConfig(Section):
+    """Supervised fine-tuning of the policy on real answers: trl SFTTrainer + the same LoRA (SPRec)."""
+
+    users: int | None = Field(256, ge=1)  # train users whose real next items the initial SFT learns (None = all)
+    # any trl SFTConfig field, laid over SFT_TRAINER_DEFAULTS; seed and data_seed default to the run's seed
+    trainer_args: dict[str, Any] = Field(default_factory=lambda: dict(SFT_TRAINER_DEFAULTS))
+
+    @field_validator("trainer_args", mode="before")
+    @classmethod
+    def _over_defaults(cls, value):
+        return {**SFT_TRAINER_DEFAULTS, **(value or {})}
+
+
+class LoraConfig(Section):
+    """A fresh LoRA adapter: mapped onto peft's LoraConfig (any other of its fields may be added).
+    A continued adapter keeps its own settings."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)  # trl's disable_dropout zeroes it during DPO anyway
+    target_modules: str | list[str] = "all-linear"  # never lm_head
 
 
 class SPRecConfig(Section):
-    """Self-play next-item generation (`rlrf sprec`, rlrf/sprec.py). Prompts show the user's last
+    """Self-play next-item generation (`rlrf sprec`, rlrf/methods/sprec.py). Prompts show the user's last
     `data.lists.max_history` items before the target; the answer is one "Title (year)"."""
 
-    sft_users: int | None = Field(256, ge=1)  # train users whose next item the initial SFT learns (None = all)
-    sft_epochs: float = Field(1.0, gt=0)
-    sft_learning_rate: float = Field(2e-4, gt=0)  # LoRA; the same adapter is continued by every later step
-    sft_batch_size: int = Field(8, ge=1)
     users_per_iteration: int = Field(64, ge=1)  # train users sampled afresh each iteration: positives, predictions, pairs
     samples: int = Field(1, ge=1)  # predictions sampled per user for self-play negatives (>= score.negatives)
     methods: list[Literal["sprec", "dpo_random", "dpo_popularity"]] = Field(["sprec", "dpo_random", "dpo_popularity"], min_length=1)
@@ -197,15 +246,14 @@ class SPRecConfig(Section):
     topk: Literal["nearest", "samples"] = "nearest"  # top-K = the K items nearest the greedy title, or K sampled titles grounded
     eval_samples: int = Field(10, ge=1)  # topk=samples: titles sampled per test user
     exclude_history: bool = True  # never recommend an item the user already has
-    eval_users: int | None = Field(None, ge=1)  # test users evaluated (None = all)
     ks: list[int] = Field([1, 5, 10], min_length=1)  # cut-offs of the evaluation metrics
+    evaluate_base: bool = True  # also evaluate the policy before SFT (a reference row)
 
     @model_validator(mode="after")
     def _positive_ks(self) -> "SPRecConfig":
         if min(self.ks) < 1:
             raise ValueError(f"sprec.ks must be positive cut-offs (got {self.ks})")
         return self
-    evaluate_base: bool = True  # also evaluate the policy before SFT (a reference row)
 
 
 class RunConfig(Section):
@@ -221,6 +269,8 @@ class RunConfig(Section):
     encoder: EncoderConfig = EncoderConfig()
     reward: RewardConfig = RewardConfig()
     align: AlignConfig = AlignConfig()
+    sft: SFTConfig = SFTConfig()
+    lora: LoraConfig = LoraConfig()
     score: ScoreConfig = ScoreConfig()
     loop: LoopConfig = LoopConfig()
     sprec: SPRecConfig = SPRecConfig()

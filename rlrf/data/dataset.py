@@ -90,10 +90,6 @@ class Catalog:
     def get(self, raw_id: str) -> int | None:
         return self._index.get(raw_id)
 
-    def genre_index(self, i: int) -> list[int]:
-        lookup = {g: j for j, g in enumerate(self.genre_names)}
-        return [lookup[g] for g in self.genres[i]]
-
     def genre_matrix(self) -> np.ndarray:
         """[n_items, n_genres]; an item with m genres has 1/m in each (the MGU/DGU convention)."""
         lookup = {g: j for j, g in enumerate(self.genre_names)}
@@ -147,7 +143,7 @@ class Dataset:
     stats: DatasetStats
 
 
-def _dataset_files(folder: Path) -> tuple[str, Path, Path | None, Path | None]:
+def dataset_files(folder: Path) -> tuple[str, Path, Path | None, Path | None]:
     if not folder.is_dir():
         raise UserError(f"{folder}: dataset folder not found")
     inters = sorted(folder.glob("*.inter"))
@@ -163,7 +159,7 @@ def _dataset_files(folder: Path) -> tuple[str, Path, Path | None, Path | None]:
 def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     """Load, filter and split a RecBole atomic dataset (default: the bundled ml-100k)."""
     folder = Path(cfg.path) if cfg.path is not None else bundled_ml100k()
-    name, inter_path, item_path, user_path = _dataset_files(folder)
+    name, inter_path, item_path, user_path = dataset_files(folder)
 
     inter = read_atomic(inter_path, cfg.encoding)
     missing = [f for f in ("user_id", "item_id") if f not in inter.columns]

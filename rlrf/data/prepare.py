@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from rlrf.core.config import RunConfig, save_config
 from rlrf.data.dataset import Dataset, build_lists, load_dataset, save_lists
 from rlrf.core.io import atomic_write_json, atomic_write_jsonl
+from rlrf.core.layout import RunLayout
 
 
 @dataclass
@@ -17,18 +17,18 @@ class PreparedData:
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
-    from recmodels.sequential import generate_candidates
+    from rlrf.data.candidates import generate_candidates
 
-    run_dir = Path(cfg.run_dir)
+    layout = RunLayout(cfg.run_dir)
     ds = load_dataset(cfg.data, seed=cfg.seed)
-    candidates = generate_candidates(ds, cfg.sasrec, cfg.data.lists.max_history, run_dir / "sasrec", cfg.seed)
+    candidates = generate_candidates(ds, cfg.sasrec, cfg.data.lists.max_history, layout.sasrec, cfg.seed)
     lists = build_lists(ds, cfg.data.lists, cfg.seed, cfg.data.positive_rating, candidates.items)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    atomic_write_jsonl(run_dir / "candidates.jsonl", (
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, layout.config)
+    atomic_write_jsonl(layout.candidates, (
         {"user": u, "items": [ds.catalog.ids[i] for i in items]} for u, items in candidates.items.items()))
-    save_lists(lists, run_dir / "lists.jsonl")
+    save_lists(lists, layout.lists)
     positives = [sum(lst.labels) for lst in lists.values()]
     summary = {
         "dataset": ds.name,
@@ -43,5 +43,5 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         },
         "sasrec": {"valid_hr@10": candidates.valid_hr10, "valid_ndcg@10": candidates.valid_ndcg10},
     }
-    atomic_write_json(run_dir / "data.json", summary)
+    atomic_write_json(layout.data_summary, summary)
     return PreparedData(ds, summary)

@@ -50,6 +50,8 @@ import torch
 
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_json, read_json
+from rlrf.core.layout import RunLayout
+from rlrf.evaluation.stats import bootstrap_ci, mean_sd
 
 PROTOCOLS = ("swap", "retrain")
 KS = (1, 3, 5, 7)
@@ -67,7 +69,7 @@ class Row:
 
 
 def experiment_dir(run_dir: Path, protocol: str) -> Path:
-    return Path(run_dir) / "experiments" / ("rerank" if protocol == "swap" else f"rerank_{protocol}")
+    return RunLayout(run_dir).experiment("rerank" if protocol == "swap" else f"rerank_{protocol}")
 
 
 def experiment_rows(iterations: list[int]) -> list[Row]:
@@ -97,7 +99,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     from rich.console import Console
 
     from rlrf.reward import model as reward
-    from rlrf.generation.knowledge import aligned_iterations, policy_adapter
+    from rlrf.generation.knowledge import policy_adapter
 
     console = console or Console(width=None if Console().is_terminal else 200)  # tables, written paths
     log = Console(stderr=True)  # progress lines and notes
@@ -107,7 +109,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     run_dir = Path(cfg.run_dir)
     seed_list = reward.seeds_for(cfg, seeds)
     if iterations is None:
-        iterations = aligned_iterations(run_dir)
+        iterations = RunLayout(run_dir).aligned_iterations()
     else:
         iterations = sorted(set(int(t) for t in iterations))
         for t in iterations:
@@ -224,13 +226,10 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
 
 def _policy_texts(cfg, iteration, splits, ctx, show_progress, console) -> tuple[dict[str, str], Path]:
     from recmodels import knowledge as kn
-    from rlrf.generation.knowledge import generate_user_knowledge, policy_tag
-
-    from rlrf.generation.generate import OUTPUT_FILE, iter_dir
-    from rlrf.generation.knowledge import knowledge_dir
     from rlrf.core.io import read_jsonl
+    from rlrf.generation.knowledge import generate_user_knowledge, knowledge_layout, policy_tag
 
-    path = iter_dir(knowledge_dir(cfg.run_dir, iteration), 0) / OUTPUT_FILE["user_preference"]
+    path = knowledge_layout(cfg.run_dir, iteration).responses(0)
     have = {r["user"] for r in read_jsonl(path)} if path.exists() else set()
     for split in splits:
         users = ctx.ds.users if split == "all" else ctx.ds.splits[split]
@@ -364,12 +363,6 @@ def _metrics(model, data, uk, hk, k: int) -> dict:
 # results
 
 
-def mean_sd(values) -> tuple[float, float]:
-    """Mean and sample sd (ddof=1; 0.0 for a single seed)."""
-    arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
 def _aggregate(cfg, ctx, rows, seeds, cells, data, protocol, iterations) -> dict:
     from rlrf.reward import model as reward
 
@@ -420,16 +413,14 @@ def _aggregate(cfg, ctx, rows, seeds, cells, data, protocol, iterations) -> dict
 def _paired(cells_a: list, cells_b: list, k: int, seed: int = 0, n_boot: int = 2000) -> dict:
     """Row a − row b on the same test lists: mean difference (per list, averaged over seeds) with a
     95% percentile-bootstrap CI over lists, and the share of (list, seed) values that changed at all."""
-    rng = np.random.default_rng(seed)
     out = {}
     for m in (f"ndcg@{k}", f"map@{k}"):
         a = np.array([c["test"][f"per_list_{m}"] for c in cells_a])  # [seeds, lists]
         b = np.array([c["test"][f"per_list_{m}"] for c in cells_b])
         diff = a - b
         per_list = diff.mean(0)
-        boots = per_list[rng.integers(0, len(per_list), size=(n_boot, len(per_list)))].mean(1)
-        out[m] = {"mean_diff": float(per_list.mean()),
-                  "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))],
+        mean, ci = bootstrap_ci(per_list, seed=seed, n_boot=n_boot)
+        out[m] = {"mean_diff": mean, "ci95": ci,
                   "changed_share": float((np.abs(diff) > 1e-9).mean()),
                   "lists_better": int((per_list > 1e-12).sum()), "lists_worse": int((per_list < -1e-12).sum())}
     return out

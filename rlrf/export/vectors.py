@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.errors import UserError
+from rlrf.core.layout import RunLayout
+from rlrf.core.threads import use_threads
 
 FORMAT = "rlrf-export/1"
 META_FILE = "meta.json"
@@ -121,7 +123,7 @@ def export_name(iteration: int | None, user_source: str = "policy", item_source:
 
 
 def export_dir(cfg, iteration: int | None, user_source: str = "policy", item_source: str = "self") -> Path:
-    return Path(cfg.run_dir) / "export" / export_name(iteration, user_source, item_source)
+    return RunLayout(cfg.run_dir).export(export_name(iteration, user_source, item_source))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ def _user_texts(cfg, ds, lists, iteration, source: str, show_progress: bool, inf
     path = generate_user_knowledge(cfg, iteration, "all", dataset=ds, show_progress=show_progress)
     info["generate_seconds"] = info.get("generate_seconds", 0.0) + time.perf_counter() - start
     info["user_file"] = str(path)
-    info["user_generation"] = _read_meta(path.with_suffix(".meta.json"))
+    info["user_generation"] = _read_meta(path.parent / f"{path.stem}.meta.json")
     first = kn.load_knowledge_file(path, ds.users.keys(), field_name="user").first()
     return {u: first.get(u, "") for u in ds.users}
 
@@ -177,9 +179,9 @@ def adapter_vectors(cfg, ds, encoder, user_vecs: np.ndarray, has_user: np.ndarra
     import torch
 
     from recmodels.train import load_reranker
-    from rlrf.reward.model import model_name, reward_dir
+    from rlrf.reward.model import model_name
 
-    folder = reward_dir(cfg) / model_name(cfg.reward.model, True)
+    folder = RunLayout(cfg.run_dir).reward_model(model_name(cfg.reward.model, True))
     model, _ = load_reranker(folder, ds.name, encoder.key, len(ds.catalog), ds.catalog.genre_matrix())
     features = model.features
     adapter = features.adapter
@@ -261,10 +263,10 @@ def _inter_file(path: Path, users: set[str], items: set[str], encoding: str) -> 
 def write_recbole(folder: Path, ds, user_ids: list[str], item_ids: list[str], user_cols: dict[str, np.ndarray],
                   item_cols: dict[str, np.ndarray], encoding: str = "utf-8") -> tuple[Path, str]:
     """A RecBole atomic dataset `<ds.name>-rlrf` under `folder`; returns (data_path, dataset name)."""
-    from rlrf.data.dataset import _dataset_files
+    from rlrf.data.dataset import dataset_files
 
     name = ds.name + RECBOLE_SUFFIX
-    _, inter, item_file, user_file = _dataset_files(Path(ds.path))
+    _, inter, item_file, user_file = dataset_files(Path(ds.path))
     target = folder / name
     target.mkdir(parents=True, exist_ok=True)
     (target / f"{name}.inter").write_text(_inter_file(inter, set(user_ids), set(item_ids), encoding), encoding="utf-8")
@@ -295,10 +297,7 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
     if item_source not in ITEM_SOURCES:
         raise UserError(f"item source: unknown '{item_source}' ({', '.join(ITEM_SOURCES)})")
     start = time.perf_counter()
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg)
     uses_policy = "policy" in (user_source, item_source)
     adapter = policy_adapter(Path(cfg.run_dir), iteration) if uses_policy else None  # fails early if missing
     tag = policy_tag(iteration)

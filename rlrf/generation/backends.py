@@ -33,6 +33,7 @@ It is isolated in :class:`VLLMBackend` and not exercised by the tests on this CP
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -296,14 +297,6 @@ class _attn_implementation:
         return False
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _supports_shared_prefix(model) -> bool:
     """Llama-style decoder (the default SmolLM2 and most chat models): attention dispatched by name."""
     config = model.config
@@ -418,7 +411,7 @@ class TransformersBackend:
         else:
             cache.batch_select_indices(expand)
             mask = mask.index_select(0, expand)
-        with _attn_implementation(self.model, _SHARED_ATTN) if shared else _nullcontext():
+        with _attn_implementation(self.model, _SHARED_ATTN) if shared else contextlib.nullcontext():
             return self._decode(rows, requests, params, cache, logits, mask, next_pos)
 
     def _decode(self, rows, requests, params, cache, logits, mask, next_pos) -> list[Sample]:

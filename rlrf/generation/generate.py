@@ -32,9 +32,10 @@ from typing import Any
 from rlrf.core.errors import UserError
 from rlrf.core.resources import prompts_dir
 from rlrf.core.io import JsonlLog, atomic_write_json, read_jsonl
+from rlrf.core.layout import RunLayout
+from rlrf.core.threads import use_threads
 
 MODES = ("user_preference", "item_knowledge", "next_item")
-OUTPUT_FILE = {"user_preference": "responses.jsonl", "item_knowledge": "item_knowledge.jsonl", "next_item": "next_item.jsonl"}
 KEY_FIELD = {"user_preference": "user", "item_knowledge": "item", "next_item": "user"}
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
@@ -202,7 +203,7 @@ def visible_histories(ds, cfg, lists_dir: Path | None = None) -> dict[str, tuple
     export) pass the run directory, so SASRec-sourced lists keep their own history."""
     from rlrf.data.dataset import history_cut, load_lists
 
-    path = Path(lists_dir or cfg.run_dir) / "lists.jsonl"
+    path = RunLayout(lists_dir or cfg.run_dir).lists
     if path.exists():
         lists = load_lists(path)
         return {u: (lst.history, lst.history_ratings) for u, lst in lists.items()}
@@ -295,10 +296,6 @@ class GenerateResult:
         return self.tokens / max(self.seconds, 1e-9)
 
 
-def iter_dir(run_dir: Path, iteration: int) -> Path:
-    return Path(run_dir) / f"iter_{iteration}"
-
-
 def sampling_params(cfg, mode: str):
     from rlrf.generation.backends import SamplingParams
 
@@ -314,8 +311,6 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
 
     `lists_dir` holds the run's lists.jsonl (default cfg.run_dir; see `visible_histories`);
     `users` replaces the generate.users / generate.max_users selection (SPRec samples its own)."""
-    import torch
-
     from rlrf.generation.backends import Request, make_backend, sample_seed
     from rlrf.data.dataset import load_dataset
     from rlrf.generation.policy import load_policy
@@ -324,10 +319,9 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
     mode = mode or g.mode
     if mode not in MODES:
         raise UserError(f"generate.mode: unknown mode '{mode}' ({', '.join(MODES)})")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out_dir = iter_dir(cfg.run_dir, iteration)
-    out_path = out_dir / OUTPUT_FILE[mode]
+    use_threads(cfg)
+    layout = RunLayout(cfg.run_dir)
+    out_path = layout.responses(iteration, mode)
     key_field = KEY_FIELD[mode]
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
@@ -335,7 +329,7 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
     prompts = build_prompts(cfg, ds, policy.tokenizer, mode, lists_dir, users)
     n = 1 if mode == "item_knowledge" else g.n
 
-    prompt_log = JsonlLog(out_path.with_suffix(".prompts.jsonl"), key=lambda r: r[key_field])
+    prompt_log = JsonlLog(layout.prompts(iteration, mode), key=lambda r: r[key_field])
     _check_prompts_unchanged(prompt_log, prompts, key_field)
     prompt_log.append({key_field: p.key, "iter": iteration, "prompt": p.text, "prompt_hash": p.hash, **p.meta} for p in prompts)
     log = JsonlLog(out_path, key=lambda r: (r[key_field], r["k"]))
@@ -381,7 +375,7 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
             progress.update(task, advance=len(batch), tps=tokens / max(elapsed, 1e-9))
     seconds = time.perf_counter() - start
     result = GenerateResult(out_path, mode, written, skipped, tokens, seconds, flagged)
-    atomic_write_json(out_dir / f"{out_path.stem}.meta.json", {
+    atomic_write_json(layout.responses_meta(iteration, mode), {
         "mode": mode, "iter": iteration, "model": policy.source,
         "adapter": str(policy.adapter) if policy.adapter else None, "backend": engine.name,
         "n": n, "params": params.__dict__, "batch_size": g.batch_size,
@@ -421,11 +415,10 @@ def _progress(show: bool):
 
 def load_responses(run_dir: Path, iteration: int, mode: str = "user_preference") -> list[dict]:
     """All records of one iteration's output (for the score stage)."""
-    return read_jsonl(iter_dir(run_dir, iteration) / OUTPUT_FILE[mode])
+    return read_jsonl(RunLayout(run_dir).responses(iteration, mode))
 
 
 def load_prompts(run_dir: Path, iteration: int, mode: str = "user_preference") -> dict[str, dict]:
     """key -> {"prompt", "prompt_hash", ...}: the exact prompt texts used (for pairs / DPO)."""
-    path = (iter_dir(run_dir, iteration) / OUTPUT_FILE[mode]).with_suffix(".prompts.jsonl")
-    return {r[KEY_FIELD[mode]]: r for r in read_jsonl(path)}
+    return {r[KEY_FIELD[mode]]: r for r in read_jsonl(RunLayout(run_dir).prompts(iteration, mode))}
 

@@ -1,7 +1,7 @@
 """Grounding: map a generated movie title (free text) to a catalogue item index.
 
 SPRec's policy writes the next item as text ("Toy Story (1995)", "The Matrix", "I recommend Star
-Wars."). Its judge, its negatives and its HR/NDCG all need catalogue items, so each text is grounded
+Wars."). Its scoring, its negatives and its HR/NDCG all need catalogue items, so each text is grounded
 level by level, cheapest and most certain first:
 
 1. "exact": the cleaned text equals a catalogue title, with or without its year.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlrf.core.errors import UserError
+from rlrf.core.layout import RunLayout, adapter_complete
 
 USER_SPLITS = ("train", "valid", "test", "all")
 
@@ -23,36 +24,22 @@ def policy_tag(iteration: int | None) -> str:
 
 def policy_adapter(run_dir: Path, iteration: int | None) -> Path | None:
     """The adapter of ``iter_<t>`` (None for the base policy); an error if that iteration has none."""
-    from rlrf.alignment.dpo import ADAPTER_DIR, adapter_complete, iteration_dir
-
     if iteration is None:
         return None
-    adapter = iteration_dir(run_dir, iteration) / ADAPTER_DIR
+    adapter = RunLayout(run_dir).adapter(iteration)
     if not adapter_complete(adapter):
         raise UserError(f"{adapter}: no complete adapter for iteration {iteration} (run `rlrf run` or `rlrf align` first)")
     return adapter
 
 
-def aligned_iterations(run_dir: Path) -> list[int]:
-    """Iterations of the run that wrote a complete adapter, in order."""
-    from rlrf.alignment.dpo import ADAPTER_DIR, adapter_complete
-
-    found = []
-    for folder in Path(run_dir).glob("iter_*"):
-        suffix = folder.name.removeprefix("iter_")
-        if suffix.isdigit() and adapter_complete(folder / ADAPTER_DIR):
-            found.append(int(suffix))
-    return sorted(found)
-
-
-def knowledge_dir(run_dir: Path, iteration: int | None) -> Path:
-    return Path(run_dir) / "knowledge" / policy_tag(iteration)
+def knowledge_layout(run_dir: Path, iteration: int | None) -> RunLayout:
+    return RunLayout(run_dir).knowledge(policy_tag(iteration))
 
 
 def _knowledge_config(cfg, iteration: int | None, **generate):
     run_dir = Path(cfg.run_dir)
     return cfg.model_copy(update={
-        "run_dir": knowledge_dir(run_dir, iteration),
+        "run_dir": knowledge_layout(run_dir, iteration).root,
         "llm": cfg.llm.model_copy(update={"adapter": policy_adapter(run_dir, iteration)}),
         "generate": cfg.generate.model_copy(update={"n": 1, "temperature": 0.0, **generate}),
     })
@@ -62,23 +49,23 @@ def generate_user_knowledge(cfg, iteration: int | None, users: str = "all", *, d
                             show_progress: bool = True) -> Path:
     """One greedy preference summary per user of `users` (a split or "all"), from the history the
     reranker sees; resumable. Returns the responses-style JSONL path (``reward.user_knowledge`` reads it)."""
-    from rlrf.generation.generate import OUTPUT_FILE, iter_dir, run_generate
+    from rlrf.generation.generate import run_generate
 
     if users not in USER_SPLITS:
         raise UserError(f"users: unknown split '{users}' ({', '.join(USER_SPLITS)})")
     kcfg = _knowledge_config(cfg, iteration, users=users, max_users=None, mode="user_preference")
     run_generate(kcfg, iteration=0, mode="user_preference", policy=policy, dataset=dataset,
                  show_progress=show_progress, lists_dir=Path(cfg.run_dir))
-    return iter_dir(kcfg.run_dir, 0) / OUTPUT_FILE["user_preference"]
+    return RunLayout(kcfg.run_dir).responses(0, "user_preference")
 
 
 def generate_item_knowledge(cfg, iteration: int | None, max_items: int | None = None, *, dataset=None, policy=None,
                             show_progress: bool = True) -> Path:
     """One greedy description per catalogue item (the `max_items` most popular, or all); resumable.
     Returns the JSONL path (``reward.item_knowledge`` reads it)."""
-    from rlrf.generation.generate import OUTPUT_FILE, iter_dir, run_generate
+    from rlrf.generation.generate import run_generate
 
     kcfg = _knowledge_config(cfg, iteration, max_items=max_items, item_temperature=0.0, mode="item_knowledge")
     run_generate(kcfg, iteration=0, mode="item_knowledge", policy=policy, dataset=dataset,
                  show_progress=show_progress, lists_dir=Path(cfg.run_dir))
-    return iter_dir(kcfg.run_dir, 0) / OUTPUT_FILE["item_knowledge"]
+    return RunLayout(kcfg.run_dir).responses(0, "item_knowledge")

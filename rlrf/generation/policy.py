@@ -214,7 +214,7 @@ class _warnings_as_errors:
         return False
 
 
-def load_policy(cfg=None, *, merge_adapter: bool = True, threads: int | None = None) -> Policy:
+def load_policy(cfg=None, *, merge_adapter: bool = True) -> Policy:
     """Load the policy described by an `LLMConfig` (None = all defaults), in eval mode.
 
     `merge_adapter=True` folds a LoRA adapter into the weights (fastest for generation);
@@ -226,8 +226,6 @@ def load_policy(cfg=None, *, merge_adapter: bool = True, threads: int | None = N
     from rlrf.core.config import LLMConfig
 
     cfg = cfg or LLMConfig()
-    if threads:
-        torch.set_num_threads(threads)
     source = resolve_model_source(cfg.model, getattr(cfg, "cache_dir", None))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

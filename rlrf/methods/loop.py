@@ -1,7 +1,7 @@
-"""The self-play outer loop, written once: T iterations of generate → judge → align.
+"""The outer loop, written once and driving every method: T iterations of generate → score → align.
 
-A `Method` says how one iteration's stages are done (RLRF4Rec: summaries judged by the reward
-model, best-vs-worst pairs; SPRec: next-item titles judged against the real next item, the policy's
+A `Method` says how one iteration's stages are done (RLRF4Rec: summaries scored by the reward
+model, best-vs-worst pairs; SPRec: next-item titles scored against the real next item, the policy's
 own predictions as negatives). The loop only orders the stages, threads the newest adapter through
 them, evaluates the policy before the first and after every iteration, and records metrics.json.
 Each stage is resumable on its own, so rerunning a killed `rlrf run` continues where it stopped.
@@ -14,18 +14,20 @@ from pathlib import Path
 from typing import Protocol
 
 from rlrf.core.io import atomic_write_json, read_json
+from rlrf.core.layout import RunLayout
 
 
 class Method(Protocol):
     name: str
 
-    def prepare(self, cfg) -> None:
-        """One-time inputs of the loop (data, reward model); skipped when already present."""
+    def prepare(self, cfg) -> Path | None:
+        """One-time inputs of the loop (data, reward model, SPRec's SFT), skipped when already present;
+        returns the adapter policy_0 starts from (None: the policy named by cfg.llm)."""
 
     def generate(self, cfg, iteration: int) -> None:
         """Sample responses with the policy named by cfg.llm (base or the newest adapter)."""
 
-    def judge(self, cfg, iteration: int) -> dict:
+    def score(self, cfg, iteration: int) -> dict:
         """Score the responses and write the iteration's pairs; returns pair statistics ({"pairs": n, ...})."""
 
     def align(self, cfg, iteration: int) -> Path:
@@ -41,10 +43,9 @@ def with_adapter(cfg, adapter: Path | None):
 
 def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
     """Run (or resume) the loop; returns metrics.json's content."""
-    run_dir = Path(cfg.run_dir)
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = RunLayout(cfg.run_dir).metrics
     metrics = read_json(metrics_path) or {"method": method.name, "evaluations": {}, "iterations": {}}
-    method.prepare(cfg)
+    start = method.prepare(cfg)
 
     def evaluate(policy_cfg, label: str) -> None:
         if label not in metrics["evaluations"]:
@@ -52,15 +53,15 @@ def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
             metrics["evaluations"][label] = method.evaluate(policy_cfg, label)
             atomic_write_json(metrics_path, metrics)
 
-    adapter = cfg.llm.adapter
+    adapter = start if start is not None else cfg.llm.adapter
     for t in range(iterations):
         current = with_adapter(cfg, adapter)
         evaluate(current, f"policy_{t}")
         started = time.perf_counter()
         log(f"[{method.name}] iteration {t}: generate")
         method.generate(current, t)
-        log(f"[{method.name}] iteration {t}: judge")
-        pair_stats = method.judge(current, t)
+        log(f"[{method.name}] iteration {t}: score")
+        pair_stats = method.score(current, t)
         record = metrics["iterations"].setdefault(str(t), {})
         if pair_stats.get("pairs", 0) > 0:
             log(f"[{method.name}] iteration {t}: align on {pair_stats['pairs']} pairs")

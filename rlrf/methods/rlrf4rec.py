@@ -1,4 +1,4 @@
-"""RLRF4Rec on the shared loop: preference summaries judged by the knowledge-augmented reranker.
+"""RLRF4Rec on the shared loop: preference summaries scored by the knowledge-augmented reranker.
 
 Per iteration: N summaries per training user from the current policy, each scored by the NDCG of the
 user's reranked list with that summary as user knowledge, best vs worst as a DPO pair, LoRA update.
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlrf.core.layout import RunLayout
 from rlrf.methods.loop import Method
 
 
@@ -24,12 +25,12 @@ class RLRF4Rec(Method):
         self.dataset = None
         self.scorer = None
 
-    def prepare(self, cfg) -> None:
+    def prepare(self, cfg) -> None:  # policy_0 is the policy named by cfg.llm
         from rlrf.data.dataset import load_dataset
         from rlrf.core.errors import UserError
         from rlrf.reward.model import RewardScorer, train
 
-        if not (Path(cfg.run_dir) / "lists.jsonl").exists():
+        if not RunLayout(cfg.run_dir).lists.exists():
             from rlrf.data.prepare import prepare_data
 
             prepare_data(cfg)
@@ -50,7 +51,7 @@ class RLRF4Rec(Method):
         run_generate(train_cfg, iteration=iteration, mode="user_preference", dataset=self.dataset,
                      show_progress=self.show_progress)
 
-    def judge(self, cfg, iteration: int) -> dict:
+    def score(self, cfg, iteration: int) -> dict:
         from rlrf.reward.score import run_score
 
         stats = run_score(cfg, iteration, scorer=self.scorer, dataset=self.dataset, show_progress=self.show_progress)
@@ -60,14 +61,14 @@ class RLRF4Rec(Method):
         from rlrf.alignment.dpo import run_align
 
         run_align(cfg, iteration)
-        return Path(cfg.run_dir) / f"iter_{iteration}" / "adapter"
+        return RunLayout(cfg.run_dir).adapter(iteration)
 
     def evaluate(self, cfg, label: str) -> dict:
         from rlrf.generation.generate import run_generate
         from rlrf.reward.score import score_responses
 
         eval_cfg = cfg.model_copy(update={
-            "run_dir": Path(cfg.run_dir) / "eval" / label,
+            "run_dir": RunLayout(cfg.run_dir).evaluation(label).root,
             "generate": cfg.generate.model_copy(update={"users": "test", "max_users": cfg.loop.eval_users}),
         })
         run_generate(eval_cfg, iteration=0, mode="user_preference", dataset=self.dataset,

@@ -5,7 +5,12 @@ blockbusters is rarely far wrong. Self-play makes the policy's own favourite ans
 of the next round, so what it over-recommends is pushed down while SFT on real next items keeps it
 accurate. The baselines run the same loop with random or popularity-sampled catalogue negatives.
 
-Run layout (``<run_dir>``)::
+Each arm is a `Method` on the one loop (`rlrf.methods.loop.run_loop`): its `prepare` is the SFT
+shared by all arms (run once, found done by the others), and its negatives come from a sampler of
+`SAMPLERS` (self-play, uniform, popularity). `rlrf sprec` runs every arm of `sprec.methods`, then
+`collect` gathers their records into the run's metrics.json for the report.
+
+Run layout (``<run_dir>``, paths from `rlrf.core.layout.RunLayout`)::
 
     sft/adapter, sft/adapter_log.json    SFT on train users' real next items (policy_0 of every method)
     <method>/iter_<t>/next_item.jsonl    self-play predictions for the iteration's train users (sprec only)
@@ -20,20 +25,16 @@ Run layout (``<run_dir>``)::
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rlrf.core.errors import UserError
-from rlrf.methods.loop import Method, run_loop, with_adapter
 from rlrf.core.io import atomic_write_json, atomic_write_jsonl, read_json
-from rlrf.evaluation.sprec_report import METHOD_TITLES
-
-SFT_DIR = "sft"
+from rlrf.core.layout import RunLayout
+from rlrf.methods.loop import Method, with_adapter
 
 
 def answer_text(catalog, i: int) -> str:
@@ -62,9 +63,9 @@ def iteration_users(ds, cfg, iteration: int) -> list[str]:
 
 def sft_users(ds, cfg) -> list[str]:
     users = eligible_train_users(ds)
-    if cfg.sprec.sft_users is None or cfg.sprec.sft_users >= len(users):
+    if cfg.sft.users is None or cfg.sft.users >= len(users):
         return users
-    picked = _rng(cfg.seed, "sft").choice(len(users), size=cfg.sprec.sft_users, replace=False)
+    picked = _rng(cfg.seed, "sft").choice(len(users), size=cfg.sft.users, replace=False)
     return [users[i] for i in sorted(picked)]
 
 
@@ -82,70 +83,6 @@ def load_tokenizer_for(cfg):
 
 
 # --------------------------------------------------------------------------------------------- SFT
-
-
-def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: Path, show_progress: bool = True) -> dict:
-    """trl SFTTrainer on prompt/completion records (loss on the completion only), LoRA continued
-    from `start_adapter` (or fresh). Writes `adapter_dir` atomically and a log beside it; skips when done."""
-    import torch
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    from rlrf.alignment.dpo import adapter_complete, save_adapter, trainable_policy
-
-    adapter_dir = Path(adapter_dir)
-    log_path = adapter_dir.parent / f"{adapter_dir.name}_log.json"
-    if adapter_complete(adapter_dir):
-        return {**(read_json(log_path) or {}).get("summary", {}), "skipped": True}
-    if not records:
-        raise UserError(f"{adapter_dir}: no SFT examples (no train user with two or more items)")
-    for leftover in [*adapter_dir.parent.glob(f".{adapter_dir.name}.tmp-*"), *adapter_dir.parent.glob(".sft-work-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)  # from a killed run
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    started = time.perf_counter()
-    model, tokenizer, lora = trainable_policy(cfg, None, start_adapter)
-    s = cfg.sprec
-    work_dir = adapter_dir.parent / f".sft-work-{os.getpid()}"
-    dtype = next(model.parameters()).dtype
-    args = SFTConfig(
-        output_dir=str(work_dir),
-        per_device_train_batch_size=s.sft_batch_size,
-        num_train_epochs=s.sft_epochs,
-        learning_rate=s.sft_learning_rate,
-        lr_scheduler_type=cfg.align.lr_scheduler,
-        warmup_steps=0,
-        weight_decay=0.0,
-        max_length=cfg.align.max_length,
-        completion_only_loss=True,
-        packing=False,
-        bf16=dtype == torch.bfloat16,
-        use_cpu=next(model.parameters()).device.type == "cpu",
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=not show_progress,
-        gradient_checkpointing=cfg.align.gradient_checkpointing,
-    )
-    try:
-        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,
-                             train_dataset=Dataset.from_list(records))
-        result = trainer.train()
-        steps = [e for e in trainer.state.log_history if "loss" in e]
-        summary = {
-            "examples": len(records), "steps": int(result.global_step),
-            "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
-            "start_adapter": str(start_adapter) if start_adapter else None, "adapter": str(adapter_dir),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        save_adapter(trainer.model, adapter_dir, before_rename=lambda: atomic_write_json(
-            log_path, {"summary": summary, "steps": trainer.state.log_history}))
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return {**summary, "skipped": False}
 
 
 def sft_records(cfg, ds, tokenizer, users) -> list[dict]:
@@ -176,6 +113,23 @@ def sampled_negatives(rng: np.random.Generator, n_items: int, k: int, exclude: s
     return rng.choice(n_items, size=k, replace=False, p=weights / weights.sum()).tolist() if k else []
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """Where an arm's negatives come from: the policy's own predictions (`from_policy`: the arm
+    generates them each iteration), or catalogue items drawn uniformly or by popularity."""
+
+    title: str
+    from_policy: bool = False
+    by_popularity: bool = False
+
+
+SAMPLERS = {
+    "sprec": Sampler("SPRec", from_policy=True),
+    "dpo_random": Sampler("DPO-random"),
+    "dpo_popularity": Sampler("DPO-popularity", by_popularity=True),
+}
+
+
 def build_pairs(ds, prompts, negatives: dict[str, list[int]], similarity=None, iteration: int = 0) -> list[dict]:
     """Pairs in the align stage's format: chosen = the real next item, rejected = the negatives.
 
@@ -201,13 +155,15 @@ def build_pairs(ds, prompts, negatives: dict[str, list[int]], similarity=None, i
 # --------------------------------------------------------------------------------------- the method
 
 
-class SPRecMethod(Method):
-    """One arm of `rlrf sprec`: "sprec" (self-play negatives) or a baseline ("dpo_random", "dpo_popularity")."""
+class SPRec(Method):
+    """One arm of `rlrf sprec`: SFT'd policy, then each iteration SFT on fresh positives + DPO against
+    the negatives of `SAMPLERS[name]` (self-play for "sprec", catalogue samples for the baselines)."""
 
     def __init__(self, name: str, root: Path, dataset, grounder, show_progress: bool = True):
-        if name not in METHOD_TITLES:
-            raise UserError(f"sprec.methods: unknown method '{name}' ({', '.join(METHOD_TITLES)})")
-        self.name, self.root, self.ds, self.grounder = name, Path(root), dataset, grounder
+        if name not in SAMPLERS:
+            raise UserError(f"sprec.methods: unknown method '{name}' ({', '.join(SAMPLERS)})")
+        self.name, self.sampler = name, SAMPLERS[name]
+        self.root, self.ds, self.grounder = RunLayout(root), dataset, grounder
         self.show_progress = show_progress
         self._tokenizer = None
 
@@ -216,11 +172,22 @@ class SPRecMethod(Method):
             self._tokenizer = load_tokenizer_for(cfg)
         return self._tokenizer
 
-    def prepare(self, cfg) -> None:
-        """Data and the SFT policy come from `run_sprec`, shared by all methods."""
+    def prepare(self, cfg) -> Path:
+        """The base policy's evaluation (a reference row) and the SFT every arm starts from; each is
+        done once for the whole comparison and found done by the other arms."""
+        from rlrf.alignment.sft import run_sft
+        from rlrf.core.config import save_config
+
+        root_cfg = cfg.model_copy(update={"run_dir": self.root.root})
+        save_config(root_cfg, self.root.config)
+        if cfg.sprec.evaluate_base:
+            evaluate_policy(root_cfg, self.root.root, self.ds, self.grounder, self.show_progress)
+        records = sft_records(cfg, self.ds, self.tokenizer(cfg), sft_users(self.ds, cfg))
+        run_sft(cfg, records, cfg.llm.adapter, self.root.sft, self.root.sft_log, self.show_progress)
+        return self.root.sft
 
     def generate(self, cfg, iteration: int) -> None:
-        if self.name != "sprec":
+        if not self.sampler.from_policy:
             return  # the baselines draw negatives from the catalogue, not from the policy
         from rlrf.generation.generate import run_generate
 
@@ -228,44 +195,18 @@ class SPRecMethod(Method):
         run_generate(gen, iteration=iteration, mode="next_item", dataset=self.ds, users=iteration_users(self.ds, cfg, iteration),
                      show_progress=self.show_progress)
 
-    def judge(self, cfg, iteration: int) -> dict:
-        from rlrf.generation.generate import iter_dir
-
-        out_dir = iter_dir(cfg.run_dir, iteration)
-        meta_path = out_dir / "pairs.meta.json"
-        if (out_dir / "pairs.jsonl").exists() and meta_path.exists():
-            return read_json(meta_path)
+    def score(self, cfg, iteration: int) -> dict:
+        layout = RunLayout(cfg.run_dir)
+        if layout.pairs(iteration).exists() and layout.pairs_meta(iteration).exists():
+            return read_json(layout.pairs_meta(iteration))
         users = iteration_users(self.ds, cfg, iteration)
         prompts = next_item_prompts(cfg, self.ds, self.tokenizer(cfg), users)
-        cat, k = self.ds.catalog, cfg.score.negatives
         stats: dict = {"users": len(prompts)}
-        negatives: dict[str, list[int]] = {}
-        if self.name == "sprec":
-            from rlrf.generation.generate import load_prompts, load_responses
-            from rlrf.generation.grounding import grounding_shares
-
-            used = load_prompts(cfg.run_dir, iteration, "next_item")
-            for p in prompts:
-                if used.get(p.key, {}).get("prompt_hash") != p.hash:
-                    raise UserError(f"{out_dir}: predictions for user {p.key} were generated from another prompt")
-            records = sorted(load_responses(cfg.run_dir, iteration, "next_item"), key=lambda r: (r["user"], r["k"]))
-            groundings = self.grounder.ground([r["text"] for r in records])
-            by_user: dict[str, list] = {}
-            for r, g in zip(records, groundings):
-                by_user.setdefault(r["user"], []).append(g)
-            for p in prompts:
-                negatives[p.key] = self_play_negatives(cat.index(p.meta["target"]), by_user.get(p.key, []), k)
-            stats["grounding"] = grounding_shares(groundings)
-            stats["predictions"] = len(records)
-            stats["predicted_target"] = sum(
-                g.item == cat.index(r["target"]) for r, g in zip(records, groundings))
+        if self.sampler.from_policy:
+            negatives = self._self_play(cfg, iteration, prompts, stats)
         else:
-            popularity = np.asarray(cat.popularity) if self.name == "dpo_popularity" else None
-            for p in prompts:
-                target = cat.index(p.meta["target"])
-                exclude = {target, *self.ds.users[p.key].items[:-1]}
-                negatives[p.key] = sampled_negatives(_rng(cfg.seed, self.name, iteration, p.key), len(cat), k,
-                                                     exclude, popularity)
+            negatives = self._sampled(cfg, iteration, prompts)
+        cat = self.ds.catalog
         pairs = build_pairs(self.ds, prompts, negatives, self.grounder.item_similarity, iteration)
         chosen_pop = [cat.popularity[cat.index(p.meta["target"])] for p in prompts]
         neg_pop = [cat.popularity[i] for negs in negatives.values() for i in negs]
@@ -274,24 +215,57 @@ class SPRecMethod(Method):
             "mean_target_popularity": float(np.mean(chosen_pop)) if chosen_pop else None,
             "mean_negative_popularity": float(np.mean(neg_pop)) if neg_pop else None,
         })
-        atomic_write_jsonl(out_dir / "pairs.jsonl", pairs)
-        atomic_write_json(meta_path, stats)
+        atomic_write_jsonl(layout.pairs(iteration), pairs)
+        atomic_write_json(layout.pairs_meta(iteration), stats)
         return stats
+
+    def _self_play(self, cfg, iteration: int, prompts, stats: dict) -> dict[str, list[int]]:
+        """The policy's own grounded predictions that are not the target."""
+        from rlrf.generation.generate import load_prompts, load_responses
+        from rlrf.generation.grounding import grounding_shares
+
+        cat = self.ds.catalog
+        used = load_prompts(cfg.run_dir, iteration, "next_item")
+        for p in prompts:
+            if used.get(p.key, {}).get("prompt_hash") != p.hash:
+                raise UserError(f"{RunLayout(cfg.run_dir).iteration(iteration)}: predictions for user {p.key} "
+                                "were generated from another prompt")
+        records = sorted(load_responses(cfg.run_dir, iteration, "next_item"), key=lambda r: (r["user"], r["k"]))
+        groundings = self.grounder.ground([r["text"] for r in records])
+        by_user: dict[str, list] = {}
+        for r, g in zip(records, groundings):
+            by_user.setdefault(r["user"], []).append(g)
+        stats["grounding"] = grounding_shares(groundings)
+        stats["predictions"] = len(records)
+        stats["predicted_target"] = sum(g.item == cat.index(r["target"]) for r, g in zip(records, groundings))
+        return {p.key: self_play_negatives(cat.index(p.meta["target"]), by_user.get(p.key, []), cfg.score.negatives)
+                for p in prompts}
+
+    def _sampled(self, cfg, iteration: int, prompts) -> dict[str, list[int]]:
+        """Catalogue items outside the user's history, uniformly or by popularity."""
+        cat = self.ds.catalog
+        popularity = np.asarray(cat.popularity) if self.sampler.by_popularity else None
+        negatives = {}
+        for p in prompts:
+            target = cat.index(p.meta["target"])
+            exclude = {target, *self.ds.users[p.key].items[:-1]}
+            negatives[p.key] = sampled_negatives(_rng(cfg.seed, self.name, iteration, p.key), len(cat),
+                                                 cfg.score.negatives, exclude, popularity)
+        return negatives
 
     def align(self, cfg, iteration: int) -> Path:
         from rlrf.alignment.dpo import run_align
-        from rlrf.generation.generate import iter_dir
+        from rlrf.alignment.sft import run_sft
 
-        out_dir = iter_dir(cfg.run_dir, iteration)
+        layout = RunLayout(cfg.run_dir)
         users = iteration_users(self.ds, cfg, iteration)
-        sft_adapter = out_dir / "sft_adapter"
-        run_sft(cfg, sft_records(cfg, self.ds, self.tokenizer(cfg), users), cfg.llm.adapter, sft_adapter,
-                self.show_progress)
-        run_align(with_adapter(cfg, sft_adapter), iteration, show_progress=self.show_progress)
-        return out_dir / "adapter"
+        run_sft(cfg, sft_records(cfg, self.ds, self.tokenizer(cfg), users), cfg.llm.adapter,
+                layout.sft_adapter(iteration), layout.sft_adapter_log(iteration), self.show_progress)
+        run_align(with_adapter(cfg, layout.sft_adapter(iteration)), iteration, show_progress=self.show_progress)
+        return layout.adapter(iteration)
 
     def evaluate(self, cfg, label: str) -> dict:
-        return evaluate_policy(cfg, self.root, self.ds, self.grounder, self.show_progress)
+        return evaluate_policy(cfg, self.root.root, self.ds, self.grounder, self.show_progress)
 
 
 # -------------------------------------------------------------------------------------- evaluation
@@ -311,7 +285,7 @@ def policy_slug(root: Path, adapter: Path | None) -> str:
 
 def evaluation_users(ds, cfg) -> list[str]:
     users = [u for u in ds.splits["test"] if len(ds.users[u].items) >= 2]
-    return users[: cfg.sprec.eval_users] if cfg.sprec.eval_users else users
+    return users[: cfg.loop.eval_users] if cfg.loop.eval_users else users
 
 
 def recommendations(grounder, ds, records: list[dict], histories: dict[str, list[int]], k: int, topk: str,
@@ -377,11 +351,12 @@ def evaluate_policy(cfg, root: Path, ds, grounder, show_progress: bool = True) -
     Cached in ``<root>/eval/<policy>/eval.json``: methods that share a policy (SFT) evaluate it once.
     """
     from rlrf.evaluation import metrics as m
-    from rlrf.generation.generate import iter_dir, load_responses, run_generate
+    from rlrf.generation.generate import load_responses, run_generate
 
     s = cfg.sprec
-    out_dir = Path(root) / "eval" / policy_slug(root, cfg.llm.adapter)
-    cached = read_json(out_dir / "eval.json")
+    out = RunLayout(root).evaluation(policy_slug(root, cfg.llm.adapter))
+    out_dir = out.root
+    cached = read_json(out.eval_result)
     if cached is not None:
         return cached
     sampled = s.topk == "samples"
@@ -408,10 +383,10 @@ def evaluate_policy(cfg, root: Path, ds, grounder, show_progress: bool = True) -
     his_hist, _ = m.popularity_histogram(history_items, cat.popularity, edges)
     result["popularity_histogram"] = {"edges": edges.tolist(), "recommended": rec_hist.round(5).tolist(),
                                       "history": his_hist.round(5).tolist()}
-    atomic_write_jsonl(iter_dir(out_dir, 0) / "recommendations.jsonl", (
+    atomic_write_jsonl(out.recommendations(0), (
         {"user": u, "target": cat.ids[t], "items": [cat.ids[i] for i in row if i >= 0]}
         for u, t, row in zip(rec_users, targets.tolist(), recs.tolist())))
-    atomic_write_json(out_dir / "eval.json", result)
+    atomic_write_json(out.eval_result, result)
     return result
 
 
@@ -429,38 +404,30 @@ def make_grounder(cfg, ds):
     from rlrf.generation.grounding import TitleGrounder
 
     return TitleGrounder(ds.catalog, load_encoder(cfg.encoder, progress=False),
-                         min_similarity=cfg.sprec.min_similarity, index_dir=Path(cfg.run_dir) / "grounding")
+                         min_similarity=cfg.sprec.min_similarity, index_dir=RunLayout(cfg.run_dir).grounding)
 
 
-def run_sprec(cfg, show_progress: bool = True, log=print) -> dict:
-    """SFT, then `loop.iterations` rounds of each method in `sprec.methods`; resumable. Returns metrics.json."""
-    from rlrf.core.config import save_config
+def arms(cfg, show_progress: bool = True) -> list[tuple[object, SPRec]]:
+    """(config, method) for each arm of `sprec.methods`, sharing one dataset and grounder; each runs
+    on `run_loop` in its own folder of the run."""
     from rlrf.data.dataset import load_dataset
 
-    root = Path(cfg.run_dir)
     ds = load_dataset(cfg.data, seed=cfg.seed)
-    root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, root / "config.yaml")
     grounder = make_grounder(cfg, ds)
-    metrics_path = root / "metrics.json"
-    metrics = read_json(metrics_path) or {"method": "sprec", "evaluations": {}, "methods": {}}
+    root = RunLayout(cfg.run_dir)
+    return [(cfg.model_copy(update={"run_dir": root.arm(name).root}), SPRec(name, root.root, ds, grounder, show_progress))
+            for name in cfg.sprec.methods]
 
-    if cfg.sprec.evaluate_base and "base" not in metrics["evaluations"]:
-        log("[sprec] evaluating the base policy (before SFT)")
-        metrics["evaluations"]["base"] = evaluate_policy(cfg, root, ds, grounder, show_progress)
-        atomic_write_json(metrics_path, metrics)
 
-    sft_adapter = root / SFT_DIR / "adapter"
-    users = sft_users(ds, cfg)
-    log(f"[sprec] SFT on the next items of {len(users)} train users")
-    summary = run_sft(cfg, sft_records(cfg, ds, load_tokenizer_for(cfg), users), cfg.llm.adapter, sft_adapter, show_progress)
-    metrics["sft"] = summary
-
-    for name in cfg.sprec.methods:
-        method_cfg = with_adapter(cfg.model_copy(update={"run_dir": root / name}), sft_adapter)
-        method = SPRecMethod(name, root, ds, grounder, show_progress)
-        metrics["methods"][name] = run_loop(method_cfg, method, cfg.loop.iterations, log=log)
-        atomic_write_json(metrics_path, metrics)
-    metrics["evaluations"]["sft"] = metrics["methods"][cfg.sprec.methods[0]]["evaluations"]["policy_0"]
-    atomic_write_json(metrics_path, metrics)
+def collect(cfg, arm_metrics: dict[str, dict]) -> dict:
+    """The comparison's metrics.json: the base and SFT evaluations, the SFT log and every arm's record."""
+    root = RunLayout(cfg.run_dir)
+    metrics: dict = {"method": "sprec", "evaluations": {}, "methods": arm_metrics}
+    base = read_json(root.evaluation("base").eval_result)
+    if cfg.sprec.evaluate_base and base is not None:
+        metrics["evaluations"]["base"] = base
+    metrics["sft"] = (read_json(root.sft_log) or {}).get("summary", {})
+    first = next(iter(arm_metrics.values()))
+    metrics["evaluations"]["sft"] = first["evaluations"]["policy_0"]
+    atomic_write_json(root.metrics, metrics)
     return metrics

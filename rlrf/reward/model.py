@@ -33,6 +33,8 @@ from recmodels.train import (
 from rlrf.core.errors import UserError
 from rlrf.evaluation.metrics import map_at_k, ndcg_at_k, ranking_metrics
 from rlrf.core.io import atomic_write_json
+from rlrf.core.layout import RunLayout
+from rlrf.core.threads import use_threads
 
 KS = (1, 3, 5, 7)
 
@@ -42,7 +44,7 @@ def model_name(kind: str, knowledge: bool) -> str:
 
 
 def reward_dir(cfg) -> Path:
-    return Path(cfg.run_dir) / "reward"
+    return RunLayout(cfg.run_dir).reward
 
 
 def seeds_for(cfg, n: int | None) -> list[int]:
@@ -95,7 +97,7 @@ def load_lists_for(cfg, ds) -> dict:
     """`<run_dir>/lists.jsonl` when `rlrf data` wrote it, else built here from the config (same seed)."""
     from rlrf.data.dataset import build_lists, load_lists
 
-    path = Path(cfg.run_dir) / "lists.jsonl"
+    path = RunLayout(cfg.run_dir).lists
     if path.exists():
         lists = load_lists(path)
         unknown = [u for u in lists if u not in ds.users]
@@ -135,8 +137,7 @@ def _user_texts(cfg, ds, lists, notes: list[str]) -> dict[str, str]:
 def prepare(cfg, progress: bool = True, ds=None, lists=None, encoder=None, with_knowledge: bool = True) -> Context:
     from rlrf.data.dataset import load_dataset
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg)
     ds = ds if ds is not None else load_dataset(cfg.data, seed=cfg.seed)
     lists = lists if lists is not None else load_lists_for(cfg, ds)
     encoder = encoder if encoder is not None else kn.load_encoder(cfg.encoder, progress=progress)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rlrf.core.errors import UserError
 from rlrf.core.io import JsonlLog, atomic_write_json, atomic_write_jsonl, read_jsonl
+from rlrf.core.layout import RunLayout
 
 
 @dataclass
@@ -80,13 +81,13 @@ def score_responses(cfg, iteration: int, scorer, show_progress: bool = True) -> 
     """Score every response of the iteration not yet in scores.jsonl; returns (responses, scores by (user, k))."""
     from rich.progress import Progress
 
-    from rlrf.generation.generate import iter_dir, load_responses
+    from rlrf.generation.generate import load_responses
 
-    out_dir = iter_dir(cfg.run_dir, iteration)
+    layout = RunLayout(cfg.run_dir)
     responses = load_responses(cfg.run_dir, iteration)
     if not responses:
-        raise UserError(f"{out_dir / 'responses.jsonl'}: no responses; run `rlrf generate` for iteration {iteration} first")
-    log = JsonlLog(out_dir / "scores.jsonl", key=lambda r: (r["user"], r["k"]))
+        raise UserError(f"{layout.responses(iteration)}: no responses; run `rlrf generate` for iteration {iteration} first")
+    log = JsonlLog(layout.scores(iteration), key=lambda r: (r["user"], r["k"]))
     todo = [r for r in responses if (r["user"], r["k"]) not in log]
     batch = cfg.score.batch_size
     with Progress(disable=not show_progress) as progress:
@@ -111,7 +112,7 @@ def score_responses(cfg, iteration: int, scorer, show_progress: bool = True) -> 
 def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress: bool = True) -> PairStats:
     """Score the iteration's responses (skipping rows already scored), then rewrite its pairs."""
     from rlrf.data.dataset import load_dataset
-    from rlrf.generation.generate import iter_dir, load_prompts
+    from rlrf.generation.generate import load_prompts
     from rlrf.reward.model import RewardScorer
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
@@ -123,16 +124,7 @@ def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress:
     pairs, stats = build_pairs(
         responses, rewards, prompts, set(ds.splits["train"]), cfg.score.negatives, cfg.score.min_margin
     )
-    out_dir = iter_dir(cfg.run_dir, iteration)
-    atomic_write_jsonl(out_dir / "pairs.jsonl", pairs)
-    atomic_write_json(out_dir / "pairs.meta.json", {"metric": metric, **asdict(stats)})
+    layout = RunLayout(cfg.run_dir)
+    atomic_write_jsonl(layout.pairs(iteration), pairs)
+    atomic_write_json(layout.pairs_meta(iteration), {"metric": metric, **asdict(stats)})
     return stats
-
-
-def load_pairs(run_dir: Path, iteration: int) -> list[dict]:
-    from rlrf.generation.generate import iter_dir
-
-    path = iter_dir(run_dir, iteration) / "pairs.jsonl"
-    if not path.exists():
-        raise UserError(f"{path}: no pairs; run `rlrf score` for iteration {iteration} first")
-    return read_jsonl(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlrf.core.io import atomic_write_text
+from rlrf.core.layout import RunLayout
 
 COLUMNS = [
     ("users", "test users", "{:d}"),
@@ -59,7 +60,7 @@ def plot(metrics: dict, out_dir: Path) -> None:
     ax.set_ylabel("reward of each summary")
     ax.set_title("Reward distribution per policy (test users)")
     fig.tight_layout()
-    fig.savefig(out_dir / "reward_distribution.png", dpi=120)
+    fig.savefig(RunLayout(out_dir).figure("reward_distribution"), dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -69,17 +70,13 @@ def plot(metrics: dict, out_dir: Path) -> None:
     ax.set_ylabel("test users")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "ndcg_per_iteration.png", dpi=120)
+    fig.savefig(RunLayout(out_dir).figure("ndcg_per_iteration"), dpi=120)
     plt.close(fig)
 
 
-def write_report(run_dir: Path | str, metrics: dict) -> Path:
-    if metrics.get("method") == "sprec":
-        from rlrf.evaluation.sprec_report import write_sprec_report
-
-        return write_sprec_report(run_dir, metrics)
+def write_rlrf4rec_report(run_dir: Path | str, metrics: dict) -> Path:
     run_dir = Path(run_dir)
     plot(metrics, run_dir)
-    path = run_dir / "report.md"
+    path = RunLayout(run_dir).report
     atomic_write_text(path, markdown(metrics))
     return path

@@ -10,11 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlrf.core.io import atomic_write_text
+from rlrf.core.layout import RunLayout
+from rlrf.methods.sprec import SAMPLERS
 
-METHOD_TITLES = {"sprec": "SPRec", "dpo_random": "DPO-random", "dpo_popularity": "DPO-popularity"}
 ACCURACY = [("hr@1", "HR@1"), ("hr@5", "HR@5"), ("ndcg@5", "NDCG@5"), ("hr@10", "HR@10"), ("ndcg@10", "NDCG@10")]
 BIAS = [("div_ratio@1", "DivRatio@1 ↑"), ("or_ratio@1", "ORRatio@1 ↓"), ("div_ratio@10", "DivRatio@10 ↑"), ("or_ratio@10", "ORRatio@10 ↓"), ("mgu@10", "MGU@10 ↓"),
         ("dgu@10", "DGU@10 ↓"), ("mean_popularity@10", "mean pop@10")]
+
+
+def _title(name: str) -> str:
+    return SAMPLERS[name].title if name in SAMPLERS else name
 
 
 def rows(metrics: dict) -> list[tuple[str, dict]]:
@@ -31,7 +36,7 @@ def rows(metrics: dict) -> list[tuple[str, dict]]:
         for t in range(1, iterations):
             for name, m in methods.items():
                 if f"policy_{t}" in m["evaluations"]:
-                    out.append((f"{METHOD_TITLES.get(name, name)} iter {t}", m["evaluations"][f"policy_{t}"]))
+                    out.append((f"{_title(name)} iter {t}", m["evaluations"][f"policy_{t}"]))
     return out
 
 
@@ -68,7 +73,7 @@ def markdown(metrics: dict) -> str:
             for t, it in sorted(m.get("iterations", {}).items(), key=lambda kv: int(kv[0])):
                 p = it.get("pairs", {})
                 pop = [p.get("mean_target_popularity"), p.get("mean_negative_popularity")]
-                lines.append(f"| {METHOD_TITLES.get(name, name)} | {t} | {p.get('pairs', '')} | {p.get('without_negative', '')} | "
+                lines.append(f"| {_title(name)} | {t} | {p.get('pairs', '')} | {p.get('without_negative', '')} | "
                              + " | ".join("" if x is None else f"{x:.1f}" for x in pop) + f" | {it.get('seconds', '')} |")
     sft = metrics.get("sft")
     if sft:
@@ -91,7 +96,7 @@ def plot(metrics: dict, out_dir: Path) -> None:
     for name, m in methods.items():
         last = max((int(k.split("_")[1]) for k in m["evaluations"]), default=0)
         if last > 0:
-            finals.append((f"{METHOD_TITLES.get(name, name)} iter {last}", m["evaluations"][f"policy_{last}"]))
+            finals.append((f"{_title(name)} iter {last}", m["evaluations"][f"policy_{last}"]))
     with_hist = [(label, ev["popularity_histogram"]) for label, ev in finals if "popularity_histogram" in ev]
     fig, ax = plt.subplots(figsize=(7, 3.8))
     if with_hist:
@@ -107,7 +112,7 @@ def plot(metrics: dict, out_dir: Path) -> None:
     ax.set_title("Popularity of recommended items (top-10) vs histories")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "sprec_popularity.png", dpi=120)
+    fig.savefig(RunLayout(out_dir).figure("sprec_popularity"), dpi=120)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.3))
@@ -115,19 +120,19 @@ def plot(metrics: dict, out_dir: Path) -> None:
         for name, m in methods.items():
             evs = sorted(m["evaluations"].items(), key=lambda kv: int(kv[0].split("_")[1]))
             ax.plot([int(k.split("_")[1]) for k, _ in evs], [ev.get(key) or 0.0 for _, ev in evs], marker="o",
-                    label=METHOD_TITLES.get(name, name))
+                    label=_title(name))
         ax.set_xticks(range(max((len(m["evaluations"]) for m in methods.values()), default=1)))
         ax.set_xlabel("iteration (0 = SFT)")
         ax.set_title(title)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "sprec_iterations.png", dpi=120)
+    fig.savefig(RunLayout(out_dir).figure("sprec_iterations"), dpi=120)
     plt.close(fig)
 
 
 def write_sprec_report(run_dir: Path | str, metrics: dict) -> Path:
     run_dir = Path(run_dir)
     plot(metrics, run_dir)
-    path = run_dir / "report.md"
+    path = RunLayout(run_dir).report
     atomic_write_text(path, markdown(metrics))
     return path
