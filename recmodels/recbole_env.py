@@ -1,4 +1,4 @@
-"""RecBole 1.2.1 on today's stack: the workarounds, applied once, in one place (see DESIGN.md).
+"""RecBole 1.2.1 on today's stack: the workarounds, applied once, in one place (the facts behind each are in its docstring).
 
 - Importing `recbole.model.sequential_recommender` switches on autograd anomaly detection for the
   whole process (sine.py); we switch it off again (about 1.4x faster).

@@ -1,4 +1,4 @@
-"""Metric conventions (DESIGN.md "Metric conventions"), each checked on a case worked by hand.
+"""Metric conventions (docs/architecture.md "Metric conventions"), each checked on a case worked by hand.
 
 Every expected value is written out as arithmetic in the comment next to it; log2(3) ≈ 1.58496,
 so 1/log2(3) ≈ 0.63093, 1/log2(4) = 0.5, 1/log2(5) ≈ 0.43068, 1/log2(6) ≈ 0.38685.

@@ -1,4 +1,4 @@
-"""Preference losses: one registry of small pure torch functions (DESIGN.md "Losses").
+"""Preference losses: one registry of small pure torch functions (docs/architecture.md "Losses").
 
 Every loss is a function of sequence log-probabilities (summed over completion tokens) of the
 policy and of the reference, and returns one loss per example (shape ``(B,)``); the trainer takes

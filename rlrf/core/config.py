@@ -37,7 +37,7 @@ class SplitConfig(Section):
 
 
 class ListsConfig(Section):
-    """Reranking lists (DESIGN.md "Lists"): KAR-style history cut, or SASRec's top-M."""
+    """Reranking lists (docs/architecture.md "Record formats"): KAR-style history cut, or SASRec's top-M."""
 
     source: Literal["kar", "sasrec"] = "kar"
     length: int = Field(10, ge=2)

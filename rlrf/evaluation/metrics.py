@@ -1,6 +1,6 @@
 """Evaluation metrics, vectorised over lists (numpy; torch tensors are accepted and converted).
 
-Three families, each with the conventions of DESIGN.md "Metric conventions":
+Three families, each with the conventions of docs/architecture.md "Metric conventions":
 
 - ranking metrics over reranking lists (`ndcg_at_k`, `map_at_k`, `hr_at_k`, `mrr_at_k`,
   `ranking_metrics`): one value per list, higher score = ranked first;

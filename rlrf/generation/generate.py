@@ -13,7 +13,7 @@ Modes (``generate.mode``, or ``--mode``):
 Each output file has a companion ``*.prompts.jsonl`` (one line per user/item: the exact prompt
 text fed to the model and its hash) so later stages (pairs, DPO) reuse the prompt verbatim.
 
-Records (DESIGN.md): ``{"user", "iter", "k", "text", "n_tokens", "prompt_hash", "finished"}`` plus
+Records (docs/architecture.md): ``{"user", "iter", "k", "text", "n_tokens", "prompt_hash", "finished"}`` plus
 ``"flag"`` ("empty" or "repetitive") on degenerate outputs, which are kept, not dropped.
 Sample k of user u in iteration t is seeded by (seed, mode, t, u, k) alone, so rerunning after a
 kill, or with another batch size, reproduces it.
