@@ -79,7 +79,7 @@ def tiny_sprec_config(tmp_path, tiny_model_dir):
 
 def test_sprec_end_to_end_on_a_tiny_policy(tiny_sprec_config):
     from rlrf.data.dataset import load_dataset
-    from rlrf.report.sprec import write_sprec_report
+    from rlrf.report import write_report
 
     cfg = tiny_sprec_config
     run = cfg.run_dir
@@ -126,7 +126,7 @@ def test_sprec_end_to_end_on_a_tiny_policy(tiny_sprec_config):
     assert sum(ev["grounding"].values()) == pytest.approx(1.0)
     assert sum(ev["popularity_histogram"]["history"]) == pytest.approx(1.0, abs=1e-3)
 
-    report = write_sprec_report(run, metrics).read_text()
+    report = write_report(run, metrics).read_text()
     for label in ("base (no SFT)", "| SFT |", "SPRec iter 1", "DPO-random iter 1", "DPO-popularity iter 1"):
         assert label in report
     assert (run / "sprec_popularity.png").stat().st_size > 0

@@ -157,14 +157,9 @@ class LoopConfig(Section):
 
 
 # rlrf's defaults for trl's DPOConfig and SFTConfig; any other field of those classes may be added.
-DPO_TRAINER_DEFAULTS: dict[str, Any] = {
-    "beta": 0.1,  # strength of the KL anchor to the reference policy
-    "learning_rate": 5e-5,  # LoRA on CPU; trl's DPO default (1e-6) barely moves a few steps
+_COMMON_TRAINER_DEFAULTS: dict[str, Any] = {
     "lr_scheduler_type": "linear",
     "num_train_epochs": 1.0,
-    "per_device_train_batch_size": 2,  # pairs per forward pass (each pair = 1 + negatives sequences)
-    "gradient_accumulation_steps": 1,
-    "max_length": 768,  # prompt + completion tokens per sequence (completion cut at the end)
     "warmup_steps": 0,
     "weight_decay": 0.0,
     "activation_checkpointing": False,  # trl turns it on; it costs ~30% time and a 135M model needs no memory saved
@@ -172,20 +167,21 @@ DPO_TRAINER_DEFAULTS: dict[str, Any] = {
     "save_strategy": "no",
     "report_to": [],
 }
+DPO_TRAINER_DEFAULTS: dict[str, Any] = {
+    **_COMMON_TRAINER_DEFAULTS,
+    "beta": 0.1,  # strength of the KL anchor to the reference policy
+    "learning_rate": 5e-5,  # LoRA on CPU; trl's DPO default (1e-6) barely moves a few steps
+    "per_device_train_batch_size": 2,  # pairs per forward pass (each pair = 1 + negatives sequences)
+    "gradient_accumulation_steps": 1,
+    "max_length": 768,  # prompt + completion tokens per sequence (completion cut at the end)
+}
 SFT_TRAINER_DEFAULTS: dict[str, Any] = {
+    **_COMMON_TRAINER_DEFAULTS,
     "learning_rate": 2e-4,
-    "lr_scheduler_type": "linear",
-    "num_train_epochs": 1.0,
     "per_device_train_batch_size": 8,
     "max_length": 768,
     "completion_only_loss": True,  # learn the answer, not the prompt
     "packing": False,
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "activation_checkpointing": False,
-    "logging_steps": 1,
-    "save_strategy": "no",
-    "report_to": [],
 }
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from rlrf.core.io import atomic_write_text
-from rlrf.core.layout import RunLayout
+from rlrf.report import save_figure
 
 COLUMNS = [
     ("users", "test users", "{:d}"),
@@ -46,7 +44,7 @@ def markdown(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(metrics: dict, out_dir: Path) -> None:
+def plot(metrics: dict, layout) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,9 +57,7 @@ def plot(metrics: dict, out_dir: Path) -> None:
     ax.set_xticks(range(1, len(labels) + 1), labels)
     ax.set_ylabel("reward of each summary")
     ax.set_title("Reward distribution per policy (test users)")
-    fig.tight_layout()
-    fig.savefig(RunLayout(out_dir).figure("reward_distribution"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, layout, "reward_distribution")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(len(rows)), [ev["first_ndcg@5"] for _, ev in rows], marker="o", label="NDCG@5 (1st summary)")
@@ -69,14 +65,4 @@ def plot(metrics: dict, out_dir: Path) -> None:
     ax.set_xticks(range(len(rows)), labels)
     ax.set_ylabel("test users")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(RunLayout(out_dir).figure("ndcg_per_iteration"), dpi=120)
-    plt.close(fig)
-
-
-def write_rlrf4rec_report(run_dir: Path | str, metrics: dict) -> Path:
-    run_dir = Path(run_dir)
-    plot(metrics, run_dir)
-    path = RunLayout(run_dir).report
-    atomic_write_text(path, markdown(metrics))
-    return path
+    save_figure(fig, layout, "ndcg_per_iteration")

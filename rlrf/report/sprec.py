@@ -7,10 +7,8 @@ recommendations is drawn against that of the users' histories.
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from rlrf.core.io import atomic_write_text
-from rlrf.core.layout import RunLayout
+from rlrf.report import save_figure
 from rlrf.methods.sprec import SAMPLERS
 
 ACCURACY = [("hr@1", "HR@1"), ("hr@5", "HR@5"), ("ndcg@5", "NDCG@5"), ("hr@10", "HR@10"), ("ndcg@10", "NDCG@10")]
@@ -83,7 +81,7 @@ def markdown(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(metrics: dict, out_dir: Path) -> None:
+def plot(metrics: dict, layout) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,9 +109,7 @@ def plot(metrics: dict, out_dir: Path) -> None:
     ax.set_ylabel("share of items")
     ax.set_title("Popularity of recommended items (top-10) vs histories")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RunLayout(out_dir).figure("sprec_popularity"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, layout, "sprec_popularity")
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.3))
     for ax, (key, title) in zip(axes, [("ndcg@10", "NDCG@10"), ("div_ratio@10", "DivRatio@10")]):
@@ -125,14 +121,4 @@ def plot(metrics: dict, out_dir: Path) -> None:
         ax.set_xlabel("iteration (0 = SFT)")
         ax.set_title(title)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RunLayout(out_dir).figure("sprec_iterations"), dpi=120)
-    plt.close(fig)
-
-
-def write_sprec_report(run_dir: Path | str, metrics: dict) -> Path:
-    run_dir = Path(run_dir)
-    plot(metrics, run_dir)
-    path = RunLayout(run_dir).report
-    atomic_write_text(path, markdown(metrics))
-    return path
+    save_figure(fig, layout, "sprec_iterations")
