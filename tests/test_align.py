@@ -70,12 +70,17 @@ def test_dpo_step_saves_a_loadable_adapter_and_rerun_skips(tmp_path, tiny_model_
     assert summary["steps"] == 1 and not summary["skipped"] and summary["negatives"] == 1
     assert adapter_complete(adapter)
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
-    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4  # lora.r
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 4  # lora.r
+    # portable: the base is named as configured, not by a path on this machine (kept aside)
+    assert adapter_config["base_model_name_or_path"] == str(tiny_model_dir)
+    assert json.loads((adapter / "rlrf_base.json").read_text())["base_model"] == str(tiny_model_dir)
     assert not (adapter / "ref").exists()  # trl's frozen reference copy is not saved
     assert not list((cfg.run_dir / "iter_0").glob(".a*"))  # no temporary folders left
     log = json.loads((cfg.run_dir / "iter_0" / "align_log.json").read_text())
     step = [e for e in log["steps"] if "loss" in e][0]
     assert {"loss", "rewards/accuracies", "rewards/margins", "seconds"} <= set(step)
+    assert list((cfg.run_dir / "iter_0" / "tensorboard" / "adapter").glob("events.out.tfevents.*"))  # report_to default
     # the trained adapter loads with the LLM engineer's loader and changes the model's output
     base = load_policy(LLMConfig(model=str(tiny_model_dir)))
     tuned = load_policy(LLMConfig(model=str(tiny_model_dir), adapter=adapter))
@@ -245,3 +250,31 @@ def test_trainer_args_are_checked_by_trl_and_rlrf_keeps_its_own(tmp_path, tiny_m
     with pytest.raises(UserError, match=r"^align.trainer_args.output_dir: set by rlrf itself"):
         run_align(_cfg(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "elsewhere")), 0, show_progress=False)
     assert not adapter_complete(cfg.run_dir / "iter_0" / "adapter")
+
+
+def test_a_killed_step_resumes_from_its_last_trainer_checkpoint(tmp_path, tiny_model_dir, tiny_tokenizer, monkeypatch):
+    from transformers import TrainerCallback
+
+    import rlrf.alignment.dpo as dpo
+
+    cfg = _cfg(tmp_path, tiny_model_dir, max_steps=3, per_device_train_batch_size=1, save_strategy="steps", save_steps=1)
+    _write_pairs(cfg.run_dir, tiny_tokenizer, n=3)
+    real_timer = dpo._StepTimer
+
+    class Kill(TrainerCallback):  # dies after step 2's optimizer update, before its checkpoint is written
+        seconds: list = []
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(dpo, "_StepTimer", Kill)
+    with pytest.raises(KeyboardInterrupt):
+        run_align(cfg, 0, show_progress=False)
+    work = cfg.run_dir / "iter_0" / ".adapter.work"
+    assert (work / "checkpoint-1").is_dir() and not adapter_complete(cfg.run_dir / "iter_0" / "adapter")
+
+    monkeypatch.setattr(dpo, "_StepTimer", real_timer)
+    summary = run_align(cfg, 0, show_progress=False)
+    assert summary["resumed_from"] == str(work / "checkpoint-1") and summary["steps"] == 3
+    assert adapter_complete(cfg.run_dir / "iter_0" / "adapter") and not work.exists()

@@ -120,3 +120,10 @@ def test_adapter_dir_without_config_is_user_error(tiny_model_dir, tmp_path):
     (tmp_path / "not-an-adapter").mkdir()
     with pytest.raises(UserError, match="adapter_config.json"):
         load_policy(LLMConfig(model=str(tiny_model_dir), adapter=tmp_path / "not-an-adapter"))
+
+
+def test_adapters_name_the_bundled_model_by_its_hub_id():
+    from rlrf.generation.policy import portable_model_id
+
+    assert portable_model_id(None) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert portable_model_id("/models/mine") == "/models/mine"

@@ -11,16 +11,17 @@ any), write the adapter to a temporary folder and rename it into place with its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_json, read_json
-from rlrf.core.layout import ADAPTER_FILES, RunLayout, adapter_complete
+from rlrf.core.layout import ADAPTER_FILES, RunLayout, adapter_complete, tensorboard_dir
 
 
 def previous_adapter(cfg, iteration: int) -> Path | None:
@@ -88,27 +89,54 @@ def trainer_args(config_cls, section: str, args: dict[str, Any], *, seed: int, f
         raise UserError(f"{section}.trainer_args: {str(err).splitlines()[0]}") from None
 
 
-def save_adapter(peft_model, adapter_dir: Path, before_rename: Callable[[], None] | None = None) -> None:
+def save_adapter(peft_model, adapter_dir: Path, before_rename: Callable[[], None] | None = None,
+                 base_model: str | None = None) -> None:
     """Write the trainable "default" LoRA to a temporary folder and rename it into place, so a
-    complete `adapter_dir` (what makes a step skip on rerun) is never half-written."""
+    complete `adapter_dir` (what makes a step skip on rerun) is never half-written.
+
+    `base_model` (a hub id) replaces the machine-local path peft records as the adapter's base, so
+    the adapter loads elsewhere with stock peft; the local path is kept in `rlrf_base.json`."""
     adapter_dir = Path(adapter_dir)
     tmp = adapter_dir.parent / f".{adapter_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(str(tmp), selected_adapters=["default"])
     if not adapter_complete(tmp):
         raise RuntimeError(f"peft did not write {', '.join(ADAPTER_FILES)} into {tmp}")
+    if base_model is not None:
+        config = read_json(tmp / "adapter_config.json")
+        local = config.get("base_model_name_or_path")
+        config["base_model_name_or_path"] = base_model
+        atomic_write_json(tmp / "adapter_config.json", config)
+        atomic_write_json(tmp / "rlrf_base.json", {"base_model": base_model, "local_path": local})
     if before_rename is not None:
         before_rename()
     shutil.rmtree(adapter_dir, ignore_errors=True)  # a half-written leftover, never a complete one
     tmp.rename(adapter_dir)
 
 
+@contextlib.contextmanager
+def _tensorboard_into(folder: Path) -> Iterator[None]:
+    """transformers' TensorBoard callback writes under the (temporary) output_dir unless
+    TENSORBOARD_LOGGING_DIR names a folder; point it beside the adapter, where it is kept."""
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = before
+
+
 def train_adapter(adapter_dir: Path, log_path: Path, build: Callable[[Path], Any],
-                  summarize: Callable[[Any, Any, list], dict], record: dict | None = None) -> dict:
+                  summarize: Callable[[Any, Any, list], dict], record: dict | None = None,
+                  base_model: str | None = None) -> dict:
     """Run one training step to a complete adapter; returns the log's summary (+ "skipped").
 
     `build(work_dir)` returns a ready trl trainer; `summarize(trainer, result, steps)` its summary.
-    `record` is stored in the log beside the summary (e.g. the config the step ran with)."""
+    `record` is stored in the log beside the summary (e.g. the config the step ran with);
+    `base_model` is the portable name the adapter records as its base (see `save_adapter`)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     adapter_dir = Path(adapter_dir)
@@ -118,7 +146,8 @@ def train_adapter(adapter_dir: Path, log_path: Path, build: Callable[[Path], Any
         shutil.rmtree(leftover, ignore_errors=True)
     started = time.perf_counter()
     work_dir = adapter_dir.parent / f".{adapter_dir.name}.work"
-    trainer = build(work_dir)
+    with _tensorboard_into(tensorboard_dir(adapter_dir)):  # trl's callback reads it when the trainer is made
+        trainer = build(work_dir)
     checkpoint = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
     history = [dict(entry) for entry in trainer.state.log_history]
@@ -126,6 +155,6 @@ def train_adapter(adapter_dir: Path, log_path: Path, build: Callable[[Path], Any
     summary.update({"adapter": str(adapter_dir), "resumed_from": checkpoint,
                     "seconds": round(time.perf_counter() - started, 1)})
     save_adapter(trainer.model, adapter_dir, before_rename=lambda: atomic_write_json(
-        log_path, {"summary": summary, **(record or {}), "steps": history}))
+        log_path, {"summary": summary, **(record or {}), "steps": history}), base_model=base_model)
     shutil.rmtree(work_dir, ignore_errors=True)
     return {**summary, "skipped": False}

@@ -48,6 +48,7 @@ from rlrf.core.errors import UserError
 from rlrf.core.io import read_jsonl
 from rlrf.core.layout import RunLayout
 from rlrf.core.threads import use_threads
+from rlrf.generation.policy import portable_model_id
 
 
 def load_pairs(path: Path, multi_negative: bool) -> list[dict]:
@@ -198,4 +199,5 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
         }
 
     return train_adapter(layout.adapter(iteration), layout.align_log(iteration), build, summarize,
-                         record={"config": a.model_dump(mode="json")})
+                         record={"config": a.model_dump(mode="json")},
+                         base_model=portable_model_id(cfg.llm.model))

@@ -13,6 +13,7 @@ from pathlib import Path
 from rlrf.alignment.adapters import train_adapter, trainable_policy, trainer_args
 from rlrf.core.errors import UserError
 from rlrf.core.threads import use_threads
+from rlrf.generation.policy import portable_model_id
 
 
 def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: Path, log_path: Path,
@@ -44,4 +45,4 @@ def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: P
             "start_adapter": str(start_adapter) if start_adapter else None,
         }
 
-    return train_adapter(adapter_dir, log_path, build, summarize)
+    return train_adapter(adapter_dir, log_path, build, summarize, base_model=portable_model_id(cfg.llm.model))

@@ -164,8 +164,8 @@ _COMMON_TRAINER_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "activation_checkpointing": False,  # trl turns it on; it costs ~30% time and a 135M model needs no memory saved
     "logging_steps": 1,
-    "save_strategy": "no",
-    "report_to": [],
+    "save_strategy": "no",  # "steps" + save_steps: a killed step resumes from its last checkpoint
+    "report_to": ["tensorboard"],  # event files beside the adapter (iter_<t>/tensorboard/); or wandb, trackio, ...
 }
 DPO_TRAINER_DEFAULTS: dict[str, Any] = {
     **_COMMON_TRAINER_DEFAULTS,

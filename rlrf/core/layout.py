@@ -158,6 +158,12 @@ class RunLayout:
         return RunLayout(self.root / method)
 
 
+def tensorboard_dir(adapter_dir: Path) -> Path:
+    """TensorBoard event files of the training step that writes `adapter_dir` (beside it, kept)."""
+    adapter_dir = Path(adapter_dir)
+    return adapter_dir.parent / "tensorboard" / adapter_dir.name
+
+
 def adapter_complete(adapter_dir: Path) -> bool:
     """A peft adapter folder with both of its files: what makes an alignment stage skip on rerun."""
     return all((Path(adapter_dir) / name).is_file() for name in ADAPTER_FILES)

@@ -28,6 +28,7 @@ from typing import Any
 from rlrf.core.errors import UserError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub id of the bundled model (portable adapters name it)
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -163,6 +164,11 @@ def load_tokenizer(source: str):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def portable_model_id(model: str | None) -> str:
+    """What an adapter names as its base: the hub id of the bundled default, else the model as configured."""
+    return DEFAULT_MODEL_ID if model is None else str(model)
 
 
 def attach_adapter(model, adapter: Path | str, *, merge: bool):
