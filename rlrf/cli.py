@@ -245,7 +245,11 @@ def align(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: 
     """Preference-align the policy (LoRA) on iter_<t>/pairs.jsonl; writes iter_<t>/adapter and align_log.json."""
     from rlrf.alignment.dpo import run_align
 
+    from rlrf.core.distributed import is_main
+
     s = run_align(_prepared(config, run_dir, overrides), iteration, show_progress=not quiet)
+    if not is_main():
+        return
     if s.get("skipped"):
         print(f"{s.get('adapter')} already complete; skipped")
         return

@@ -154,7 +154,9 @@ def train_adapter(adapter_dir: Path, log_path: Path, build: Callable[[Path], Any
     summary = summarize(trainer, result, [e for e in history if "loss" in e])
     summary.update({"adapter": str(adapter_dir), "resumed_from": checkpoint,
                     "seconds": round(time.perf_counter() - started, 1)})
-    save_adapter(trainer.model, adapter_dir, before_rename=lambda: atomic_write_json(
-        log_path, {"summary": summary, **(record or {}), "steps": history}), base_model=base_model)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if trainer.is_world_process_zero():  # under DDP the processes hold the same adapter: one writes it
+        save_adapter(trainer.model, adapter_dir, before_rename=lambda: atomic_write_json(
+            log_path, {"summary": summary, **(record or {}), "steps": history}), base_model=base_model)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     return {**summary, "skipped": False}

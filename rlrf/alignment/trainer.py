@@ -47,6 +47,10 @@ class PreferenceTrainer(DPOTrainer):
         return self._full_sequence_logps(model, inputs)
 
     def _prompt_sharing_supported(self, model) -> bool:
+        """The shared-prompt pass calls the backbone and head directly, around DDP's wrapper, whose
+        forward is what syncs gradients: with several processes the full-sequence pass is used."""
+        if self.accelerator.num_processes > 1:
+            return False
         lm = self._causal_lm(model)
         text_config = lm.config.get_text_config()
         plain_head = not any(getattr(text_config, name, None) for name in (
@@ -110,10 +114,15 @@ class PreferenceTrainer(DPOTrainer):
         return logps.view(1 + self.n_negatives, -1).T.contiguous()
 
     def precompute_reference(self, batch_size: int) -> None:
-        """Adds a ``ref_logps`` column (chosen, negatives...) to the training set, before any step."""
+        """Adds a ``ref_logps`` column (chosen, negatives...) to the training set, before any step.
+
+        Under DDP each process computes every world_size-th row and the rows are gathered, so the
+        reference pass is split between processes rather than repeated on each."""
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(self.train_dataset, batch_size=batch_size, shuffle=False, collate_fn=self.data_collator)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        rows = self.train_dataset.shard(num_shards=world, index=rank, contiguous=False) if world > 1 else self.train_dataset
+        loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=self.data_collator)
         was_training = self.model.training
         self.model.eval()
         values = []
@@ -121,6 +130,12 @@ class PreferenceTrainer(DPOTrainer):
             batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
             values.extend(self.reference_logps(batch).float().cpu().tolist())
         self.model.train(was_training)
+        if world > 1:
+            import torch.distributed as dist
+
+            shards = [None] * world
+            dist.all_gather_object(shards, values)
+            values = [shards[i % world][i // world] for i in range(len(self.train_dataset))]
         self.train_dataset = self.train_dataset.add_column("ref_logps", values)
         self.precompute_ref_logps = True  # trl's pass-through losses then read ref_*_logps from the batch
 

@@ -33,6 +33,7 @@ from rlrf.core.errors import UserError
 from rlrf.core.resources import prompts_dir
 from rlrf.core.io import JsonlLog, atomic_write_json, read_jsonl
 from rlrf.core.layout import RunLayout
+from rlrf.core.distributed import shard
 from rlrf.core.threads import use_threads
 
 MODES = ("user_preference", "item_knowledge", "next_item")
@@ -326,7 +327,9 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
     policy = policy if policy is not None else load_policy(cfg.llm)
-    prompts = build_prompts(cfg, ds, policy.tokenizer, mode, lists_dir, users)
+    # under torchrun / accelerate launch each process writes its share of the users into the same
+    # files (appends are locked and keyed, so the shares merge into one file without duplicates)
+    prompts = shard(build_prompts(cfg, ds, policy.tokenizer, mode, lists_dir, users))
     n = 1 if mode == "item_knowledge" else g.n
 
     prompt_log = JsonlLog(layout.prompts(iteration, mode), key=lambda r: r[key_field])

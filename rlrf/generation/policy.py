@@ -133,8 +133,8 @@ def resolve_model_source(model: str | Path | None, cache_dir: Path | str | None 
 def resolve_device(device: str = "auto"):
     import torch
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "auto":  # under torchrun / accelerate launch, each process takes the GPU of its local rank
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:
