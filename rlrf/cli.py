@@ -52,8 +52,26 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                               help="Print rlrf's version and exit.")] = False) -> None:
+                                               help="Print rlrf's version and exit.")] = False,
+         verbose: Annotated[bool, typer.Option("--verbose", help="Show the libraries' warnings and progress bars.")] = False) -> None:
     """Align a language model with a recommender's own feedback (RLRF4Rec, SPRec)."""
+    if not verbose:
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """transformers, trl, datasets and RecBole print deprecation notices and their own bars on every
+    step; rlrf's progress lines say what is happening, so theirs are kept for --verbose."""
+    import os
+    import warnings
+
+    for name in ("TRANSFORMERS_VERBOSITY",):
+        os.environ.setdefault(name, "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*torch.cuda.amp.*")
 
 
 def user_errors(fn: Callable) -> Callable:

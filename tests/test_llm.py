@@ -42,13 +42,16 @@ def test_missing_model_path_is_user_error(tmp_path):
         load_policy(LLMConfig(model=str(tmp_path / "empty")))
 
 
-def test_hub_ids_are_recognised_without_network(tmp_path):
-    assert resolve_model_source("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+def test_hub_ids_fail_fast_and_in_one_line_when_not_cached(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not found"):
         resolve_model_source("./relative/missing")
-    # offline, an unknown hub id ends as one clear line, not a traceback
-    with pytest.raises(UserError, match="cannot load"):
+    # offline (HF_HUB_OFFLINE=1 in these tests), an id that is not in the hub cache is refused at once
+    with pytest.raises(UserError, match="not in the local hub cache and HF_HUB_OFFLINE is set"):
         load_policy(LLMConfig(model="no-such-owner-xyz/no-such-model"))
+    # online but unreachable (or no such repo): one short request, then one line, not a minute of retries
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(UserError, match="cannot reach no-such-owner-xyz/no-such-model on the hub"):
+        resolve_model_source("no-such-owner-xyz/no-such-model")
 
 
 def test_cache_root_precedence(tmp_path, monkeypatch):

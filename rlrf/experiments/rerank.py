@@ -51,6 +51,7 @@ import torch
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_json, read_json
 from rlrf.core.layout import RunLayout
+from rlrf.core.progress import progress_bar
 from rlrf.evaluation.stats import bootstrap_ci, mean_sd
 
 PROTOCOLS = ("swap", "retrain")
@@ -173,7 +174,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     no_k = {s: (torch.zeros(len(data[s]), ctx.encoder.dim), torch.zeros(len(data[s]), dtype=torch.bool)) for s in SPLITS}
     todo = [(kind, row, seed) for kind in cfg.reward.models for row in rows for seed in seed_list]
     computed = reused = 0
-    with _progress(show_progress) as progress:
+    with progress_bar(show_progress) as progress:
         task = progress.add_task("evaluate cells", total=len(todo))
         for kind, row, seed in todo:
             file = _model_file(cfg, kind, row, seed, protocol, out_dir)
@@ -318,7 +319,7 @@ def _ensure_models(cfg, ctx, rows, seeds, protocol, out_dir, policy_texts, show_
     length = train_t.items.shape[1]
     prior = item_prior_features(ctx.ds, ctx.ds.splits["train"], cfg.data.positive_rating) if cfg.reward.item_prior else None
     done = []
-    with _progress(show_progress) as progress:
+    with progress_bar(show_progress) as progress:
         task = progress.add_task("train rerankers", total=len(jobs))
         for file, kind, knowledge, seed, texts, source in jobs:
             hp = hyperparameters(cfg.reward, kind, knowledge, length)
@@ -528,10 +529,3 @@ def _read_json(path: Path):
         return read_json(path)
     except UserError:
         return None  # a cache: recomputed
-
-
-def _progress(show: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not show)

@@ -34,6 +34,7 @@ from rlrf.core.resources import prompts_dir
 from rlrf.core.io import JsonlLog, atomic_write_json, read_jsonl
 from rlrf.core.layout import RunLayout
 from rlrf.core.distributed import shard
+from rlrf.core.progress import progress_bar
 from rlrf.core.threads import use_threads
 
 MODES = ("user_preference", "item_knowledge", "next_item")
@@ -354,7 +355,7 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
     flagged: dict[str, int] = {}
     written = tokens = 0
     start = time.perf_counter()
-    progress = _progress(show_progress)
+    progress = progress_bar(show_progress, unit="tok")
     with progress:
         task = progress.add_task(f"{mode} iter {iteration}", total=total, tps=0.0)
         for batch in engine.generate(requests, params) if requests else []:
@@ -399,21 +400,6 @@ def _check_prompts_unchanged(prompt_log: JsonlLog, prompts: list[Prompt], key_fi
                 f"{prompt_log.path}: the prompt for {key_field} {key} changed since this file was written "
                 "(template or config edited); use a new run_dir or iteration"
             )
-
-
-def _progress(show: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[tps]:.1f} tok/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not show,
-    )
 
 
 def load_responses(run_dir: Path, iteration: int, mode: str = "user_preference") -> list[dict]:

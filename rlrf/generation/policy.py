@@ -126,6 +126,7 @@ def resolve_model_source(model: str | Path | None, cache_dir: Path | str | None 
         return str(path)
     text = str(model)
     if _HUB_ID.match(text) and not text.startswith((".", "~")):
+        _check_hub_model(text)
         return text
     raise UserError(f"llm.model: {text} not found (neither a directory nor a hub id like owner/name)")
 
@@ -150,6 +151,22 @@ def resolve_dtype(dtype: str, device) -> Any:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _check_hub_model(model_id: str) -> None:
+    """A hub id is used from the local hub cache, or after one short request to the hub: without a
+    network, huggingface_hub's own retries take about a minute before the same failure."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        return
+    if _offline():
+        raise UserError(f"llm.model: {model_id} is not in the local hub cache and HF_HUB_OFFLINE is set")
+    try:
+        model_info(model_id, timeout=5)
+    except Exception as err:  # no network, no such repo, no access: all end the same way here
+        raise UserError(f"llm.model: cannot reach {model_id} on the hub ({type(err).__name__}); "
+                        "give a local model folder, or check the network") from None
 
 
 def _offline() -> bool:

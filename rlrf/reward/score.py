@@ -16,6 +16,7 @@ from pathlib import Path
 from rlrf.core.errors import UserError
 from rlrf.core.io import JsonlLog, atomic_write_json, atomic_write_jsonl, read_jsonl
 from rlrf.core.layout import RunLayout
+from rlrf.core.progress import progress_bar
 
 
 @dataclass
@@ -79,8 +80,6 @@ def build_pairs(
 
 def score_responses(cfg, iteration: int, scorer, show_progress: bool = True) -> tuple[list[dict], dict[tuple[str, int], dict]]:
     """Score every response of the iteration not yet in scores.jsonl; returns (responses, scores by (user, k))."""
-    from rich.progress import Progress
-
     from rlrf.generation.generate import load_responses
 
     layout = RunLayout(cfg.run_dir)
@@ -90,7 +89,7 @@ def score_responses(cfg, iteration: int, scorer, show_progress: bool = True) -> 
     log = JsonlLog(layout.scores(iteration), key=lambda r: (r["user"], r["k"]))
     todo = [r for r in responses if (r["user"], r["k"]) not in log]
     batch = cfg.score.batch_size
-    with Progress(disable=not show_progress) as progress:
+    with progress_bar(show_progress) as progress:
         task = progress.add_task(f"score iter {iteration}", total=len(todo))
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
