@@ -48,8 +48,9 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
     assert list(metrics["evaluations"]) == ["policy_0", "policy_1", "policy_2"]
     for ev in metrics["evaluations"].values():
         assert ev["users"] == 3 and ev["responses"] == 12
-        assert ev["mean_reward"] <= ev["mean_best_reward"]
-        assert 0.0 <= ev["first_ndcg@5"] <= 1.0
+        assert ev["reward_mean"] <= ev["reward_best"]
+        assert 0.0 <= ev["ndcg@5"] <= 1.0
+        assert len(ev["per_user"]["users"]) == ev["users"] == 3
     test_users = {r["user"] for r in read_jsonl(run / "eval" / "policy_0" / "iter_0" / "responses.jsonl")}
 
     for t in (0, 1):
@@ -62,9 +63,19 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
     meta = read_json(run / "iter_1" / "responses.meta.json")
     assert meta["adapter"] == str(run / "iter_0" / "adapter")
 
+    # each later policy against policy_0, paired by user, with a bootstrap CI around the mean
+    from rlrf.report.rlrf4rec import differences
+
+    diffs = differences(metrics)
+    assert list(diffs) == ["policy_1", "policy_2"]
+    for d in diffs.values():
+        r = d["reward_mean"]
+        assert r["users"] == 3 and r["ci95"][0] <= r["mean"] <= r["ci95"][1]
+        assert r["better"] + r["worse"] <= 3
     report = write_report(run, metrics).read_text()
-    assert report.count("| policy_") == 3
-    assert (run / "reward_distribution.png").stat().st_size > 0
+    assert report.count("| policy_") == 3 + 2 and "Change against policy_0" in report
+    for figure in ("improvement", "reward_distribution", "training_loss"):
+        assert (run / f"{figure}.png").stat().st_size > 0
 
     # kill in iteration 1: its adapter and final evaluation never happened, scores.jsonl was torn mid-line
     import shutil

@@ -130,6 +130,11 @@ class RunLayout:
         return RunLayout(self.root / "eval" / label)
 
     @property
+    def greedy(self) -> "RunLayout":
+        """Inside an evaluation: one greedy summary per user (the reranking metrics are read from it)."""
+        return RunLayout(self.root / "greedy")
+
+    @property
     def eval_result(self) -> Path:
         """An evaluation sub-run's summary (SPRec caches one per policy)."""
         return self.root / "eval.json"

@@ -24,3 +24,19 @@ def bootstrap_ci(per_unit: Sequence[float], seed: int = 0, n_boot: int = 2000) -
     rng = np.random.default_rng(seed)
     boots = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
     return float(values.mean()), [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
+
+
+def paired_difference(base: dict, other: dict, key: str, seed: int = 0, n_boot: int = 2000) -> dict | None:
+    """`other` − `base` on the users both evaluated, from two per-user tables ({"users": [...], key:
+    [...]}): mean difference, its 95% bootstrap CI over users, and how many users got better / worse."""
+    if key not in base or key not in other:
+        return None
+    a = dict(zip(base["users"], base[key]))
+    b = dict(zip(other["users"], other[key]))
+    users = sorted(set(a) & set(b))
+    if not users:
+        return None
+    diff = np.array([b[u] - a[u] for u in users], dtype=float)
+    mean, ci = bootstrap_ci(diff, seed=seed, n_boot=n_boot)
+    return {"mean": mean, "ci95": ci, "users": len(users),
+            "better": int((diff > 1e-12).sum()), "worse": int((diff < -1e-12).sum())}

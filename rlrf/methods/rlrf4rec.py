@@ -24,6 +24,7 @@ class RLRF4Rec(Method):
         self.show_progress = show_progress
         self.dataset = None
         self.scorer = None
+        self.evaluator = None  # an independent reranker that scores the greedy summaries (not optimised)
 
     def prepare(self, cfg) -> None:  # policy_0 is the policy named by cfg.llm
         from rlrf.data.dataset import load_dataset
@@ -64,33 +65,62 @@ class RLRF4Rec(Method):
         return RunLayout(cfg.run_dir).adapter(iteration)
 
     def evaluate(self, cfg, label: str) -> dict:
+        """Every test user (or the first `loop.eval_users`): N sampled summaries for the mean and
+        best-of-N reward, and one greedy summary for the reranking metrics, scored by the reward
+        model and, when there is one, by the independent evaluator (see `prepare`)."""
         from rlrf.generation.generate import run_generate
         from rlrf.reward.score import score_responses
 
-        eval_cfg = cfg.model_copy(update={
-            "run_dir": RunLayout(cfg.run_dir).evaluation(label).root,
-            "generate": cfg.generate.model_copy(update={"users": "test", "max_users": cfg.loop.eval_users}),
-        })
-        run_generate(eval_cfg, iteration=0, mode="user_preference", dataset=self.dataset,
-                     show_progress=self.show_progress, lists_dir=Path(cfg.run_dir))
-        responses, scored = score_responses(eval_cfg, 0, self.scorer, self.show_progress)
-        return summarize_rewards(responses, scored, cfg.score.metric)
+        sub = RunLayout(cfg.run_dir).evaluation(label)
+        test = cfg.generate.model_copy(update={"users": "test", "max_users": cfg.loop.eval_users})
+        sampled = cfg.model_copy(update={"run_dir": sub.root, "generate": test})
+        greedy = cfg.model_copy(update={"run_dir": sub.greedy.root,
+                                        "generate": test.model_copy(update={"n": 1, "temperature": 0.0})})
+        for run in (sampled, greedy):
+            run_generate(run, iteration=0, mode="user_preference", dataset=self.dataset,
+                         show_progress=self.show_progress, lists_dir=Path(cfg.run_dir))
+        responses, scored = score_responses(sampled, 0, self.scorer, self.show_progress)
+        firsts, first_scored = score_responses(greedy, 0, self.scorer, self.show_progress)
+        independent = None
+        if self.evaluator is not None:
+            independent = self.evaluator.score([r["user"] for r in firsts], [r["text"] for r in firsts])
+        return summarize_rewards(responses, scored, firsts, first_scored, independent, cfg.score.metric)
 
 
-def summarize_rewards(responses: list[dict], scored: dict, metric: str) -> dict:
-    """Mean reward, mean of each user's best reward, and the first summary's reranking metrics."""
-    users = sorted({r["user"] for r in responses})
-    rewards = np.array([scored[(r["user"], r["k"])][metric] for r in responses])
-    best = [max(scored[(r["user"], r["k"])][metric] for r in responses if r["user"] == u) for u in users]
-    first = [scored[(u, 0)] for u in users if (u, 0) in scored]
+def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], greedy_scored: dict,
+                      independent: dict | None, metric: str) -> dict:
+    """Means over users, and the per-user values the report pairs with policy_0 for its CIs.
+
+    reward_mean / reward_best: the user's N sampled summaries under the reward model; ndcg@5 /
+    map@5: the greedy summary as the user's knowledge; independent_*: the same greedy summary under
+    the independent evaluator; tokens: the greedy summary's length (a policy gaming the reward with
+    length shows here)."""
+    by_user: dict[str, list[float]] = {}
+    for r in responses:
+        by_user.setdefault(r["user"], []).append(scored[(r["user"], r["k"])][metric])
+    users = sorted(by_user)
+    first = {r["user"]: r for r in greedy}
+    per_user = {
+        "users": users,
+        "reward_mean": [float(np.mean(by_user[u])) for u in users],
+        "reward_best": [float(np.max(by_user[u])) for u in users],
+        "ndcg@5": [float(greedy_scored[(u, 0)]["ndcg@5"]) for u in users],
+        "map@5": [float(greedy_scored[(u, 0)]["map@5"]) for u in users],
+        "tokens": [int(first[u]["n_tokens"]) for u in users],
+    }
+    if independent is not None:
+        row = {r["user"]: i for i, r in enumerate(greedy)}
+        for m in ("ndcg@5", "map@5"):
+            per_user[f"independent_{m}"] = [float(independent[m][row[u]]) for u in users]
+    means = {key: float(np.mean(values)) for key, values in per_user.items() if key != "users"}
+    rewards = [scored[(r["user"], r["k"])][metric] for r in responses]
     return {
         "users": len(users),
         "responses": len(responses),
-        "mean_reward": float(rewards.mean()),
-        "mean_best_reward": float(np.mean(best)),
-        "first_ndcg@5": float(np.mean([s["ndcg@5"] for s in first])),
-        "first_map@5": float(np.mean([s["map@5"] for s in first])),
+        "metric": metric,
+        **means,
         "empty": int(sum(bool(s.get("empty")) for s in scored.values())),
         "flagged": int(sum("flag" in r for r in responses)),
         "rewards": [round(float(x), 5) for x in rewards],
+        "per_user": per_user,
     }
