@@ -188,6 +188,9 @@ SFT_TRAINER_DEFAULTS: dict[str, Any] = {
 class AlignConfig(Section):
     """Preference alignment of the policy: trl DPOTrainer + peft LoRA (rlrf/alignment/)."""
 
+    # dpo: best-vs-worst pairs, offline (RLRF4Rec); grpo / rloo: trl's online RL with the reward model
+    # as the reward function (settings in the `online:` section)
+    method: Literal["dpo", "grpo", "rloo"] = "dpo"
     loss: str = "dpo"  # dpo | sdpo | dmpo | rosepo, or a trl loss_type passed through (sigmoid, hinge, ipo, robust, ...)
     rosepo_eps_max: float = Field(0.4, ge=0, lt=0.5)  # rosepo: epsilon = eps_max * exp(-margin / tau), in [0, 0.5)
     rosepo_tau: float = Field(0.1, gt=0)  # rosepo: reward-margin scale (margins are NDCG/MAP differences)
@@ -204,6 +207,31 @@ class AlignConfig(Section):
     def _over_defaults(cls, value):
         """Entries given in YAML are laid over the defaults key by key: setting one keeps the others."""
         return {**DPO_TRAINER_DEFAULTS, **(value or {})}
+
+
+ONLINE_TRAINER_DEFAULTS: dict[str, Any] = {
+    **_COMMON_TRAINER_DEFAULTS,
+    "learning_rate": 5e-5,
+    "per_device_train_batch_size": 4,  # completions per step; a multiple of num_generations
+    "num_generations": 4,  # the group: summaries sampled per prompt (RLRF4Rec's N)
+    "max_completion_length": 96,  # the length cap of a summary
+    "temperature": 0.8,
+    "beta": 0.0,  # KL to the reference (the base model); trl's GRPO default
+}
+
+
+class OnlineConfig(Section):
+    """Online RL for `align.method: grpo | rloo` (rlrf/alignment/online.py)."""
+
+    length_penalty: float = Field(0.0, ge=0)  # reward lost per summary token beyond free_tokens (0 = off)
+    free_tokens: int = Field(64, ge=0)
+    # any trl GRPOConfig / RLOOConfig field, laid over ONLINE_TRAINER_DEFAULTS
+    trainer_args: dict[str, Any] = Field(default_factory=lambda: dict(ONLINE_TRAINER_DEFAULTS))
+
+    @field_validator("trainer_args", mode="before")
+    @classmethod
+    def _over_defaults(cls, value):
+        return {**ONLINE_TRAINER_DEFAULTS, **(value or {})}
 
 
 class SFTConfig(Section):
@@ -265,6 +293,7 @@ class RunConfig(Section):
     encoder: EncoderConfig = EncoderConfig()
     reward: RewardConfig = RewardConfig()
     align: AlignConfig = AlignConfig()
+    online: OnlineConfig = OnlineConfig()
     sft: SFTConfig = SFTConfig()
     lora: LoraConfig = LoraConfig()
     score: ScoreConfig = ScoreConfig()

@@ -1,0 +1,90 @@
+"""Online RL on the recommender's feedback: trl's GRPOTrainer / RLOOTrainer with the reward model
+as a Python reward function (`align.method: grpo | rloo`).
+
+RLRF4Rec samples N summaries, keeps only the best and the worst, and runs DPO offline. Here the
+trainer samples its own group of `num_generations` summaries per prompt at every step and learns
+from all of them: each summary's reward is centred (and, for GRPO with `scale_rewards: group`,
+scaled) within its group, which is the per-group normalisation the reward needs, since lists
+differ in how easy they are. Settings: the `online:` section (`online.trainer_args` passes any
+GRPOConfig / RLOOConfig field through: beta for the KL to the reference, num_generations,
+max_completion_length as the length cap, temperature, ...). trl logs the reward's mean and spread
+per step (`reward`, `reward_std`) into the log and TensorBoard.
+
+The reference of the KL term (beta > 0) is the base model with the adapter switched off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rlrf.alignment.adapters import previous_adapter, train_adapter, trainable_policy, trainer_args
+from rlrf.core.errors import UserError
+from rlrf.core.layout import RunLayout
+from rlrf.core.threads import use_threads
+from rlrf.generation.policy import portable_model_id
+
+METHODS = ("grpo", "rloo")
+
+
+def reward_function(score: Callable[[list[str], list[str]], Sequence[float]], length_penalty: float = 0.0,
+                    free_tokens: int = 0, count_tokens: Callable[[str], int] | None = None):
+    """A trl reward function: the user id arrives as the dataset's `user` column.
+
+    `score(users, texts)` returns one reward per pair (the reward model, batched through its
+    embedding cache). A summary longer than `free_tokens` loses `length_penalty` per extra token,
+    so a policy cannot buy reward with length."""
+
+    def reward(prompts, completions, user, **_) -> list[float]:
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        values = [float(v) for v in score(list(user), texts)]
+        if length_penalty > 0 and count_tokens is not None:
+            values = [v - length_penalty * max(0, count_tokens(t) - free_tokens) for v, t in zip(values, texts)]
+        return values
+
+    reward.__name__ = "recommender_reward"  # the name trl logs the reward under
+    return reward
+
+
+def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[str], list[str]], Sequence[float]],
+               show_progress: bool = True) -> dict:
+    """Train the policy with GRPO / RLOO on `records` ({"prompt": chat-templated text, "user": id});
+    writes `iter_<t>/adapter` and `align_log.json` like the DPO step."""
+    method = cfg.align.method
+    if method not in METHODS:
+        raise UserError(f"align.method: '{method}' is not an online method ({', '.join(METHODS)})")
+    if not records:
+        raise UserError(f"align.method {method}: no training prompts for iteration {iteration}")
+    layout = RunLayout(cfg.run_dir)
+    start_adapter = previous_adapter(cfg, iteration)
+    o = cfg.online
+
+    def build(work_dir: Path):
+        import torch
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+        config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[method]
+        use_threads(cfg)
+        model, tokenizer, lora = trainable_policy(cfg, None, start_adapter)
+        param = next(model.parameters())
+        args = trainer_args(config_cls, "online", o.trainer_args, seed=cfg.seed, defaults={
+            "bf16": param.dtype == torch.bfloat16, "use_cpu": param.device.type == "cpu",
+            "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
+        }, fixed={"output_dir": str(work_dir), "remove_unused_columns": False})
+        count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        reward = reward_function(score, o.length_penalty, o.free_tokens, count)
+        return trainer_cls(model=model, reward_funcs=reward, args=args, processing_class=tokenizer,
+                           train_dataset=Dataset.from_list(records), peft_config=lora)
+
+    def summarize(trainer, result, steps: list[dict]) -> dict:
+        rewards = [e.get("reward") for e in steps if e.get("reward") is not None]
+        return {
+            "iteration": iteration, "method": method, "prompts": len(records), "steps": int(result.global_step),
+            "beta": trainer.args.beta, "num_generations": trainer.args.num_generations,
+            "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None,
+            "start_adapter": str(start_adapter) if start_adapter else None,
+        }
+
+    return train_adapter(layout.adapter(iteration), layout.align_log(iteration), build, summarize,
+                         record={"config": o.model_dump(mode="json")}, base_model=portable_model_id(cfg.llm.model))
