@@ -7,12 +7,12 @@
 - `recbole.quick_start` imports ray (and pkg_resources): never import it.
 - `recbole.config.Config` also reads `--key=value` pairs from `sys.argv`, so an `rlrf` option such as
   `--epochs=60` would silently become a RecBole setting: build configs with `make_config`.
-- RecBole's trainer pickles its best state (model, optimizer, its whole Config) with `torch.save`,
-  and reading a pickle can run code. `prepare_recbole` replaces `Trainer._save_checkpoint` so that
+- RecBole's trainer saves its best state (model, optimizer, its whole Config) with `torch.save`,
+  and loading such a file can run arbitrary code. `prepare_recbole` replaces `Trainer._save_checkpoint` so that
   the best state is written as safetensors (the model's tensors only) to
   `trainer.saved_model_file`, renamed `*.safetensors`; `load_checkpoint` reads only that format.
-  No pickle is ever written or read, so `Trainer.evaluate(load_best_model=True)` (a pickle load)
-  must not be used: load the best state with `load_checkpoint` instead.
+  No torch.save file is ever written or loaded, so `Trainer.evaluate(load_best_model=True)` (a
+  torch.load) must not be used: load the best state with `load_checkpoint` instead.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def run_settings(checkpoint_dir: Path, seed: int) -> dict:
 
 
 def _save_checkpoint_safetensors(self, epoch, verbose=True, **kwargs):
-    """Replaces RecBole's `Trainer._save_checkpoint`: the model's tensors as safetensors, no pickle.
+    """Replaces RecBole's `Trainer._save_checkpoint`: the model's tensors as safetensors, no torch.save.
 
     Resuming RecBole's training from a checkpoint (optimizer state, epoch) is not something rlrf
     does, so only the weights are kept. `self.saved_model_file` ends in `.safetensors`.

@@ -199,7 +199,7 @@ def save_reranker(folder: Path, model: nn.Module, hp: dict, meta: dict, name: st
     """The state dict (item knowledge table included) as safetensors + meta.json naming dataset, encoder,
     hyperparameters. The file's name keeps its `.pt` (model.pt, seed_<s>.pt) but holds safetensors; its
     own hyperparameters and meta travel in the safetensors header (JSON), so a copy of the file
-    (reward's model.pt) carries them. Nothing is pickled."""
+    (reward's model.pt) carries them. No torch.save."""
     from rlrf.runs import atomic_write_json, save_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
