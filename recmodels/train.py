@@ -229,13 +229,8 @@ def load_reranker(path: Path, dataset: str, encoder: str, n_items: int, genre_ma
     if not file.exists():
         raise UserError(f"{file}: reward model not found; run `rlrf reward train` first")
     state, header = read_safetensors(file, "train it again (`rlrf reward train`, or the stage that wrote it)")
-    try:
-        blob = json.loads(header["rlrf"])
-        if blob.get("format") != FORMAT:
-            raise ValueError(blob.get("format"))
-        meta, hp = blob["meta"], blob["hyperparameters"]
-    except (KeyError, ValueError, TypeError, AttributeError):
-        raise UserError(f"{file}: not an rlrf reranker file (no '{FORMAT}' header); train it again") from None
+    blob = _parse_header(file, header)
+    meta, hp = blob["meta"], blob["hyperparameters"]
     if meta.get("dataset") != dataset:
         raise UserError(f"{file}: reward model trained on dataset '{meta.get('dataset')}', "
                         f"but this run's dataset is '{dataset}'")
@@ -254,6 +249,28 @@ def load_reranker(path: Path, dataset: str, encoder: str, n_items: int, genre_ma
         raise UserError(f"{file}: weights do not fit its hyperparameters ({str(err).splitlines()[0]})") from None
     model.eval()
     return model, {**meta, "hyperparameters": hp}
+
+
+def _parse_header(file: Path, header: dict[str, str]) -> dict:
+    try:
+        blob = json.loads(header["rlrf"])
+        if blob.get("format") != FORMAT or not isinstance(blob["meta"], dict) or not isinstance(blob["hyperparameters"], dict):
+            raise ValueError(blob.get("format"))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise UserError(f"{file}: not an rlrf reranker file (no '{FORMAT}' header); train it again") from None
+    return blob
+
+
+def read_header(file: Path) -> dict:
+    """{"format", "hyperparameters", "meta"} of one saved reranker file, without loading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{file}: not a safetensors reranker file ({err}); train it again") from None
+    return _parse_header(Path(file), header)
 
 
 def read_meta(path: Path) -> dict:

@@ -149,12 +149,12 @@ class JsonlLog:
 
 def save_state_dict(path: Path, state_dict: dict, metadata: dict[str, str] | None = None) -> None:
     """A state dict as one safetensors file, written whole or not at all (tmp file + rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.write_bytes(save(tensors, metadata=metadata))  # (save_file would create it mode 0600)
     tmp.replace(path)
 
 
