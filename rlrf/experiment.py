@@ -228,10 +228,10 @@ def _policy_texts(cfg, iteration, splits, ctx, show_progress, console) -> tuple[
 
     from rlrf.generate import OUTPUT_FILE, iter_dir
     from rlrf.policy_knowledge import knowledge_dir
-    from rlrf.runs import read_jsonl
+    from rlrf.runs import JsonlLog
 
     path = iter_dir(knowledge_dir(cfg.run_dir, iteration), 0) / OUTPUT_FILE["user_preference"]
-    have = {r["user"] for r in read_jsonl(path)} if path.exists() else set()
+    have = JsonlLog(path, key=lambda r: r["user"]).done if path.exists() else set()  # (repairs a torn tail: we write it)
     for split in splits:
         users = ctx.ds.users if split == "all" else ctx.ds.splits[split]
         wanted = [u for u in users if u in ctx.lists and ctx.lists[u].history]  # users with a prompt
