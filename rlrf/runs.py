@@ -63,11 +63,7 @@ def _parse_jsonl(path: Path, data: bytes) -> list[dict]:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise UserError(f"{path}: line {line} is not valid utf-8") from None
-    lines = text.split("\n")
-    torn = lines.pop()  # "" when the file ends with a newline
-    if torn.strip():
-        raise UserError(f"{path}: line {len(lines) + 1} is cut short (its writer was stopped mid-line); "
-                        "re-run the stage that writes this file to repair it")
+    lines = text.split("\n")  # the last piece is "" when the file ends with a newline
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -75,6 +71,9 @@ def _parse_jsonl(path: Path, data: bytes) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: its writer was stopped mid-line
+                raise UserError(f"{path}: line {number} is cut short (its writer was stopped mid-line); "
+                                "re-run the stage that writes this file to repair it") from None
             raise UserError(f"{path}: line {number} is not valid JSON") from None
     return records
 

@@ -179,6 +179,11 @@ def test_read_jsonl_refuses_a_torn_last_line(tmp_path):
         read_jsonl(path)
     JsonlLog(path, key=lambda r: r["user"])  # its writer repairs it on resume
     assert read_jsonl(path) == [{"user": "a"}]
+    path.write_text('{"user": "a"}\n{"user": "b"}')  # complete, only the final newline missing (hand-made)
+    assert read_jsonl(path) == [{"user": "a"}, {"user": "b"}]
+    path.write_text('{"user": "a"}\n{"user": \n{"user": "c"}\n')
+    with pytest.raises(UserError, match=r"r\.jsonl: line 2 is not valid JSON"):
+        read_jsonl(path)
 
 
 def test_score_refuses_torn_responses_and_scores_nothing(tmp_path):
