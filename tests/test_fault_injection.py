@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 TINY = {
@@ -55,7 +56,7 @@ def _kill_after(proc: subprocess.Popen, delay: float, until: Path | None = None)
         return f"finished before the kill (rc {proc.returncode})"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    return f"killed after {delay:.2f}s" + (f" from {until.name}/ appearing" if until else "")
+    return f"killed after {delay:.2f}s" + (f" from {until.name} appearing" if until else "")
 
 
 def _files(run: Path) -> list[str]:
@@ -85,3 +86,91 @@ def test_data_stage_killed_at_random_points_reruns_to_the_uninterrupted_records(
     assert _files(run) == _files(clean), context  # no leftovers (scratch, tmp files, RecBole checkpoints)
     a, b = load_file(clean / "sasrec" / "sasrec.safetensors"), load_file(run / "sasrec" / "sasrec.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), context
+
+
+SCORE_SCRIPT = r"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recmodels import knowledge as kn
+from recmodels.train import build_reranker, hyperparameters
+from rlrf import reward
+from rlrf.config import RunConfig
+from rlrf.data import RerankList
+from rlrf.score import score_responses
+
+torch.set_num_threads(1)
+run_dir, cache = Path(sys.argv[1]), Path(sys.argv[2])
+hp = hyperparameters(type("R", (), dict(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
+                     shared_experts=1, specific_experts=2, dropout=0.1, knowledge_dropout=0.1))(), "prm", True, 6)
+rng = np.random.default_rng(0)
+lists = {}
+for u in range(12):
+    hist = rng.choice(40, size=5, replace=False).tolist()
+    lists[f"u{u}"] = RerankList(f"u{u}", hist, [4.0] * 5, rng.choice(40, size=6, replace=False).tolist(),
+                                rng.integers(0, 2, size=6).tolist())
+enc = kn.CachedEncoder("hashing:32|norm", kn.EmbeddingCache(cache, "hashing:32|norm"), lambda: kn.HashingEncoder(32),
+                       progress=False)
+torch.manual_seed(0)
+model = build_reranker(hp, 40, np.eye(5, dtype=np.float32)[np.arange(40) % 5], enc.encode([f"item {i}" for i in range(40)]))
+scorer = reward.RewardScorer(model, lists, enc, max_history=5)
+score_responses(RunConfig(run_dir=run_dir, score={"batch_size": 8}), 0, scorer, show_progress=False)
+"""
+
+
+def _score_run(tmp_path: Path, name: str) -> Path:
+    import json
+
+    run = tmp_path / name
+    (run / "iter_0").mkdir(parents=True)
+    words = ["action", "drama", "comedy", "noir", "romance", "war", "space", "crime", "horror", "music"]
+    with (run / "iter_0" / "responses.jsonl").open("w") as f:
+        for u in range(12):
+            for k in range(100):
+                text = " ".join(words[(u * k + j) % len(words)] for j in range(1 + k % 7))
+                f.write(json.dumps({"user": f"u{u}", "iter": 0, "k": k, "text": text, "n_tokens": 3,
+                                    "prompt_hash": "h"}) + "\n")
+    return run
+
+
+def _start_score(run: Path, cache: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-c", SCORE_SCRIPT, str(run), str(cache)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_score_killed_at_random_points_reruns_to_the_uninterrupted_scores(tmp_path):
+    """`score_responses` (what `rlrf score` runs) SIGKILLed twice at random, then rerun: every (user, k)
+    scored exactly once, with the values of an uninterrupted run."""
+    import json
+
+    seed = int(os.environ.get("RLRF_KILL_SEED", random.SystemRandom().randrange(10**6)))
+    rng = random.Random(seed)
+    clean, killed = _score_run(tmp_path, "clean"), _score_run(tmp_path, "killed")
+    start = time.monotonic()
+    _finish(_start_score(clean, tmp_path / "cache_clean"))
+    seconds = time.monotonic() - start
+    # kill while scores.jsonl is being written, then anywhere in the run
+    events = [_kill_after(_start_score(killed, tmp_path / "cache"), rng.uniform(0.0, 0.5),
+                          until=killed / "iter_0" / "scores.jsonl"),
+              _kill_after(_start_score(killed, tmp_path / "cache"), rng.uniform(0.0, seconds))]
+    scores = killed / "iter_0" / "scores.jsonl"
+    before = scores.read_bytes().count(b"\n") if scores.exists() else 0
+    _finish(_start_score(killed, tmp_path / "cache"))
+    context = f"RLRF_KILL_SEED={seed}: {events}, {before} lines before the rerun"
+    print(context)
+
+    def records(run):
+        lines = (run / "iter_0" / "scores.jsonl").read_text().splitlines()
+        return {(r["user"], r["k"]): r for r in map(json.loads, lines)}, len(lines)
+
+    want, n_want = records(clean)
+    got, n_got = records(killed)
+    assert n_got == len(got) == n_want == len(want) == 1200, context  # each (user, k) exactly once
+    for key, record in want.items():
+        assert got[key].keys() == record.keys(), context
+        for name, value in record.items():
+            assert got[key][name] == pytest.approx(value, abs=1e-6), (key, name, context)
