@@ -43,11 +43,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from rlrf.backends import NaiveHFBackend, Request, SamplingParams, TransformersBackend, sample_seed
-    from rlrf.config import load_config
-    from rlrf.data import load_dataset
-    from rlrf.generate import build_prompts
-    from rlrf.llm import load_policy
+    from rlrf.generation.backends import NaiveHFBackend, Request, SamplingParams, TransformersBackend, sample_seed
+    from rlrf.core.config import load_config
+    from rlrf.data.dataset import load_dataset
+    from rlrf.generation.generate import build_prompts
+    from rlrf.generation.policy import load_policy
 
     overrides = {"generate.max_users": args.users, "generate.mode": "user_preference"}
     if args.device:

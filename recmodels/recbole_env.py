@@ -93,14 +93,14 @@ def _save_checkpoint_safetensors(self, epoch, verbose=True, **kwargs):
         raise RuntimeError(f"{type(self.model).__name__} keeps non-tensor state; rlrf saves tensors only")
     path = Path(kwargs.pop("saved_model_file", self.saved_model_file)).with_suffix(".safetensors")
     self.saved_model_file = str(path)
-    from rlrf.runs import save_state_dict
+    from rlrf.core.io import save_state_dict
 
     save_state_dict(path, self.model.state_dict(), {"epoch": str(epoch)})
 
 
 def load_checkpoint(path: Path) -> dict:
     """The best state RecBole's trainer saved (see `_save_checkpoint_safetensors`): {"state_dict": ...}."""
-    from rlrf.runs import read_safetensors
+    from rlrf.core.io import read_safetensors
 
     tensors, _ = read_safetensors(path, "train the model again")
     return {"state_dict": tensors}

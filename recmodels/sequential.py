@@ -1,14 +1,15 @@
-"""RecBole SASRec as the candidate generator: trained on our histories, returns top-M per user.
+"""RecBole SASRec on given item sequences: train (or reuse a cached model), score histories, top-M.
 
-SASRec is trained on what no evaluation may see: the full sequences of training users and only the
-visible history (before the list cut) of validation and test users. We write those sequences as
-RecBole atomic files with the position as timestamp, so RecBole's order is exactly ours. The trained
-model is cached in the run directory as `sasrec/sasrec.safetensors`, keyed by a hash of the data and
-the SASRec config (the hash is in the file's header; `sasrec.json` repeats it for people).
+The caller decides what SASRec may see (rlrf.data.candidates: no evaluated future item). We write
+the sequences as RecBole atomic files with the position as timestamp, so RecBole's order is exactly
+ours. The trained model is cached in `out_dir`, keyed by a hash of the sequences and the settings.
+`cfg` is any object with SASRec's fields (epochs, hidden_size, n_layers, n_heads, max_seq_length,
+batch_size, learning_rate, eval_step, stopping_step, show_progress) and a `model_dump()`.
 
-Everything RecBole writes (its atomic files, its best-state checkpoint, tensorboard logs) goes into
-the scratch folder `sasrec/work/`, which every run empties first and removes when done: a run killed
-at any point leaves nothing the next run does not clear or reuse.
+The cache is `out_dir/sasrec.safetensors`; the hash is in the file's header (`sasrec.json` repeats it
+for people). Everything RecBole writes (its atomic files, its best-state checkpoint, tensorboard
+logs) goes into the scratch folder `out_dir/work/`, which every run empties first and removes when
+done: a run killed at any point leaves nothing the next run does not clear or reuse.
 """
 
 from __future__ import annotations
@@ -25,33 +26,13 @@ import numpy as np
 import torch
 
 from recmodels.recbole_env import load_checkpoint, make_config, prepare_recbole, run_settings
-from rlrf.config import SASRecConfig
-from rlrf.data import Dataset, history_cut
-from rlrf.runs import atomic_write_json, atomic_write_text, read_safetensors, save_state_dict
+from rlrf.core.io import atomic_write_json, atomic_write_text, read_safetensors, save_state_dict
 
 DATASET_NAME = "rlrf_sasrec"  # never 'ml-100k': RecBole resolves that name to its bundled copy
 WEIGHTS_FILE = "sasrec.safetensors"
 SCRATCH_DIR = "work"
 # What older versions (or a kill) left directly in sasrec/: never read, removed on start.
 STALE = ("sasrec.pth", ".sasrec.pth.tmp", "sasrec.pth.tmp", "recbole_data", "log_tensorboard", "SASRec-*.pth")
-
-
-@dataclass
-class Candidates:
-    """Top-M catalog indices per user (seen history masked) and SASRec's validation quality."""
-
-    items: dict[str, list[int]]
-    valid_hr10: float
-    valid_ndcg10: float
-
-
-def training_sequences(ds: Dataset, max_history: int) -> dict[str, list[int]]:
-    """Full sequences for train users; only the visible history for valid/test users."""
-    held_out = set(ds.splits["valid"]) | set(ds.splits["test"])
-    return {
-        uid: (user.items[: history_cut(len(user.items), max_history)] if uid in held_out else user.items)
-        for uid, user in ds.users.items()
-    }
 
 
 def _write_atomic(sequences: dict[str, list[int]], folder: Path) -> None:
@@ -62,7 +43,7 @@ def _write_atomic(sequences: dict[str, list[int]], folder: Path) -> None:
     atomic_write_text(folder / f"{DATASET_NAME}.inter", "\n".join(lines) + "\n")
 
 
-def _recbole_config(cfg: SASRecConfig, data_root: Path, checkpoint_dir: Path, seed: int):
+def _recbole_config(cfg, data_root: Path, checkpoint_dir: Path, seed: int):
     return make_config(
         model="SASRec",
         dataset=DATASET_NAME,
@@ -91,7 +72,7 @@ def _recbole_config(cfg: SASRecConfig, data_root: Path, checkpoint_dir: Path, se
     )
 
 
-def _fingerprint(sequences: dict[str, list[int]], cfg: SASRecConfig, seed: int) -> str:
+def _fingerprint(sequences: dict[str, list[int]], cfg, seed: int) -> str:
     h = hashlib.sha256(json.dumps([sorted(sequences.items()), cfg.model_dump(), seed]).encode())
     return h.hexdigest()[:16]
 
@@ -109,15 +90,15 @@ def _clear_leftovers(out_dir: Path) -> Path:
     return scratch
 
 
-def train_sasrec(ds: Dataset, cfg: SASRecConfig, max_history: int, out_dir: Path, seed: int = 0):
-    """Train (or reuse the cached) SASRec; returns (model, recbole dataset)."""
+def train_sasrec(sequences: dict[str, list[int]], cfg, out_dir: Path, seed: int = 0):
+    """Train (or reuse the cached) SASRec on `sequences` (user -> catalogue indices, oldest first);
+    returns (model, recbole dataset)."""
     prepare_recbole()
     from recbole.data import create_dataset, data_preparation
     from recbole.model.sequential_recommender import SASRec
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
-    sequences = training_sequences(ds, max_history)
     fingerprint = _fingerprint(sequences, cfg, seed)
     scratch = _clear_leftovers(out_dir)
     try:
@@ -158,7 +139,7 @@ def train_sasrec(ds: Dataset, cfg: SASRecConfig, max_history: int, out_dir: Path
 
 
 @torch.no_grad()
-def score_histories(model, dataset, ds: Dataset, histories: dict[str, list[int]], batch_size: int = 512) -> tuple[list[str], np.ndarray]:
+def score_histories(model, dataset, n_items: int, histories: dict[str, list[int]], batch_size: int = 512) -> tuple[list[str], np.ndarray]:
     """Scores over our catalog [n_users, n_items] for each user's history; unseen-by-SASRec items get -inf."""
     from recbole.data.interaction import Interaction
 
@@ -169,7 +150,7 @@ def score_histories(model, dataset, ds: Dataset, histories: dict[str, list[int]]
     internal_of = dict(zip(catalog_cols.tolist(), valid_cols.tolist()))
     max_len = model.max_seq_length
     users = list(histories)
-    out = np.full((len(users), len(ds.catalog)), -np.inf, dtype=np.float32)
+    out = np.full((len(users), n_items), -np.inf, dtype=np.float32)
     for start in range(0, len(users), batch_size):
         chunk = users[start : start + batch_size]
         seqs = np.zeros((len(chunk), max_len), dtype=np.int64)
@@ -193,21 +174,3 @@ def top_m(scores: np.ndarray, histories: list[list[int]], m: int) -> np.ndarray:
     part = np.argpartition(-masked, kth=min(m, masked.shape[1] - 1), axis=1)[:, :m]
     order = np.argsort(-np.take_along_axis(masked, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
-
-
-def generate_candidates(ds: Dataset, cfg: SASRecConfig, max_history: int, out_dir: Path, seed: int = 0) -> Candidates:
-    """Train/reuse SASRec, then top-M for every user from the history before the list cut."""
-    from rlrf.metrics import hit_ndcg_at_k, target_ranks
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model, dataset = train_sasrec(ds, cfg, max_history, out_dir, seed)
-    cuts = {uid: history_cut(len(u.items), max_history) for uid, u in ds.users.items()}
-    histories = {uid: u.items[: cuts[uid]] for uid, u in ds.users.items()}
-    users, scores = score_histories(model, dataset, ds, histories)
-    top = top_m(scores, [histories[u] for u in users], max(cfg.top_m, 10))
-    items = {u: top[row, : cfg.top_m].tolist() for row, u in enumerate(users)}
-
-    valid_rows = [row for row, u in enumerate(users) if u in set(ds.splits["valid"]) and cuts[u] < len(ds.users[u].items)]
-    targets = np.array([ds.users[users[row]].items[cuts[users[row]]] for row in valid_rows])
-    hr, ndcg = hit_ndcg_at_k(target_ranks(top[valid_rows, :10], targets), 10)
-    return Candidates(items, float(np.mean(hr)) if len(hr) else 0.0, float(np.mean(ndcg)) if len(ndcg) else 0.0)

@@ -21,8 +21,8 @@ from torch import nn
 from recmodels.adapter import ListFeatures
 from recmodels.dlcm import DLCM
 from recmodels.prm import PRM
-from rlrf.errors import UserError
-from rlrf.metrics import map_at_k
+from rlrf.core.errors import UserError
+from rlrf.evaluation.metrics import map_at_k
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -154,7 +154,7 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=rcfg.lr, weight_decay=rcfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=rcfg.learning_rate, weight_decay=rcfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     tk = train_k or (None, None)
     vk = valid_k or (None, None)
@@ -200,7 +200,7 @@ def save_reranker(folder: Path, model: nn.Module, hp: dict, meta: dict, name: st
     hyperparameters. The file's name keeps its `.pt` (model.pt, seed_<s>.pt) but holds safetensors; its
     own hyperparameters and meta travel in the safetensors header (JSON), so a copy of the file
     (reward's model.pt) carries them. No torch.save."""
-    from rlrf.runs import atomic_write_json, save_state_dict
+    from rlrf.core.io import atomic_write_json, save_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
     header = {"format": FORMAT, "hyperparameters": hp, "meta": meta}
@@ -223,7 +223,7 @@ def load_reranker(path: Path, dataset: str, encoder: str, n_items: int, genre_ma
                   name: str = MODEL_FILE) -> tuple[nn.Module, dict]:
     """Load a saved reranker; a model trained on another dataset or encoder is a UserError naming both.
     Only safetensors is read: an older rlrf's torch.save file is refused (re-train it)."""
-    from rlrf.runs import read_safetensors
+    from rlrf.core.io import read_safetensors
 
     file = Path(path) / name
     if not file.exists():
@@ -271,7 +271,3 @@ def read_header(file: Path) -> dict:
     except (SafetensorError, OSError) as err:
         raise UserError(f"{file}: not a safetensors reranker file ({err}); train it again") from None
     return _parse_header(Path(file), header)
-
-
-def read_meta(path: Path) -> dict:
-    return json.loads((Path(path) / META_FILE).read_text(encoding="utf-8"))

@@ -1,11 +1,14 @@
 """The `rlrf` command line: one typer command per pipeline stage.
 
-Commands import their stage lazily so `rlrf --help` stays fast, and every stage error that is the
-user's (a bad file, a bad key) ends as one line on stderr and exit code 2.
+Every command reads `-c CONFIG` (a path or a bundled name) and takes dotted `key=value` overrides
+after it, typed and checked by the same schema as the YAML (`rlrf run -c quickstart
+align.trainer_args.beta=0.2`). Commands import their stage lazily so `rlrf --help` stays fast, and
+every error that is the user's (a bad file, key or value) ends as one line on stderr and exit 2.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import sys
 from pathlib import Path
@@ -13,16 +16,43 @@ from typing import Annotated, Callable
 
 import typer
 
-from rlrf.errors import UserError
+from rlrf.core.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config: a path or a bundled name (quickstart).")]
-RunDirOption = Annotated[Path | None, typer.Option("--run-dir", help="Override the config's run_dir.")]
+ConfigOption = Annotated[str | None, typer.Option(
+    "--config", "-c", help="YAML config: a path or a bundled name (`rlrf config list`). Default: <run-dir>/config.yaml.")]
+RunDirOption = Annotated[Path | None, typer.Option("--run-dir", help="The run directory (overrides the config's run_dir).")]
+Overrides = Annotated[list[str] | None, typer.Argument(
+    metavar="[KEY=VALUE]...", help="Config overrides with dotted keys, e.g. align.trainer_args.beta=0.2 loop.iterations=3.",
+    show_default=False)]
+IterationOption = Annotated[int, typer.Option("--iteration", "-i", help="The loop iteration (folder iter_<t>).")]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+SeedsOption = Annotated[int | None, typer.Option("--seeds", help="Seeds cfg.seed, cfg.seed + 1, ... (default: reward.seeds).")]
+
+
+class Mode(str, enum.Enum):
+    user_preference = "user_preference"
+    item_knowledge = "item_knowledge"
+    next_item = "next_item"
+
+
+class Protocol(str, enum.Enum):
+    swap = "swap"
+    retrain = "retrain"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"rlrf {version('rlrf')}")
+        raise typer.Exit()
 
 
 @app.callback()
-def main() -> None:
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print rlrf's version and exit.")] = False) -> None:
     """Align a language model with a recommender's own feedback (RLRF4Rec, SPRec)."""
 
 
@@ -40,31 +70,85 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def load_run_config(config: Path, run_dir: Path | None):
-    from rlrf.config import load_config
+def parse_overrides(items: list[str] | None) -> dict:
+    """`key=value` words into {dotted key: value}; values are read as YAML scalars or lists."""
+    import yaml
 
-    overrides = {"run_dir": str(run_dir)} if run_dir else None
-    return load_config(config, overrides)
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserError(f"override '{item}': expected KEY=VALUE with a dotted key (e.g. loop.iterations=3)")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
 
 
-def _setup_threads(cfg) -> None:
-    import torch
+def load_run_config(config: str | None, run_dir: Path | None, overrides: list[str] | None = None):
+    """The config named by -c (or the run directory's own config.yaml), with the overrides applied."""
+    from rlrf.core.config import load_config
+    from rlrf.core.layout import RunLayout
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    values = parse_overrides(overrides)
+    if run_dir is not None:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--run-dir {run_dir}: not a directory")
+        values["run_dir"] = str(run_dir)
+    if config is None:
+        saved = RunLayout(run_dir).config if run_dir is not None else None
+        if saved is None or not saved.is_file():
+            raise UserError("-c/--config is required (a path or a bundled name; `rlrf config list` shows them)")
+        config = str(saved)
+    return load_config(config, values)
 
 
+def _prepared(config: str | None, run_dir: Path | None, overrides: list[str] | None):
+    from rlrf.core.threads import use_threads
+
+    cfg = load_run_config(config, run_dir, overrides)
+    use_threads(cfg)
+    return cfg
+
+
+# --- config -------------------------------------------------------------------------------------
+config_app = typer.Typer(no_args_is_help=True, help="Bundled configs and the resolved config of a command.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("list")
+@user_errors
+def config_list() -> None:
+    """The bundled configs, each with its first comment line."""
+    from rlrf.core.resources import configs_dir
+
+    for path in sorted(configs_dir().glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+        print(f"{path.stem:<14} {first.lstrip('# ').strip()}")
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None) -> None:
+    """Print the resolved config (YAML) a command given the same -c and overrides would run with."""
+    import yaml
+
+    cfg = load_run_config(config, run_dir, overrides)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+
+
+# --- data ---------------------------------------------------------------------------------------
 @app.command()
 @user_errors
-def data(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDirOption = None) -> None:
+def data(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None) -> None:
     """Dataset statistics; train SASRec; write candidates and reranking lists into the run directory."""
     from rich.console import Console
     from rich.table import Table
 
-    from rlrf.prepare import prepare_data
+    from rlrf.data.prepare import prepare_data
 
-    cfg = load_run_config(config, run_dir)
-    _setup_threads(cfg)
+    cfg = _prepared(config, run_dir, overrides)
     summary = prepare_data(cfg).summary
     stats, lists, sasrec = summary["stats"], summary["lists"], summary["sasrec"]
     table = Table(title=f"{summary['dataset']}  ({summary['path']})", show_header=False)
@@ -91,60 +175,47 @@ def data(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDir
     print(f"wrote {cfg.run_dir}/lists.jsonl, candidates.jsonl, data.json")
 
 
-# --- stage commands: each block below is owned by its stage; add new ones as separate blocks ---
-
-# --- reward (issue 3, owned by rlrf/reward.py) ---
+# --- reward model -------------------------------------------------------------------------------
 reward_app = typer.Typer(no_args_is_help=True, help="The knowledge-augmented DLCM / PRM reward model.")
 app.add_typer(reward_app, name="reward")
-SeedsOption = Annotated[int | None, typer.Option("--seeds", help="Seeds (cfg.seed, +1, ...); default reward.seeds.")]
 
 
 @reward_app.command("train")
 @user_errors
-def reward_train(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDirOption = None,
+def reward_train(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
                  seeds: SeedsOption = None) -> None:
     """Train base and +knowledge DLCM/PRM on train users, early-stopped on valid users' MAP@5."""
-    from rlrf import reward
+    from rlrf.reward import model as reward
 
-    cfg = load_run_config(config, run_dir)
-    reward.train(cfg, seeds)
+    reward.train(_prepared(config, run_dir, overrides), seeds)
 
 
 @reward_app.command("eval")
 @user_errors
-def reward_eval(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDirOption = None,
+def reward_eval(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
                 seeds: SeedsOption = None) -> None:
     """NDCG@K / MAP@K (K = 1, 3, 5, 7) on test users, base vs +knowledge; writes reward/eval.json."""
-    from rlrf import reward
+    from rlrf.reward import model as reward
 
-    cfg = load_run_config(config, run_dir)
-    reward.evaluate(cfg, seeds)
+    reward.evaluate(_prepared(config, run_dir, overrides), seeds)
 
 
-# --- generate (issue 4, owned by rlrf/generate.py) ---
+# --- the loop's stages --------------------------------------------------------------------------
 @app.command()
 @user_errors
 def generate(
-    config: ConfigOption = Path("configs/quickstart.yaml"),
+    config: ConfigOption = None,
     run_dir: RunDirOption = None,
-    iteration: Annotated[int, typer.Option("--iter", help="Iteration folder iter_<t> to write into.")] = 0,
-    mode: Annotated[str | None, typer.Option("--mode", help="user_preference | item_knowledge | next_item (default: generate.mode).")] = None,
-    adapter: Annotated[Path | None, typer.Option("--adapter", help="Override llm.adapter (a peft LoRA directory).")] = None,
-    max_users: Annotated[int | None, typer.Option("--max-users", help="Override generate.max_users.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Override generate.batch_size (rows per batch).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    overrides: Overrides = None,
+    iteration: IterationOption = 0,
+    mode: Annotated[Mode | None, typer.Option("--mode", help="What to write (default: generate.mode).")] = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Sample N texts per user (or one per item) from the policy into iter_<t>/responses.jsonl; resumable."""
-    from rlrf.generate import run_generate
+    from rlrf.generation.generate import run_generate
 
-    cfg = load_run_config(config, run_dir)
-    if adapter is not None:
-        cfg.llm.adapter = adapter
-    if max_users is not None:
-        cfg.generate.max_users = max_users
-    if batch_size is not None:
-        cfg.generate.batch_size = batch_size
-    result = run_generate(cfg, iteration=iteration, mode=mode, show_progress=not quiet)
+    cfg = _prepared(config, run_dir, overrides)
+    result = run_generate(cfg, iteration=iteration, mode=mode.value if mode else None, show_progress=not quiet)
     flags = ", ".join(f"{k} {v}" for k, v in sorted(result.flagged.items())) or "none"
     print(
         f"wrote {result.written} new records to {result.path} ({result.skipped} already there); "
@@ -154,17 +225,12 @@ def generate(
 
 @app.command()
 @user_errors
-def score(
-    config: ConfigOption = Path("configs/quickstart.yaml"),
-    run_dir: RunDirOption = None,
-    iteration: Annotated[int, typer.Option("--iter", help="Iteration whose responses to score.")] = 0,
-) -> None:
+def score(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
+          iteration: IterationOption = 0) -> None:
     """Score each response with the reward model; write scores.jsonl and best-vs-worst pairs.jsonl."""
-    from rlrf.score import run_score
+    from rlrf.reward.score import run_score
 
-    cfg = load_run_config(config, run_dir)
-    _setup_threads(cfg)
-    stats = run_score(cfg, iteration)
+    stats = run_score(_prepared(config, run_dir, overrides), iteration)
     print(
         f"iter {iteration}: {stats.pairs} pairs from {stats.users} users "
         f"(skipped: {stats.skipped_tie} tied, {stats.skipped_margin} below score.min_margin, "
@@ -172,52 +238,14 @@ def score(
     )
 
 
-@app.command("run")
-@user_errors
-def run_command(
-    config: ConfigOption = Path("configs/quickstart.yaml"),
-    run_dir: RunDirOption = None,
-    iterations: Annotated[int | None, typer.Option(help="Override loop.iterations.")] = None,
-) -> None:
-    """RLRF4Rec end to end: data, reward model, then T x (generate -> score -> align), evaluated each time."""
-    from rlrf.loop import run_loop
-    from rlrf.report import write_report
-    from rlrf.rlrf4rec import RLRF4Rec
-
-    cfg = load_run_config(config, run_dir)
-    _setup_threads(cfg)
-    metrics = run_loop(cfg, RLRF4Rec(), iterations or cfg.loop.iterations)
-    print(f"wrote {write_report(cfg.run_dir, metrics)}")
-
-
 @app.command()
 @user_errors
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with metrics.json.")]) -> None:
-    """Write report.md and its plots from a run directory's metrics.json."""
-    from rlrf.report import write_report
-    from rlrf.runs import read_json
-
-    metrics = read_json(run_dir / "metrics.json")
-    if metrics is None:
-        raise UserError(f"{run_dir / 'metrics.json'}: not found; run `rlrf run` first")
-    print(f"wrote {write_report(run_dir, metrics)}")
-
-
-# --- align (issue 5, owned by rlrf/align.py) ---
-@app.command()
-@user_errors
-def align(
-    config: ConfigOption = Path("configs/quickstart.yaml"),
-    run_dir: RunDirOption = None,
-    iteration: Annotated[int, typer.Option("--iter", help="Iteration folder iter_<t> with pairs.jsonl.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
-) -> None:
+def align(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
+          iteration: IterationOption = 0, quiet: QuietOption = False) -> None:
     """Preference-align the policy (LoRA) on iter_<t>/pairs.jsonl; writes iter_<t>/adapter and align_log.json."""
-    from rlrf.align import run_align
+    from rlrf.alignment.dpo import run_align
 
-    cfg = load_run_config(config, run_dir)
-    _setup_threads(cfg)
-    s = run_align(cfg, iteration, show_progress=not quiet)
+    s = run_align(_prepared(config, run_dir, overrides), iteration, show_progress=not quiet)
     if s.get("skipped"):
         print(f"{s.get('adapter')} already complete; skipped")
         return
@@ -228,28 +256,52 @@ def align(
     )
 
 
-# --- sprec (issue 6, owned by rlrf/sprec.py) ---
+# --- methods ------------------------------------------------------------------------------------
+@app.command("run")
+@user_errors
+def run_command(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
+                quiet: QuietOption = False) -> None:
+    """RLRF4Rec end to end: data, reward model, then loop.iterations x (generate -> score -> align), evaluated each time."""
+    from rlrf.methods.loop import run_loop
+    from rlrf.methods.rlrf4rec import RLRF4Rec
+    from rlrf.report import write_report
+
+    cfg = _prepared(config, run_dir, overrides)
+    metrics = run_loop(cfg, RLRF4Rec(show_progress=not quiet), cfg.loop.iterations)
+    print(f"wrote {write_report(cfg.run_dir, metrics)}")
+
+
 @app.command()
 @user_errors
-def sprec(
-    config: ConfigOption = Path("configs/sprec.yaml"),
-    run_dir: RunDirOption = None,
-    iterations: Annotated[int | None, typer.Option(help="Override loop.iterations.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
-) -> None:
-    """SPRec: SFT on next items, then T self-play rounds beside the DPO-random / DPO-popularity baselines."""
-    from rlrf.sprec import run_sprec
-    from rlrf.sprec_report import write_sprec_report
+def sprec(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
+          quiet: QuietOption = False) -> None:
+    """SPRec: SFT on next items, then loop.iterations self-play rounds beside the DPO-random / DPO-popularity baselines."""
+    from rlrf.methods.loop import run_loop
+    from rlrf.methods.sprec import arms, collect
+    from rlrf.report import write_report
 
-    cfg = load_run_config(config, run_dir)
-    if iterations is not None:
-        cfg.loop.iterations = iterations
-    _setup_threads(cfg)
-    metrics = run_sprec(cfg, show_progress=not quiet)
-    print(f"wrote {write_sprec_report(cfg.run_dir, metrics)}")
+    cfg = _prepared(config, run_dir, overrides)
+    arm_metrics = {method.name: run_loop(arm_cfg, method, cfg.loop.iterations) for arm_cfg, method in arms(cfg, not quiet)}
+    print(f"wrote {write_report(cfg.run_dir, collect(cfg, arm_metrics))}")
 
 
-# --- experiments (issue 7, owned by rlrf/experiment.py and recmodels/context.py) ---
+@app.command()
+@user_errors
+def report(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None) -> None:
+    """Write report.md and its plots from a run directory's metrics.json (RLRF4Rec or SPRec)."""
+    from rlrf.core.io import read_json
+    from rlrf.core.layout import RunLayout
+    from rlrf.report import write_report
+
+    cfg = load_run_config(config, run_dir, overrides)
+    layout = RunLayout(cfg.run_dir)
+    metrics = read_json(layout.metrics)
+    if metrics is None:
+        raise UserError(f"{layout.metrics}: not found; run `rlrf run` (or `rlrf sprec`) first")
+    print(f"wrote {write_report(layout.root, metrics)}")
+
+
+# --- knowledge for conventional recommenders ----------------------------------------------------
 experiment_app = typer.Typer(no_args_is_help=True, help="Offline experiments: does the LLM's knowledge help conventional recommenders?")
 app.add_typer(experiment_app, name="experiment")
 
@@ -257,41 +309,41 @@ app.add_typer(experiment_app, name="experiment")
 @experiment_app.command("rerank")
 @user_errors
 def experiment_rerank(
-    config: ConfigOption = Path("configs/quickstart.yaml"),
+    config: ConfigOption = None,
     run_dir: RunDirOption = None,
+    overrides: Overrides = None,
     iteration: Annotated[list[int] | None, typer.Option("--iteration", "-i", help="Aligned iterations to compare (default: all).")] = None,
     seeds: SeedsOption = None,
-    protocol: Annotated[str | None, typer.Option("--protocol", help="swap (CPU default) | retrain (CUDA default).")] = None,
+    protocol: Annotated[Protocol | None, typer.Option("--protocol", help="Default: swap on CPU, retrain with CUDA.")] = None,
 ) -> None:
     """DLCM / PRM on test users: base, +knowledge (self text, no text, base policy, each aligned policy); mean ± sd over seeds."""
-    from rlrf.experiment import run_rerank_experiment
+    from rlrf.experiments.rerank import run_rerank_experiment
 
-    cfg = load_run_config(config, run_dir)
-    _setup_threads(cfg)
-    run_rerank_experiment(cfg, iteration or None, seeds, protocol=protocol)
+    cfg = _prepared(config, run_dir, overrides)
+    run_rerank_experiment(cfg, iteration or None, seeds, protocol=protocol.value if protocol else None)
 
 
 @experiment_app.command("recbole")
 @user_errors
 def experiment_recbole(
-    config: ConfigOption = Path("configs/quickstart.yaml"),
+    config: ConfigOption = None,
     run_dir: RunDirOption = None,
+    overrides: Overrides = None,
     export: Annotated[Path | None, typer.Option("--export", help="An `rlrf export` folder (default: the last aligned iteration's).")] = None,
     model: Annotated[str, typer.Option("--model", help="A RecBole context-aware model that reads float_seq fields.")] = "DeepFM",
-    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs (early stopping on validation AUC).")] = 20,
-    seeds: Annotated[int, typer.Option("--seeds", help="Seeds cfg.seed, +1, ...")] = 1,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Maximum epochs (early stopping on validation AUC).")] = 20,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds cfg.seed, +1, ...")] = 1,
     fields: Annotated[str, typer.Option("--fields", help="Knowledge fields: raw | adapter | all.")] = "raw",
     variant: Annotated[list[str] | None, typer.Option("--variant", help="base | knowledge_stock | knowledge (default: all).")] = None,
 ) -> None:
     """A RecBole context-aware model (DeepFM) on the exported dataset, with and without the knowledge features."""
-    from recmodels.context import VARIANTS, markdown_table, run_context_experiment
-    from rlrf.export import export_dir
-    from rlrf.policy_knowledge import aligned_iterations
+    from rlrf.core.layout import RunLayout
+    from rlrf.experiments.recbole import VARIANTS, markdown_table, run_context_experiment
+    from rlrf.export.vectors import export_dir
 
-    cfg = load_run_config(config, run_dir)
-    _setup_threads(cfg)
+    cfg = _prepared(config, run_dir, overrides)
     if export is None:
-        done = aligned_iterations(cfg.run_dir)
+        done = RunLayout(cfg.run_dir).aligned_iterations()
         export = export_dir(cfg, done[-1] if done else None)
         if not (export / "meta.json").is_file():
             raise UserError(f"{export}: no export here; run `rlrf export` first or pass --export")
@@ -301,30 +353,29 @@ def experiment_recbole(
     print(markdown_table(result))
 
 
-# --- export (issue 7, owned by rlrf/export.py) ---
 @app.command()
 @user_errors
 def export(
-    config: ConfigOption = Path("configs/quickstart.yaml"),
+    config: ConfigOption = None,
     run_dir: RunDirOption = None,
+    overrides: Overrides = None,
     iteration: Annotated[int | None, typer.Option("--iteration", "-i", help="Aligned policy iter_<t> (default: the last one).")] = None,
     base: Annotated[bool, typer.Option("--base", help="The base policy instead of an aligned one.")] = False,
     user_source: Annotated[str, typer.Option("--user-source", help="policy (one greedy summary per user) | self (text from the history).")] = "policy",
     item_source: Annotated[str, typer.Option("--item-source", help="self (the item's own text) | policy (one description per item).")] = "self",
     adapter_outputs: Annotated[bool, typer.Option("--adapter-outputs", help="Also the +knowledge reranker's adapter outputs.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: <run_dir>/export/<policy>).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Knowledge vectors of every user and item: RecBole atomic files (float_seq), .npy + ids, meta.json."""
-    from rlrf.export import run_export
-    from rlrf.policy_knowledge import aligned_iterations
+    from rlrf.core.layout import RunLayout
+    from rlrf.export.vectors import run_export
 
-    cfg = load_run_config(config, run_dir)
-    _setup_threads(cfg)
     if base and iteration is not None:
         raise UserError("--base and --iteration name two different policies; give one")
+    cfg = _prepared(config, run_dir, overrides)
     if not base and iteration is None:
-        done = aligned_iterations(cfg.run_dir)
+        done = RunLayout(cfg.run_dir).aligned_iterations()
         iteration = done[-1] if done else None
     result = run_export(cfg, iteration, user_source=user_source, item_source=item_source,
                         adapter_outputs=adapter_outputs, out_dir=out, show_progress=not quiet)

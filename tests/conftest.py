@@ -19,7 +19,7 @@ def _tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from rlrf.data import bundled_ml100k, read_atomic
+    from rlrf.data.dataset import bundled_ml100k, read_atomic
 
     titles = read_atomic(bundled_ml100k() / "ml-100k.item")["movie_title"].tolist()
     corpus = titles + [
@@ -73,7 +73,7 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="session")
 def ml100k_small():
     """The real bundled ml-100k, 40 random users (seeded)."""
-    from rlrf.config import DataConfig
-    from rlrf.data import load_dataset
+    from rlrf.core.config import DataConfig
+    from rlrf.data.dataset import load_dataset
 
     return load_dataset(DataConfig(max_users=40), seed=0)

@@ -8,10 +8,13 @@ import os
 import pytest
 import torch
 
-from rlrf.align import PreferenceCollator, adapter_complete, previous_adapter, run_align
-from rlrf.config import LLMConfig, RunConfig
-from rlrf.errors import UserError
-from rlrf.llm import load_policy
+from rlrf.alignment.adapters import previous_adapter
+from rlrf.alignment.collator import PreferenceCollator
+from rlrf.alignment.dpo import run_align
+from rlrf.core.layout import adapter_complete
+from rlrf.core.config import LLMConfig, RunConfig
+from rlrf.core.errors import UserError
+from rlrf.generation.policy import load_policy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -45,13 +48,17 @@ def _write_pairs(run_dir, tokenizer, n=4, negatives=1, iteration=0):
     return path
 
 
-def _cfg(tmp_path, model_dir, **align):
-    base = {"max_steps": 1, "batch_size": 2, "max_length": 128, "lora_r": 4, "lora_alpha": 8,
-            "learning_rate": 1e-3}
-    base.update(align)
+ALIGN_KEYS = {"loss", "sft_weight", "rosepo_eps_max", "rosepo_tau", "precompute_ref_log_probs", "share_prompt"}
+
+
+def _cfg(tmp_path, model_dir, **settings):
+    """`settings`: align keys, else trl DPOConfig fields (align.trainer_args)."""
+    trainer = {"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 128, "learning_rate": 1e-3}
+    trainer.update({k: v for k, v in settings.items() if k not in ALIGN_KEYS})
+    align = {k: v for k, v in settings.items() if k in ALIGN_KEYS}
     return RunConfig.model_validate({
-        "run_dir": str(tmp_path / "run"), "threads": 1,
-        "llm": {"model": str(model_dir)}, "align": base,
+        "run_dir": str(tmp_path / "run"), "threads": 1, "llm": {"model": str(model_dir)},
+        "align": {**align, "trainer_args": trainer}, "lora": {"r": 4, "lora_alpha": 8},
     })
 
 
@@ -63,7 +70,7 @@ def test_dpo_step_saves_a_loadable_adapter_and_rerun_skips(tmp_path, tiny_model_
     assert summary["steps"] == 1 and not summary["skipped"] and summary["negatives"] == 1
     assert adapter_complete(adapter)
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
-    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4  # align.lora_r
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4  # lora.r
     assert not (adapter / "ref").exists()  # trl's frozen reference copy is not saved
     assert not list((cfg.run_dir / "iter_0").glob(".a*"))  # no temporary folders left
     log = json.loads((cfg.run_dir / "iter_0" / "align_log.json").read_text())
@@ -102,7 +109,7 @@ def test_our_dpo_matches_trl_sigmoid(tmp_path, tiny_model_dir, tiny_tokenizer):
     """The registry's dpo and trl's built-in sigmoid (passed through) train the same way."""
     runs = {}
     for name, precompute in (("dpo", True), ("sigmoid", False)):
-        cfg = _cfg(tmp_path / name, tiny_model_dir, loss=name, max_steps=3, batch_size=1, beta=0.5,
+        cfg = _cfg(tmp_path / name, tiny_model_dir, loss=name, max_steps=3, per_device_train_batch_size=1, beta=0.5,
                    precompute_ref_log_probs=precompute)
         _write_pairs(cfg.run_dir, tiny_tokenizer, n=1)
         run_align(cfg, 0, show_progress=False)
@@ -131,7 +138,7 @@ def test_collator_layout_and_mask(tiny_tokenizer):
 
 
 def test_loss_decreases_on_a_fixed_pair(tmp_path, tiny_model_dir, tiny_tokenizer):
-    cfg = _cfg(tmp_path, tiny_model_dir, max_steps=6, batch_size=1, learning_rate=5e-3, lr_scheduler="constant",
+    cfg = _cfg(tmp_path, tiny_model_dir, max_steps=6, per_device_train_batch_size=1, learning_rate=5e-3, lr_scheduler_type="constant",
                beta=0.5)
     _write_pairs(cfg.run_dir, tiny_tokenizer, n=1)
     summary = run_align(cfg, 0, show_progress=False)
@@ -145,7 +152,7 @@ def test_loss_decreases_on_a_fixed_pair(tmp_path, tiny_model_dir, tiny_tokenizer
 
 def test_second_iteration_continues_the_adapter_with_previous_policy_as_reference(tmp_path, tiny_model_dir,
                                                                                    tiny_tokenizer):
-    cfg = _cfg(tmp_path, tiny_model_dir, max_steps=2, batch_size=1, learning_rate=5e-3, beta=0.5)
+    cfg = _cfg(tmp_path, tiny_model_dir, max_steps=2, per_device_train_batch_size=1, learning_rate=5e-3, beta=0.5)
     _write_pairs(cfg.run_dir, tiny_tokenizer, n=1, iteration=0)
     _write_pairs(cfg.run_dir, tiny_tokenizer, n=1, iteration=1)
     run_align(cfg, 0, show_progress=False)
@@ -176,7 +183,8 @@ def test_shared_prompt_logps_equal_full_sequences(tmp_path, tiny_model_dir, tiny
     from peft import LoraConfig
     from trl import DPOConfig
 
-    from rlrf.align import _make_trainer_class, _tokenize_negatives
+    from rlrf.alignment.dpo import _tokenize_negatives
+    from rlrf.alignment.trainer import PreferenceTrainer
 
     policy = load_policy(LLMConfig(model=str(tiny_model_dir)), merge_adapter=False)
     records = []
@@ -191,7 +199,7 @@ def test_shared_prompt_logps_equal_full_sequences(tmp_path, tiny_model_dir, tiny
     args = DPOConfig(output_dir=str(tmp_path / "w"), max_length=max_length, report_to=[], use_cpu=True, bf16=False,
                      gradient_checkpointing=False, remove_unused_columns=False, save_strategy="no")
     collator = PreferenceCollator(pad_token_id=tiny_tokenizer.pad_token_id, negatives=2, max_length=max_length)
-    trainer = _make_trainer_class()(
+    trainer = PreferenceTrainer(
         model=policy.model, args=args, train_dataset=data, processing_class=policy.tokenizer, data_collator=collator,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), loss_name="sdpo", negatives=2,
         sft_weight=0.0, rosepo_eps_max=0.4, rosepo_tau=0.1)
@@ -220,10 +228,20 @@ def test_rerun_after_a_kill_retrains_and_cleans_up(tmp_path, tiny_model_dir, tin
     it = cfg.run_dir / "iter_0"
     # what a kill leaves: a temporary adapter folder, the trainer's work folder, a half-written adapter
     (it / ".adapter.tmp-999").mkdir()
-    (it / ".align-work-999").mkdir()
+    (it / ".adapter.work").mkdir()  # resumed from when it holds a trainer checkpoint
     (it / "adapter").mkdir()
     (it / "adapter" / "adapter_config.json").write_text("{}")
     summary = run_align(cfg, 0, show_progress=False)
     assert not summary["skipped"] and adapter_complete(it / "adapter")
     assert sorted(p.name for p in it.iterdir() if p.name.startswith(".")) == []
     load_policy(LLMConfig(model=str(tiny_model_dir), adapter=it / "adapter"))  # a real adapter, not the stub
+
+
+def test_trainer_args_are_checked_by_trl_and_rlrf_keeps_its_own(tmp_path, tiny_model_dir, tiny_tokenizer):
+    cfg = _cfg(tmp_path, tiny_model_dir, no_such_field=1)
+    _write_pairs(cfg.run_dir, tiny_tokenizer)
+    with pytest.raises(UserError, match=r"^align.trainer_args: .*no_such_field"):
+        run_align(cfg, 0, show_progress=False)
+    with pytest.raises(UserError, match=r"^align.trainer_args.output_dir: set by rlrf itself"):
+        run_align(_cfg(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "elsewhere")), 0, show_progress=False)
+    assert not adapter_complete(cfg.run_dir / "iter_0" / "adapter")

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlrf.config import DataConfig, ListsConfig, RunConfig, SASRecConfig
-from rlrf.data import build_lists, candidate_lists, load_dataset
-from rlrf.errors import UserError
-from rlrf.runs import JsonlLog, read_jsonl
+from rlrf.core.config import DataConfig, ListsConfig, RunConfig, SASRecConfig
+from rlrf.data.dataset import build_lists, candidate_lists, load_dataset
+from rlrf.core.errors import UserError
+from rlrf.core.io import JsonlLog, read_jsonl
 
 INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
 ITEM = "item_id:token\tmovie_title:token_seq\tclass:token_seq\n"
@@ -51,7 +51,7 @@ def test_duplicate_interactions_keep_the_latest_with_its_rating(tmp_path, capsys
 
 def test_duplicated_rows_never_put_an_item_twice_in_a_list(tmp_path):
     """The issue's case: ml-100k users with every row written twice (48 of 60 lists held an item twice)."""
-    from rlrf.data import bundled_ml100k
+    from rlrf.data.dataset import bundled_ml100k
 
     lines = (bundled_ml100k() / "ml-100k.inter").read_text().splitlines()
     users = {line.split("\t")[0] for line in lines[1:]}
@@ -190,7 +190,7 @@ def test_score_refuses_torn_responses_and_scores_nothing(tmp_path):
     """The issue's case: `rlrf score` alone scored 15 of 16 responses from a torn responses.jsonl."""
     import json
 
-    from rlrf.score import score_responses
+    from rlrf.reward.score import score_responses
 
     cfg = RunConfig(run_dir=tmp_path / "run")
     out = tmp_path / "run" / "iter_0"
@@ -209,7 +209,7 @@ def test_score_refuses_torn_responses_and_scores_nothing(tmp_path):
 
 
 def test_lists_are_read_by_the_same_reader(tmp_path):
-    from rlrf.data import load_lists
+    from rlrf.data.dataset import load_lists
 
     path = tmp_path / "lists.jsonl"
     path.write_text('{"user": "a", "history": [], "history_ratings": [], "items": [1], "labels": [0]}\n{"user"')

@@ -1,9 +1,11 @@
-"""The issue-6/7 commands are wired: bad arguments end as one line on stderr with exit code 2."""
+"""The command line: a config and typed overrides on every command; bad input is one line on stderr, exit 2."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+
+import yaml
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -18,7 +20,7 @@ def test_export_refuses_two_policies_at_once(tmp_path):
 
 
 def test_recbole_experiment_needs_an_export(tmp_path):
-    result = run_cli("experiment", "recbole", "--run-dir", str(tmp_path / "run"))
+    result = run_cli("experiment", "recbole", "-c", "quickstart", "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "run `rlrf export` first" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -39,3 +41,41 @@ def test_sprec_needs_a_method_and_positive_cut_offs(tmp_path):
         result = run_cli("sprec", "-c", str(bad), "--run-dir", str(tmp_path / "run"))
         assert result.returncode == 2 and result.stderr.startswith(f"error: {bad}: key '{key}'")
         assert not (tmp_path / "run").exists()
+
+
+def test_every_command_needs_a_config_unless_the_run_dir_has_one(tmp_path):
+    result = run_cli("score", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: -c/--config is required (a path or a bundled name; `rlrf config list` shows them)"
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_show_applies_typed_overrides():
+    result = run_cli("config", "show", "-c", "quickstart", "align.trainer_args.beta=0.37", "loop.iterations=3")
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["align"]["trainer_args"]["beta"] == 0.37 and shown["loop"]["iterations"] == 3
+    assert shown["align"]["trainer_args"]["learning_rate"] == 2.0e-4  # the rest of the mapping is kept
+
+
+def test_overrides_are_checked_by_the_config_schema(tmp_path):
+    for override, key in [("generate.max_users=-1", "generate.max_users"), ("generate.batch_size=0", "generate.batch_size"),
+                          ("loop.iteration=2", "loop.iteration")]:
+        result = run_cli("generate", "-c", "quickstart", "--run-dir", str(tmp_path / "run"), override)
+        assert result.returncode == 2, override
+        assert result.stderr.startswith("error: ") and f"'{key}'" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_dir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run_cli("score", "-c", "quickstart", "--run-dir", str(tmp_path / "file"))
+    assert result.returncode == 2 and result.stderr.strip() == f"error: --run-dir {tmp_path / 'file'}: not a directory"
+
+
+def test_config_list_and_version():
+    listed = run_cli("config", "list")
+    assert listed.returncode == 0 and {line.split()[0] for line in listed.stdout.splitlines()} >= {"quickstart", "sprec"}
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("rlrf ")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rlrf.config import RunConfig, load_config
-from rlrf.errors import UserError
+from rlrf.core.config import RunConfig, load_config
+from rlrf.core.errors import UserError
 
 
 def test_bundled_quickstart_loads_by_name_and_by_path():

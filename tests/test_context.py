@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from rlrf.config import RunConfig
-from rlrf.export import ITEM_FIELD, USER_FIELD, run_export
+from rlrf.core.config import RunConfig
+from rlrf.export.vectors import ITEM_FIELD, USER_FIELD, run_export
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # RecBole 1.2.1's pandas calls (correct on pandas 2)
 
@@ -25,7 +25,7 @@ def small(tmp_path_factory, ml100k_small):
 
 
 def _model(small, variant, tmp_path):
-    from recmodels.context import _fields, float_seq_positions, recbole_config
+    from recmodels.context import float_seq_fields, float_seq_positions, recbole_config
     from recmodels.recbole_env import prepare_recbole
 
     prepare_recbole()
@@ -33,7 +33,7 @@ def _model(small, variant, tmp_path):
     from recbole.model.context_aware_recommender import DeepFM
 
     _, result = small
-    fields = _fields(result.recbole_data_path, result.recbole_dataset)
+    fields = float_seq_fields(result.recbole_data_path, result.recbole_dataset)
     config = recbole_config(result.recbole_data_path, result.recbole_dataset, "DeepFM", variant,
                             knowledge_fields=fields, seed=0, epochs=1, checkpoint_dir=tmp_path)
     dataset = create_dataset(config)
@@ -77,7 +77,7 @@ def test_which_variant_embeds_what(small, tmp_path):
 
 
 def test_experiment_writes_every_row(small):
-    from recmodels.context import VARIANTS, run_context_experiment
+    from rlrf.experiments.recbole import VARIANTS, run_context_experiment
 
     cfg, result = small
     out = run_context_experiment(cfg, result.folder, epochs=1, seeds=(0,), show_progress=False)
@@ -95,8 +95,8 @@ def test_experiment_writes_every_row(small):
 
 
 def test_experiment_refuses_another_datasets_export(small, tmp_path):
-    from recmodels.context import run_context_experiment
-    from rlrf.errors import UserError
+    from rlrf.experiments.recbole import run_context_experiment
+    from rlrf.core.errors import UserError
 
     cfg, result = small
     other = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_users": 41})})
@@ -109,7 +109,7 @@ def test_experiment_refuses_another_datasets_export(small, tmp_path):
 
 
 def test_select_fields():
-    from recmodels.context import select_fields
+    from rlrf.experiments.recbole import select_fields
 
     fields = (["user_knowledge", "user_knowledge_adapter"], ["item_knowledge", "item_knowledge_adapter"])
     assert select_fields(fields, "raw") == (["user_knowledge"], ["item_knowledge"])

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rlrf.config import DataConfig, ListsConfig
-from rlrf.data import build_lists, history_cut, load_dataset, split_users
-from rlrf.errors import UserError
+from rlrf.core.config import DataConfig, ListsConfig
+from rlrf.data.dataset import build_lists, history_cut, load_dataset, split_users
+from rlrf.core.errors import UserError
 
 
 def write_atomic(folder: Path, name: str, files: dict[str, str]) -> Path:

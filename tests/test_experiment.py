@@ -14,10 +14,10 @@ import torch
 import yaml
 
 from recmodels.train import read_header
-from rlrf.config import load_config
-from rlrf.errors import UserError
-from rlrf.experiment import METRICS, experiment_dir, run_rerank_experiment
-from rlrf.runs import read_jsonl
+from rlrf.core.config import load_config
+from rlrf.core.errors import UserError
+from rlrf.experiments.rerank import METRICS, experiment_dir, run_rerank_experiment
+from rlrf.core.io import read_jsonl
 
 torch.set_num_threads(1)
 

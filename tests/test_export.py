@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import pytest
 
-from rlrf.config import RunConfig
-from rlrf.errors import UserError
-from rlrf.export import (
+from rlrf.core.config import RunConfig
+from rlrf.core.errors import UserError
+from rlrf.export.vectors import (
     ITEM_FIELD, USER_FIELD, export_name, ids_fingerprint, load_export, run_export,
 )
 
@@ -35,7 +35,7 @@ def exported(small_cfg, ml100k_small):
 
 def test_numpy_side_round_trips_with_ids(exported, ml100k_small, small_cfg):
     from recmodels import knowledge as kn
-    from rlrf.reward import load_lists_for
+    from rlrf.reward.model import load_lists_for
 
     assert exported.folder == small_cfg.run_dir / "export" / "self"
     users, uvecs, items, ivecs, meta = load_export(exported.folder, ml100k_small)
@@ -137,8 +137,8 @@ def test_inter_copy_keeps_only_the_run_users(exported, ml100k_small):
 
 
 def test_dataset_mismatch_is_refused(exported, ml100k_small):
-    from rlrf.config import DataConfig
-    from rlrf.data import load_dataset
+    from rlrf.core.config import DataConfig
+    from rlrf.data.dataset import load_dataset
 
     other = load_dataset(DataConfig(max_users=41), seed=0)
     with pytest.raises(UserError, match=r"user_ids\.txt: 40 users exported, dataset 'ml-100k' has 41"):
@@ -163,7 +163,7 @@ def test_edited_id_file_is_refused(small_cfg, ml100k_small, tmp_path):
 
 
 def test_failure_leaves_nothing_and_keeps_the_old_export(small_cfg, ml100k_small, tmp_path, monkeypatch):
-    import rlrf.export as ex
+    import rlrf.export.vectors as ex
 
     out = tmp_path / "exp"
     run_export(small_cfg, None, user_source="self", dataset=ml100k_small, out_dir=out, show_progress=False)
@@ -203,7 +203,7 @@ def test_adapter_outputs_are_the_reranker_towers(tmp_path, ml100k_small):
 
     from recmodels import knowledge as kn
     from recmodels.train import load_reranker
-    from rlrf import reward
+    from rlrf.reward import model as reward
 
     cfg = RunConfig.model_validate({
         "run_dir": str(tmp_path / "run"), "seed": 0, "threads": 1, "data": {"max_users": 40},

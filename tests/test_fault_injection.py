@@ -97,10 +97,10 @@ import torch
 
 from recmodels import knowledge as kn
 from recmodels.train import build_reranker, hyperparameters
-from rlrf import reward
-from rlrf.config import RunConfig
-from rlrf.data import RerankList
-from rlrf.score import score_responses
+from rlrf.reward import model as reward
+from rlrf.core.config import RunConfig
+from rlrf.data.dataset import RerankList
+from rlrf.reward.score import score_responses
 
 torch.set_num_threads(1)
 run_dir, cache = Path(sys.argv[1]), Path(sys.argv[2])

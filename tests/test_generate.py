@@ -12,12 +12,12 @@ import os
 import pytest
 import torch
 
-from rlrf.backends import Request, SamplingParams, TransformersBackend, sample_from_logits, sample_seed, uniform_streams
-from rlrf.config import RunConfig
-from rlrf.data import Catalog
-from rlrf.errors import UserError
-from rlrf.generate import PromptBuilder, build_prompts, flag_text, neutralise, run_generate, visible_histories
-from rlrf.llm import load_policy
+from rlrf.generation.backends import Request, SamplingParams, TransformersBackend, sample_from_logits, sample_seed, uniform_streams
+from rlrf.core.config import RunConfig
+from rlrf.data.dataset import Catalog
+from rlrf.core.errors import UserError
+from rlrf.generation.generate import PromptBuilder, build_prompts, flag_text, neutralise, run_generate, visible_histories
+from rlrf.generation.policy import load_policy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny_policy(tiny_model_dir):
-    from rlrf.config import LLMConfig
+    from rlrf.core.config import LLMConfig
 
     return load_policy(LLMConfig(model=str(tiny_model_dir)))
 
@@ -330,7 +330,7 @@ def test_cli_generate(tmp_path, tiny_model_dir):
     result = CliRunner().invoke(app, ["generate", "--config", str(cfg), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "wrote 4 new records" in result.output
-    bad = CliRunner().invoke(app, ["generate", "--config", str(cfg), "--quiet", "--adapter", str(tmp_path / "none")])
+    bad = CliRunner().invoke(app, ["generate", "--config", str(cfg), "--quiet", f"llm.adapter={tmp_path / 'none'}"])
     assert bad.exit_code == 2 and "llm.adapter" in bad.output
 
 

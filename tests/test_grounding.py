@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from recmodels.knowledge import load_encoder
-from rlrf.config import EncoderConfig
-from rlrf.data import Catalog
-from rlrf.grounding import (
+from rlrf.core.config import EncoderConfig
+from rlrf.data.dataset import Catalog
+from rlrf.generation.grounding import (
     LEVELS,
     Grounding,
     TitleGrounder,

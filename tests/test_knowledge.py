@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recmodels import knowledge as kn
-from rlrf.errors import UserError
+from rlrf.core.errors import UserError
 
 torch.set_num_threads(1)
 

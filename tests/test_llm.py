@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from rlrf.config import LLMConfig
-from rlrf.errors import UserError
-from rlrf.llm import cache_root, load_policy, resolve_model_source
+from rlrf.core.config import LLMConfig
+from rlrf.core.errors import UserError
+from rlrf.generation.policy import cache_root, load_policy, resolve_model_source
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)

@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from rlrf.config import load_config
-from rlrf.loop import run_loop
+from rlrf.core.config import load_config
+from rlrf.methods.loop import run_loop
 from rlrf.report import write_report
-from rlrf.rlrf4rec import RLRF4Rec
-from rlrf.runs import read_json, read_jsonl
+from rlrf.methods.rlrf4rec import RLRF4Rec
+from rlrf.core.io import read_json, read_jsonl
 
 torch.set_num_threads(1)
 
@@ -29,7 +29,7 @@ def tiny_run_config(tmp_path, tiny_model_dir):
         "generate": {"n": 4, "max_new_tokens": 12, "max_users": 16, "batch_size": 32},
         "encoder": {"model": "hashing:32"},
         "reward": {"models": ["dlcm"], "epochs": 6, "knowledge_dropout": 0.0, "embed_dim": 8, "hidden": 16, "adapter_out": 8, "adapter_hidden": 16},
-        "align": {"max_steps": 2, "batch_size": 2, "max_length": 640, "learning_rate": 1e-3},
+        "align": {"trainer_args": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 640, "learning_rate": 1e-3}},
         # NDCG ties for nearly every summary under an untrained reranker: the continuous margin does not
         "score": {"metric": "margin"},
         "loop": {"iterations": 2, "eval_users": 3},

@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
-from rlrf.errors import UserError
-from rlrf.losses import (
+from rlrf.core.errors import UserError
+from rlrf.alignment.losses import (
     LOSSES,
     TRL_LOSSES,
     dmpo_loss,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlrf.metrics import (
+from rlrf.evaluation.metrics import (
     div_ratio,
     hit_ndcg_at_k,
     hr_at_k,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlrf.errors import UserError
+from rlrf.core.errors import UserError
 
 
 class _Payload:
@@ -36,7 +36,7 @@ def plant(path, marker, legacy: bool = False) -> None:
 
 def _tiny_reranker(tmp_path):
     from recmodels.train import build_reranker, hyperparameters
-    from rlrf.config import RewardConfig
+    from rlrf.core.config import RewardConfig
 
     hp = hyperparameters(RewardConfig(embed_dim=4, hidden=8, heads=2), "prm", False, 5)
     genres = np.eye(7, 3, dtype=np.float32)
@@ -92,7 +92,7 @@ def test_planted_recbole_checkpoint_is_refused(tmp_path):
 
 
 def test_garbage_model_file_is_one_line(tmp_path):
-    from rlrf.runs import read_safetensors
+    from rlrf.core.io import read_safetensors
 
     (tmp_path / "m.pt").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
     with pytest.raises(UserError, match=r"m.pt: not a safetensors file"):
@@ -100,8 +100,8 @@ def test_garbage_model_file_is_one_line(tmp_path):
 
 
 def _sasrec_setup(tmp_path):
-    from rlrf.config import DataConfig, SASRecConfig
-    from rlrf.data import load_dataset
+    from rlrf.core.config import DataConfig, SASRecConfig
+    from rlrf.data.dataset import load_dataset
 
     ds = load_dataset(DataConfig(max_users=30), seed=0)
     cfg = SASRecConfig(epochs=1, hidden_size=8, n_heads=2, n_layers=1, max_seq_length=10, show_progress=False)
@@ -110,7 +110,8 @@ def _sasrec_setup(tmp_path):
 
 def test_planted_sasrec_cache_is_refused_and_never_runs(tmp_path):
     """The cached SASRec weights are read from safetensors only; an old sasrec.pth is removed unread."""
-    from recmodels.sequential import WEIGHTS_FILE, generate_candidates
+    from recmodels.sequential import WEIGHTS_FILE
+    from rlrf.data.candidates import generate_candidates
 
     torch.set_num_threads(1)
     ds, cfg = _sasrec_setup(tmp_path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlrf.score import build_pairs
+from rlrf.reward.score import build_pairs
 
 
 def responses(user: str, texts: list[str]) -> list[dict]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from rlrf.config import load_config
-from rlrf.errors import UserError
-from rlrf.policy_knowledge import aligned_iterations, generate_user_knowledge, knowledge_dir, policy_adapter
-from rlrf.runs import read_jsonl
+from rlrf.core.config import load_config
+from rlrf.core.errors import UserError
+from rlrf.core.layout import RunLayout
+from rlrf.generation.knowledge import generate_user_knowledge, knowledge_layout, policy_adapter
+from rlrf.core.io import read_jsonl
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def tiny_cfg(tmp_path, tiny_model_dir):
 
 def test_one_greedy_summary_per_user_of_the_split_then_reused(tiny_cfg, ml100k_small):
     path = generate_user_knowledge(tiny_cfg, None, "test", dataset=ml100k_small, show_progress=False)
-    assert path.parent.parent == knowledge_dir(tiny_cfg.run_dir, None)
+    assert path.parent.parent == knowledge_layout(tiny_cfg.run_dir, None).root
     records = read_jsonl(path)
     assert sorted(r["user"] for r in records) == sorted(ml100k_small.splits["test"])
     assert {r["k"] for r in records} == {0}  # one text per user, whatever generate.n says
@@ -35,7 +36,7 @@ def test_one_greedy_summary_per_user_of_the_split_then_reused(tiny_cfg, ml100k_s
 
 
 def test_an_iteration_without_an_adapter_is_refused(tiny_cfg):
-    assert aligned_iterations(tiny_cfg.run_dir) == []
+    assert RunLayout(tiny_cfg.run_dir).aligned_iterations() == []
     assert policy_adapter(tiny_cfg.run_dir, None) is None
     with pytest.raises(UserError, match="no complete adapter for iteration 3"):
         policy_adapter(tiny_cfg.run_dir, 3)

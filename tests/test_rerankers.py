@@ -12,15 +12,15 @@ from recmodels.adapter import HybridExpertAdapter
 from recmodels.train import (
     ListTensors, build_reranker, hyperparameters, load_reranker, predict, save_reranker, train_reranker,
 )
-from rlrf.errors import UserError
-from rlrf.metrics import map_at_k
+from rlrf.core.errors import UserError
+from rlrf.evaluation.metrics import map_at_k
 
 torch.set_num_threads(1)
 
 
 def rcfg(**kw):
     base = dict(embed_dim=8, hidden=32, heads=2, layers=1, adapter_out=16, adapter_hidden=32, shared_experts=2,
-                specific_experts=2, dropout=0.0, knowledge_dropout=0.0, epochs=15, batch_size=32, lr=5e-3,
+                specific_experts=2, dropout=0.0, knowledge_dropout=0.0, epochs=15, batch_size=32, learning_rate=5e-3,
                 weight_decay=0.0, patience=4)
     base.update(kw)
     return SimpleNamespace(**base)

@@ -11,10 +11,10 @@ import torch
 
 from recmodels import knowledge as kn
 from recmodels.train import build_reranker, hyperparameters
-from rlrf import reward
-from rlrf.data import RerankList
-from rlrf.errors import UserError
-from rlrf.metrics import map_at_k, ndcg_at_k
+from rlrf.reward import model as reward
+from rlrf.data.dataset import RerankList
+from rlrf.core.errors import UserError
+from rlrf.evaluation.metrics import map_at_k, ndcg_at_k
 
 torch.set_num_threads(1)
 
@@ -98,7 +98,7 @@ def test_unknown_user_is_a_user_error(scorer):
 
 
 def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
-    from rlrf.config import load_config
+    from rlrf.core.config import load_config
 
     cfg = load_config("quickstart", {
         "run_dir": str(tmp_path / "run"), "threads": 1, "data.max_users": 150,
@@ -139,8 +139,8 @@ def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
 
 
 def test_user_knowledge_from_a_responses_file(tmp_path):
-    from rlrf.config import load_config
-    from rlrf.data import load_dataset
+    from rlrf.core.config import load_config
+    from rlrf.data.dataset import load_dataset
 
     responses = tmp_path / "responses.jsonl"
     cfg = load_config("quickstart", {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlrf.runs import JsonlLog, read_jsonl
+from rlrf.core.io import JsonlLog, read_jsonl
 
 
 def by_user(record: dict) -> str:

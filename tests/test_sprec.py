@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 
-from rlrf import metrics as m
-from rlrf.config import load_config
-from rlrf.grounding import Grounding
-from rlrf.runs import read_json, read_jsonl
-from rlrf.sprec import answer_text, build_pairs, iteration_users, run_sprec, sampled_negatives, self_play_negatives
+from rlrf.evaluation import metrics as m
+from rlrf.core.config import load_config
+from rlrf.generation.grounding import Grounding
+from rlrf.core.io import read_json, read_jsonl
+from rlrf.methods.loop import run_loop
+from rlrf.methods.sprec import SAMPLERS, answer_text, arms, build_pairs, collect, iteration_users, sampled_negatives, self_play_negatives
 
 torch.set_num_threads(1)
 
@@ -42,7 +43,7 @@ def test_sampled_negatives_avoid_the_target_and_the_history():
 
 
 def test_pairs_put_the_real_next_item_first_and_refuse_the_target_as_negative(ml100k_small):
-    from rlrf.generate import Prompt
+    from rlrf.generation.generate import Prompt
 
     cat = ml100k_small.catalog
     user = next(iter(ml100k_small.users))
@@ -66,10 +67,10 @@ def tiny_sprec_config(tmp_path, tiny_model_dir):
         "llm": {"model": str(tiny_model_dir)},
         "generate": {"max_new_tokens": 8, "batch_size": 32, "profile": False},
         "encoder": {"model": "hashing:32"},
-        "align": {"batch_size": 2, "max_length": 256, "learning_rate": 1e-3},
-        "loop": {"iterations": 1},
-        "sprec": {"sft_users": 8, "sft_batch_size": 4, "users_per_iteration": 6, "samples": 2,
-                  "min_similarity": -1.0, "eval_users": 5, "ks": [1, 5, 10]},
+        "align": {"trainer_args": {"per_device_train_batch_size": 2, "max_length": 256, "learning_rate": 1e-3}},
+        "sft": {"users": 8, "trainer_args": {"per_device_train_batch_size": 4, "max_length": 256}},
+        "loop": {"iterations": 1, "eval_users": 5},
+        "sprec": {"users_per_iteration": 6, "samples": 2, "min_similarity": -1.0, "ks": [1, 5, 10]},
     }
     path = tmp_path / "sprec.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -77,12 +78,12 @@ def tiny_sprec_config(tmp_path, tiny_model_dir):
 
 
 def test_sprec_end_to_end_on_a_tiny_policy(tiny_sprec_config):
-    from rlrf.data import load_dataset
-    from rlrf.sprec_report import write_sprec_report
+    from rlrf.data.dataset import load_dataset
+    from rlrf.report.sprec import write_sprec_report
 
     cfg = tiny_sprec_config
     run = cfg.run_dir
-    metrics = run_sprec(cfg, show_progress=False, log=lambda _: None)
+    metrics = run_sprec(cfg)
     ds = load_dataset(cfg.data, seed=cfg.seed)
     cat = ds.catalog
 
@@ -132,12 +133,25 @@ def test_sprec_end_to_end_on_a_tiny_policy(tiny_sprec_config):
 
     # a rerun finds everything done and changes nothing
     before = json.loads((run / "metrics.json").read_text())
-    again = run_sprec(cfg, show_progress=False, log=lambda _: None)
+    again = run_sprec(cfg)
     assert again["methods"] == before["methods"]
 
 
+def run_sprec(cfg) -> dict:
+    """What `rlrf sprec` does: every arm on the one loop, then their records gathered."""
+    arm_metrics = {method.name: run_loop(arm_cfg, method, cfg.loop.iterations, log=lambda _: None)
+                   for arm_cfg, method in arms(cfg, show_progress=False)}
+    return collect(cfg, arm_metrics)
+
+
+def test_every_arm_draws_its_negatives_from_a_registered_sampler():
+    assert set(SAMPLERS) == {"sprec", "dpo_random", "dpo_popularity"}
+    assert [name for name, s in SAMPLERS.items() if s.from_policy] == ["sprec"]
+    assert [name for name, s in SAMPLERS.items() if s.by_popularity] == ["dpo_popularity"]
+
+
 def _grounded(cfg, ds, path):
-    from rlrf.sprec import make_grounder
+    from rlrf.methods.sprec import make_grounder
 
     grounder = make_grounder(cfg, ds)
     return [g.item for g in grounder.ground([r["text"] for r in read_jsonl(path)]) if g.item is not None]

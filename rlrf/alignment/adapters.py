@@ -1,0 +1,131 @@
+"""The LoRA adapter every training step continues, and the one skeleton every training step runs.
+
+There is ONE LoRA adapter over a whole run, relative to the base model: each step (SFT or DPO) loads
+the previous adapter trainable and continues it, or starts a fresh one from the `lora:` section.
+So every saved adapter loads on the plain base model, with no chain of merged weights.
+
+`train_adapter` is the part SFT and DPO share: skip when the adapter is complete, train in a work
+folder that a killed run resumes from (its last trainer checkpoint, when `save_strategy` keeps
+any), write the adapter to a temporary folder and rename it into place with its log beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rlrf.core.errors import UserError
+from rlrf.core.io import atomic_write_json, read_json
+from rlrf.core.layout import ADAPTER_FILES, RunLayout, adapter_complete
+
+
+def previous_adapter(cfg, iteration: int) -> Path | None:
+    """The adapter of the policy before iteration t: `llm.adapter`, else iteration t−1's adapter."""
+    if cfg.llm.adapter is not None:
+        return Path(cfg.llm.adapter)
+    if iteration > 0:
+        candidate = RunLayout(cfg.run_dir).adapter(iteration - 1)
+        if adapter_complete(candidate):
+            return candidate
+    return None
+
+
+def lora_config(cfg):
+    """peft's LoraConfig from the `lora:` section (extra keys pass through; peft checks them)."""
+    from peft import LoraConfig
+
+    try:
+        return LoraConfig(task_type="CAUSAL_LM", **cfg.lora.model_dump())
+    except (TypeError, ValueError) as err:
+        raise UserError(f"lora: {err}") from None
+
+
+def trainable_policy(cfg, policy, start_adapter: Path | None):
+    """(model, tokenizer, peft_config): a trainable PeftModel continuing `start_adapter`, or a base
+    model + a fresh LoraConfig for trl to wrap."""
+    from peft import PeftModel
+
+    from rlrf.generation.policy import attach_adapter, load_policy
+
+    if policy is None:
+        policy = load_policy(cfg.llm.model_copy(update={"adapter": None}), merge_adapter=False)
+    elif policy.adapter is not None and not isinstance(policy.model, PeftModel):
+        raise ValueError("training needs a policy loaded with merge_adapter=False (its adapter is merged)")
+    model, tokenizer = policy.model, policy.tokenizer
+    if isinstance(model, PeftModel):
+        if start_adapter is None or Path(policy.adapter).resolve() != Path(start_adapter).resolve():
+            raise ValueError(f"the policy carries adapter {policy.adapter}, but this step starts from {start_adapter}")
+    elif start_adapter is not None:
+        model = attach_adapter(model, start_adapter, merge=False)
+    if isinstance(model, PeftModel):
+        # continue training the SAME adapter: trainable "default" (DPO: trl adds the frozen "ref" copy)
+        model.peft_config["default"].inference_mode = False
+        for name, param in model.named_parameters():
+            param.requires_grad_("lora_" in name and ".default" in name)
+        return model, tokenizer, None
+    return model, tokenizer, lora_config(cfg)
+
+
+def trainer_args(config_cls, section: str, args: dict[str, Any], *, seed: int, fixed: dict[str, Any],
+                 defaults: dict[str, Any]):
+    """trl's config object from the section's `trainer_args`, checked by trl itself.
+
+    `defaults` (derived from the model: device, dtype, progress) yield to the user's entries;
+    `fixed` are the fields rlrf's own data flow depends on, and setting one is an error."""
+    taken = sorted(set(args) & set(fixed))
+    if taken:
+        raise UserError(f"{section}.trainer_args.{taken[0]}: set by rlrf itself; remove it")
+    merged = {"seed": seed, "data_seed": seed, **defaults, **args, **fixed}
+    try:
+        return config_cls(**merged)
+    except TypeError as err:  # an unknown field: trl's dataclass names it
+        raise UserError(f"{section}.trainer_args: {err}".replace("__init__() ", "")) from None
+    except ValueError as err:
+        raise UserError(f"{section}.trainer_args: {str(err).splitlines()[0]}") from None
+
+
+def save_adapter(peft_model, adapter_dir: Path, before_rename: Callable[[], None] | None = None) -> None:
+    """Write the trainable "default" LoRA to a temporary folder and rename it into place, so a
+    complete `adapter_dir` (what makes a step skip on rerun) is never half-written."""
+    adapter_dir = Path(adapter_dir)
+    tmp = adapter_dir.parent / f".{adapter_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.save_pretrained(str(tmp), selected_adapters=["default"])
+    if not adapter_complete(tmp):
+        raise RuntimeError(f"peft did not write {', '.join(ADAPTER_FILES)} into {tmp}")
+    if before_rename is not None:
+        before_rename()
+    shutil.rmtree(adapter_dir, ignore_errors=True)  # a half-written leftover, never a complete one
+    tmp.rename(adapter_dir)
+
+
+def train_adapter(adapter_dir: Path, log_path: Path, build: Callable[[Path], Any],
+                  summarize: Callable[[Any, Any, list], dict], record: dict | None = None) -> dict:
+    """Run one training step to a complete adapter; returns the log's summary (+ "skipped").
+
+    `build(work_dir)` returns a ready trl trainer; `summarize(trainer, result, steps)` its summary.
+    `record` is stored in the log beside the summary (e.g. the config the step ran with)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    adapter_dir = Path(adapter_dir)
+    if adapter_complete(adapter_dir):
+        return {**(read_json(log_path) or {}).get("summary", {"adapter": str(adapter_dir)}), "skipped": True}
+    for leftover in adapter_dir.parent.glob(f".{adapter_dir.name}.tmp-*"):  # from a killed run
+        shutil.rmtree(leftover, ignore_errors=True)
+    started = time.perf_counter()
+    work_dir = adapter_dir.parent / f".{adapter_dir.name}.work"
+    trainer = build(work_dir)
+    checkpoint = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    history = [dict(entry) for entry in trainer.state.log_history]
+    summary = summarize(trainer, result, [e for e in history if "loss" in e])
+    summary.update({"adapter": str(adapter_dir), "resumed_from": checkpoint,
+                    "seconds": round(time.perf_counter() - started, 1)})
+    save_adapter(trainer.model, adapter_dir, before_rename=lambda: atomic_write_json(
+        log_path, {"summary": summary, **(record or {}), "steps": history}))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return {**summary, "skipped": False}

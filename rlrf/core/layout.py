@@ -1,0 +1,163 @@
+"""Every path inside a run directory, in one place.
+
+Stages hand records to each other through files (docs/architecture.md lists them), so the names of
+those files are the contract between stages. Building them here, and nowhere else, keeps a renamed
+file from silently splitting a run in two. Some stages run inside a sub-run with the same shape (an
+evaluation of one policy, the knowledge store of one policy, one SPRec arm): those are `RunLayout`s
+too, reached from their parent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# the text generation stage writes one file per mode; its key field names what one prompt is about
+OUTPUT_FILE = {"user_preference": "responses.jsonl", "item_knowledge": "item_knowledge.jsonl",
+               "next_item": "next_item.jsonl"}
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __init__(self, root: Path | str):
+        object.__setattr__(self, "root", Path(root))
+
+    # --- the run as a whole -------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data_summary(self) -> Path:
+        return self.root / "data.json"
+
+    @property
+    def lists(self) -> Path:
+        return self.root / "lists.jsonl"
+
+    @property
+    def candidates(self) -> Path:
+        return self.root / "candidates.jsonl"
+
+    @property
+    def sasrec(self) -> Path:
+        return self.root / "sasrec"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    def figure(self, name: str) -> Path:
+        """A plot of the report (`name` without the .png)."""
+        return self.root / f"{name}.png"
+
+    @property
+    def grounding(self) -> Path:
+        """The faiss index of catalogue titles (cached by encoder and catalogue)."""
+        return self.root / "grounding"
+
+    # --- reward model -----------------------------------------------------------------------------
+    @property
+    def reward(self) -> Path:
+        return self.root / "reward"
+
+    def reward_model(self, name: str) -> Path:
+        """`<name>` is dlcm, prm, dlcm_knowledge or prm_knowledge."""
+        return self.reward / name
+
+    @property
+    def reward_eval(self) -> Path:
+        return self.reward / "eval.json"
+
+    # --- one iteration of the loop -----------------------------------------------------------------
+    def iteration(self, t: int) -> Path:
+        return self.root / f"iter_{t}"
+
+    def responses(self, t: int, mode: str = "user_preference") -> Path:
+        return self.iteration(t) / OUTPUT_FILE[mode]
+
+    def prompts(self, t: int, mode: str = "user_preference") -> Path:
+        return self.responses(t, mode).with_suffix(".prompts.jsonl")
+
+    def responses_meta(self, t: int, mode: str = "user_preference") -> Path:
+        path = self.responses(t, mode)
+        return path.with_name(f"{path.stem}.meta.json")
+
+    def scores(self, t: int) -> Path:
+        return self.iteration(t) / "scores.jsonl"
+
+    def pairs(self, t: int) -> Path:
+        return self.iteration(t) / "pairs.jsonl"
+
+    def pairs_meta(self, t: int) -> Path:
+        return self.iteration(t) / "pairs.meta.json"
+
+    def adapter(self, t: int) -> Path:
+        return self.iteration(t) / "adapter"
+
+    def align_log(self, t: int) -> Path:
+        return self.iteration(t) / "align_log.json"
+
+    def sft_adapter(self, t: int) -> Path:
+        """SPRec: the SFT step on the iteration's fresh positives, before its DPO."""
+        return self.iteration(t) / "sft_adapter"
+
+    def sft_adapter_log(self, t: int) -> Path:
+        return self.iteration(t) / "sft_adapter_log.json"
+
+    def recommendations(self, t: int = 0) -> Path:
+        return self.iteration(t) / "recommendations.jsonl"
+
+    def aligned_iterations(self) -> list[int]:
+        """Iterations that wrote a complete adapter, in order."""
+        found = []
+        for folder in self.root.glob("iter_*"):
+            suffix = folder.name.removeprefix("iter_")
+            if suffix.isdigit() and adapter_complete(folder / "adapter"):
+                found.append(int(suffix))
+        return sorted(found)
+
+    # --- sub-runs ---------------------------------------------------------------------------------
+    def evaluation(self, label: str) -> "RunLayout":
+        """Held-out generations and metrics of one policy (`policy_<t>`, or a policy slug)."""
+        return RunLayout(self.root / "eval" / label)
+
+    @property
+    def eval_result(self) -> Path:
+        """An evaluation sub-run's summary (SPRec caches one per policy)."""
+        return self.root / "eval.json"
+
+    def knowledge(self, tag: str) -> "RunLayout":
+        """The knowledge texts one policy wrote (`base` or `iter_<t>`), shared by export and experiments."""
+        return RunLayout(self.root / "knowledge" / tag)
+
+    def export(self, name: str) -> Path:
+        return self.root / "export" / name
+
+    def experiment(self, name: str) -> Path:
+        return self.root / "experiments" / name
+
+    @property
+    def sft(self) -> Path:
+        """SPRec: the initial SFT on train users' next items (policy_0 of every arm)."""
+        return self.root / "sft" / "adapter"
+
+    @property
+    def sft_log(self) -> Path:
+        return self.root / "sft" / "adapter_log.json"
+
+    def arm(self, method: str) -> "RunLayout":
+        """SPRec: one method's own loop (`sprec`, `dpo_random`, ...)."""
+        return RunLayout(self.root / method)
+
+
+def adapter_complete(adapter_dir: Path) -> bool:
+    """A peft adapter folder with both of its files: what makes an alignment stage skip on rerun."""
+    return all((Path(adapter_dir) / name).is_file() for name in ADAPTER_FILES)

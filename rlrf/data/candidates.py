@@ -1,0 +1,53 @@
+"""SASRec candidate lists: what the sequential model may see, and its top-M for every user.
+
+SASRec is trained on what no evaluation may see: the full sequences of training users and only the
+visible history (before the list cut) of validation and test users. Its validation metric is the
+next item after the cut for validation users, with seen items masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rlrf.core.config import SASRecConfig
+from rlrf.data.dataset import Dataset, history_cut
+
+
+@dataclass
+class Candidates:
+    """Top-M catalog indices per user (seen history masked) and SASRec's validation quality."""
+
+    items: dict[str, list[int]]
+    valid_hr10: float
+    valid_ndcg10: float
+
+
+def training_sequences(ds: Dataset, max_history: int) -> dict[str, list[int]]:
+    """Full sequences for train users; only the visible history for valid/test users."""
+    held_out = set(ds.splits["valid"]) | set(ds.splits["test"])
+    return {
+        uid: (user.items[: history_cut(len(user.items), max_history)] if uid in held_out else user.items)
+        for uid, user in ds.users.items()
+    }
+
+
+def generate_candidates(ds: Dataset, cfg: SASRecConfig, max_history: int, out_dir: Path, seed: int = 0) -> Candidates:
+    """Train/reuse SASRec, then top-M for every user from the history before the list cut."""
+    from recmodels.sequential import score_histories, top_m, train_sasrec
+    from rlrf.evaluation.metrics import hit_ndcg_at_k, target_ranks
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, dataset = train_sasrec(training_sequences(ds, max_history), cfg, out_dir, seed)
+    cuts = {uid: history_cut(len(u.items), max_history) for uid, u in ds.users.items()}
+    histories = {uid: u.items[: cuts[uid]] for uid, u in ds.users.items()}
+    users, scores = score_histories(model, dataset, len(ds.catalog), histories)
+    top = top_m(scores, [histories[u] for u in users], max(cfg.top_m, 10))
+    items = {u: top[row, : cfg.top_m].tolist() for row, u in enumerate(users)}
+
+    valid_rows = [row for row, u in enumerate(users) if u in set(ds.splits["valid"]) and cuts[u] < len(ds.users[u].items)]
+    targets = np.array([ds.users[users[row]].items[cuts[users[row]]] for row in valid_rows])
+    hr, ndcg = hit_ndcg_at_k(target_ranks(top[valid_rows, :10], targets), 10)
+    return Candidates(items, float(np.mean(hr)) if len(hr) else 0.0, float(np.mean(ndcg)) if len(ndcg) else 0.0)

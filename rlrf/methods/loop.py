@@ -1,0 +1,75 @@
+"""The outer loop, written once and driving every method: T iterations of generate → score → align.
+
+A `Method` says how one iteration's stages are done (RLRF4Rec: summaries scored by the reward
+model, best-vs-worst pairs; SPRec: next-item titles scored against the real next item, the policy's
+own predictions as negatives). The loop only orders the stages, threads the newest adapter through
+them, evaluates the policy before the first and after every iteration, and records metrics.json.
+Each stage is resumable on its own, so rerunning a killed `rlrf run` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+from rlrf.core.io import atomic_write_json, read_json
+from rlrf.core.layout import RunLayout
+
+
+class Method(Protocol):
+    name: str
+
+    def prepare(self, cfg) -> Path | None:
+        """One-time inputs of the loop (data, reward model, SPRec's SFT), skipped when already present;
+        returns the adapter policy_0 starts from (None: the policy named by cfg.llm)."""
+
+    def generate(self, cfg, iteration: int) -> None:
+        """Sample responses with the policy named by cfg.llm (base or the newest adapter)."""
+
+    def score(self, cfg, iteration: int) -> dict:
+        """Score the responses and write the iteration's pairs; returns pair statistics ({"pairs": n, ...})."""
+
+    def align(self, cfg, iteration: int) -> Path:
+        """Train on the iteration's pairs; returns the new adapter directory."""
+
+    def evaluate(self, cfg, label: str) -> dict:
+        """Held-out metrics of the policy named by cfg.llm; `label` names its output folder."""
+
+
+def with_adapter(cfg, adapter: Path | None):
+    return cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"adapter": adapter})})
+
+
+def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
+    """Run (or resume) the loop; returns metrics.json's content."""
+    metrics_path = RunLayout(cfg.run_dir).metrics
+    metrics = read_json(metrics_path) or {"method": method.name, "evaluations": {}, "iterations": {}}
+    start = method.prepare(cfg)
+
+    def evaluate(policy_cfg, label: str) -> None:
+        if label not in metrics["evaluations"]:
+            log(f"[{method.name}] evaluating policy {label}")
+            metrics["evaluations"][label] = method.evaluate(policy_cfg, label)
+            atomic_write_json(metrics_path, metrics)
+
+    adapter = start if start is not None else cfg.llm.adapter
+    for t in range(iterations):
+        current = with_adapter(cfg, adapter)
+        evaluate(current, f"policy_{t}")
+        started = time.perf_counter()
+        log(f"[{method.name}] iteration {t}: generate")
+        method.generate(current, t)
+        log(f"[{method.name}] iteration {t}: score")
+        pair_stats = method.score(current, t)
+        record = metrics["iterations"].setdefault(str(t), {})
+        if pair_stats.get("pairs", 0) > 0:
+            log(f"[{method.name}] iteration {t}: align on {pair_stats['pairs']} pairs")
+            adapter = method.align(current, t)
+        else:  # every user tied: no preference to learn, the policy stays as it is
+            log(f"[{method.name}] iteration {t}: no pairs, policy unchanged")
+        record.update({"pairs": pair_stats, "adapter": str(adapter) if adapter else None})
+        record.setdefault("seconds", round(time.perf_counter() - started, 1))
+        atomic_write_json(metrics_path, metrics)
+    evaluate(with_adapter(cfg, adapter), f"policy_{iterations}")
+    return metrics

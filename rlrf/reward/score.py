@@ -1,0 +1,130 @@
+"""`rlrf score`: the recommender's feedback on each summary, and the preference pairs built from it.
+
+Every (user, k) response of an iteration is scored by the reward model: NDCG@K / MAP@K of the user's
+reranked list when that response is the user's knowledge. Scores are appended to scores.jsonl in
+batches (resumable like generate). Pairs are then derived from all scores at once: chosen = the
+best response, rejected = the worst (or the `score.negatives` worst). Only training users make
+pairs, so validation and test users stay unseen by alignment.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rlrf.core.errors import UserError
+from rlrf.core.io import JsonlLog, atomic_write_json, atomic_write_jsonl, read_jsonl
+from rlrf.core.layout import RunLayout
+
+
+@dataclass
+class PairStats:
+    users: int = 0
+    pairs: int = 0
+    skipped_tie: int = 0  # best and worst reward equal
+    skipped_margin: int = 0  # best − worst below score.min_margin
+    skipped_empty_best: int = 0  # the best response is empty: nothing worth imitating
+    skipped_not_train: int = 0  # valid/test users never make pairs
+    skipped_single: int = 0  # fewer than two responses
+
+
+def build_pairs(
+    responses: list[dict], scores: dict[tuple[str, int], float], prompts: dict[str, str],
+    train_users: set[str], negatives: int = 1, min_margin: float = 0.0,
+) -> tuple[list[dict], PairStats]:
+    """Best vs worst (or k worst) per user. Ties in reward keep the lower sample index first."""
+    by_user: dict[str, list[dict]] = defaultdict(list)
+    for r in responses:
+        by_user[r["user"]].append(r)
+    stats = PairStats(users=len(by_user))
+    pairs = []
+    for user in sorted(by_user):
+        if user not in train_users:
+            stats.skipped_not_train += 1
+            continue
+        ranked = sorted(by_user[user], key=lambda r: (-scores[(user, r["k"])], r["k"]))
+        if len(ranked) < 2:
+            stats.skipped_single += 1
+            continue
+        best, worst = ranked[0], ranked[-1]
+        margin = scores[(user, best["k"])] - scores[(user, worst["k"])]
+        if margin == 0:
+            stats.skipped_tie += 1
+            continue
+        if margin < min_margin:
+            stats.skipped_margin += 1
+            continue
+        if not best["text"].strip():
+            stats.skipped_empty_best += 1
+            continue
+        worst_first = ranked[::-1][: max(1, min(negatives, len(ranked) - 1))]
+        pair = {
+            "user": user,
+            "iter": best["iter"],
+            "prompt": prompts[user],
+            "chosen": best["text"],
+            "rejected": worst["text"],
+            "margin": margin,
+            "chosen_k": best["k"],
+            "rejected_k": worst["k"],
+        }
+        if negatives > 1:
+            pair["rejected_list"] = [r["text"] for r in worst_first]
+            pair["rejected_margins"] = [scores[(user, best["k"])] - scores[(user, r["k"])] for r in worst_first]
+        pairs.append(pair)
+        stats.pairs += 1
+    return pairs, stats
+
+
+def score_responses(cfg, iteration: int, scorer, show_progress: bool = True) -> tuple[list[dict], dict[tuple[str, int], dict]]:
+    """Score every response of the iteration not yet in scores.jsonl; returns (responses, scores by (user, k))."""
+    from rich.progress import Progress
+
+    from rlrf.generation.generate import load_responses
+
+    layout = RunLayout(cfg.run_dir)
+    responses = load_responses(cfg.run_dir, iteration)
+    if not responses:
+        raise UserError(f"{layout.responses(iteration)}: no responses; run `rlrf generate` for iteration {iteration} first")
+    log = JsonlLog(layout.scores(iteration), key=lambda r: (r["user"], r["k"]))
+    todo = [r for r in responses if (r["user"], r["k"]) not in log]
+    batch = cfg.score.batch_size
+    with Progress(disable=not show_progress) as progress:
+        task = progress.add_task(f"score iter {iteration}", total=len(todo))
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            metrics = scorer.score([r["user"] for r in chunk], [r["text"] for r in chunk])
+            log.append(
+                {"user": r["user"], "iter": iteration, "k": r["k"],
+                 **{name: (bool(v[i]) if name == "empty" else float(v[i])) for name, v in metrics.items()},
+                 **({"flag": r["flag"]} if "flag" in r else {})}
+                for i, r in enumerate(chunk)
+            )
+            progress.advance(task, len(chunk))
+    scored = {(s["user"], s["k"]): s for s in read_jsonl(log.path)}
+    if cfg.score.metric not in next(iter(scored.values())):
+        names = sorted(k for k in next(iter(scored.values())) if "@" in k)
+        raise UserError(f"score.metric: '{cfg.score.metric}' is not one of {', '.join(names)}")
+    return responses, scored
+
+
+def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress: bool = True) -> PairStats:
+    """Score the iteration's responses (skipping rows already scored), then rewrite its pairs."""
+    from rlrf.data.dataset import load_dataset
+    from rlrf.generation.generate import load_prompts
+    from rlrf.reward.model import RewardScorer
+
+    ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
+    scorer = scorer if scorer is not None else RewardScorer.from_run(cfg, ds=ds, progress=show_progress)
+    responses, scored = score_responses(cfg, iteration, scorer, show_progress)
+    metric = cfg.score.metric
+    rewards = {key: s[metric] for key, s in scored.items()}
+    prompts = {u: r["prompt"] for u, r in load_prompts(cfg.run_dir, iteration).items()}
+    pairs, stats = build_pairs(
+        responses, rewards, prompts, set(ds.splits["train"]), cfg.score.negatives, cfg.score.min_margin
+    )
+    layout = RunLayout(cfg.run_dir)
+    atomic_write_jsonl(layout.pairs(iteration), pairs)
+    atomic_write_json(layout.pairs_meta(iteration), {"metric": metric, **asdict(stats)})
+    return stats
