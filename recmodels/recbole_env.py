@@ -7,8 +7,12 @@
 - `recbole.quick_start` imports ray (and pkg_resources): never import it.
 - `recbole.config.Config` also reads `--key=value` pairs from `sys.argv`, so an `rlrf` option such as
   `--epochs=60` would silently become a RecBole setting: build configs with `make_config`.
-- `Trainer.evaluate(load_best_model=True)` fails on torch >= 2.6 (weights_only); load our own
-  checkpoints with `load_checkpoint` instead.
+- RecBole's trainer saves its best state (model, optimizer, its whole Config) with `torch.save`,
+  and loading such a file can run arbitrary code. `prepare_recbole` replaces `Trainer._save_checkpoint` so that
+  the best state is written as safetensors (the model's tensors only) to
+  `trainer.saved_model_file`, renamed `*.safetensors`; `load_checkpoint` reads only that format.
+  No torch.save file is ever written or loaded, so `Trainer.evaluate(load_best_model=True)` (a
+  torch.load) must not be used: load the best state with `load_checkpoint` instead.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ M_MMAP_MAX = -4
 def prepare_recbole() -> None:
     """Import RecBole's models and undo their global side effects; idempotent."""
     import recbole.model.sequential_recommender  # noqa: F401  (the import that enables anomaly mode)
+    from recbole.trainer import Trainer
 
     torch.autograd.set_detect_anomaly(False)
+    Trainer._save_checkpoint = _save_checkpoint_safetensors
     # RecBole's pandas and amp calls warn on every dataset load; the behaviour is correct on pandas 2.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
     logging.getLogger("recbole").setLevel(logging.WARNING)
@@ -75,6 +81,26 @@ def run_settings(checkpoint_dir: Path, seed: int) -> dict:
     }
 
 
+def _save_checkpoint_safetensors(self, epoch, verbose=True, **kwargs):
+    """Replaces RecBole's `Trainer._save_checkpoint`: the model's tensors as safetensors, no torch.save.
+
+    Resuming RecBole's training from a checkpoint (optimizer state, epoch) is not something rlrf
+    does, so only the weights are kept. `self.saved_model_file` ends in `.safetensors`.
+    """
+    if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        return
+    if self.model.other_parameter():
+        raise RuntimeError(f"{type(self.model).__name__} keeps non-tensor state; rlrf saves tensors only")
+    path = Path(kwargs.pop("saved_model_file", self.saved_model_file)).with_suffix(".safetensors")
+    self.saved_model_file = str(path)
+    from rlrf.core.io import save_state_dict
+
+    save_state_dict(path, self.model.state_dict(), {"epoch": str(epoch)})
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Our own RecBole checkpoint (it pickles the config, so weights_only must be off)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The best state RecBole's trainer saved (see `_save_checkpoint_safetensors`): {"state_dict": ...}."""
+    from rlrf.core.io import read_safetensors
+
+    tensors, _ = read_safetensors(path, "train the model again")
+    return {"state_dict": tensors}

@@ -5,6 +5,11 @@ the sequences as RecBole atomic files with the position as timestamp, so RecBole
 ours. The trained model is cached in `out_dir`, keyed by a hash of the sequences and the settings.
 `cfg` is any object with SASRec's fields (epochs, hidden_size, n_layers, n_heads, max_seq_length,
 batch_size, learning_rate, eval_step, stopping_step, show_progress) and a `model_dump()`.
+
+The cache is `out_dir/sasrec.safetensors`; the hash is in the file's header (`sasrec.json` repeats it
+for people). Everything RecBole writes (its atomic files, its best-state checkpoint, tensorboard
+logs) goes into the scratch folder `out_dir/work/`, which every run empties first and removes when
+done: a run killed at any point leaves nothing the next run does not clear or reuse.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +26,13 @@ import numpy as np
 import torch
 
 from recmodels.recbole_env import load_checkpoint, make_config, prepare_recbole, run_settings
-from rlrf.core.io import atomic_write_json, atomic_write_text
+from rlrf.core.io import atomic_write_json, atomic_write_text, read_safetensors, save_state_dict
 
 DATASET_NAME = "rlrf_sasrec"  # never 'ml-100k': RecBole resolves that name to its bundled copy
+WEIGHTS_FILE = "sasrec.safetensors"
+SCRATCH_DIR = "work"
+# What older versions (or a kill) left directly in sasrec/: never read, removed on start.
+STALE = ("sasrec.pth", ".sasrec.pth.tmp", "sasrec.pth.tmp", "recbole_data", "log_tensorboard", "SASRec-*.pth")
 
 
 def _write_atomic(sequences: dict[str, list[int]], folder: Path) -> None:
@@ -67,6 +77,19 @@ def _fingerprint(sequences: dict[str, list[int]], cfg, seed: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _clear_leftovers(out_dir: Path) -> Path:
+    """Empty the scratch folder and remove what older versions or a killed run left; returns scratch."""
+    for pattern in (SCRATCH_DIR, f".{WEIGHTS_FILE}.tmp", *STALE):
+        for path in out_dir.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    scratch = out_dir / SCRATCH_DIR
+    scratch.mkdir(parents=True)
+    return scratch
+
+
 def train_sasrec(sequences: dict[str, list[int]], cfg, out_dir: Path, seed: int = 0):
     """Train (or reuse the cached) SASRec on `sequences` (user -> catalogue indices, oldest first);
     returns (model, recbole dataset)."""
@@ -77,31 +100,40 @@ def train_sasrec(sequences: dict[str, list[int]], cfg, out_dir: Path, seed: int 
     from recbole.utils import init_seed
 
     fingerprint = _fingerprint(sequences, cfg, seed)
-    data_root = out_dir / "recbole_data"
-    _write_atomic(sequences, data_root / DATASET_NAME)
-    config = _recbole_config(cfg, data_root, out_dir, seed)
-    init_seed(seed, reproducibility=True)
-    logging.getLogger().setLevel(logging.WARNING)
-    dataset = create_dataset(config)
-    train_data, valid_data, _ = data_preparation(config, dataset)
-    model = SASRec(config, train_data.dataset)
+    scratch = _clear_leftovers(out_dir)
+    try:
+        data_root = scratch / "recbole_data"
+        _write_atomic(sequences, data_root / DATASET_NAME)
+        config = _recbole_config(cfg, data_root, scratch, seed)
+        init_seed(seed, reproducibility=True)
+        logging.getLogger().setLevel(logging.WARNING)
+        dataset = create_dataset(config)
+        train_data, valid_data, _ = data_preparation(config, dataset)
+        model = SASRec(config, train_data.dataset)
 
-    checkpoint = out_dir / "sasrec.pth"
-    meta_path = out_dir / "sasrec.json"
-    cached = meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == fingerprint
-    if cached and checkpoint.exists():
-        model.load_state_dict(load_checkpoint(checkpoint)["state_dict"])
-    else:
-        # RecBole's trainer writes tensorboard logs relative to the working directory.
-        with contextlib.chdir(out_dir):
-            trainer = Trainer(config, model)
-            trainer.fit(train_data, valid_data, saved=True, show_progress=cfg.show_progress)
-            best = load_checkpoint(Path(trainer.saved_model_file))
-        model.load_state_dict(best["state_dict"])
-        torch.save({"state_dict": model.state_dict()}, out_dir / "sasrec.pth.tmp")
-        (out_dir / "sasrec.pth.tmp").replace(checkpoint)
-        Path(trainer.saved_model_file).unlink(missing_ok=True)
-        atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": cfg.model_dump()})
+        checkpoint = out_dir / WEIGHTS_FILE
+        meta_path = out_dir / "sasrec.json"
+        state = None
+        if checkpoint.exists():
+            tensors, header = read_safetensors(checkpoint, "re-run `rlrf data` (the model is trained again)")
+            if header.get("fingerprint") == fingerprint:
+                state = tensors
+        if state is not None:
+            model.load_state_dict(state)
+        else:
+            # RecBole's trainer writes tensorboard logs relative to the working directory.
+            with contextlib.chdir(scratch):
+                trainer = Trainer(config, model)
+                try:
+                    trainer.fit(train_data, valid_data, saved=True, show_progress=cfg.show_progress)
+                finally:
+                    trainer.tensorboard.close()
+                best = load_checkpoint(Path(trainer.saved_model_file))
+            model.load_state_dict(best["state_dict"])
+            save_state_dict(checkpoint, model.state_dict(), {"fingerprint": fingerprint})
+            atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": cfg.model_dump()})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     model.eval()
     return model, dataset
 

@@ -192,37 +192,82 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
             "seconds": time.perf_counter() - start, "history": history}
 
 
+FORMAT = "rlrf-reranker/1"
+
+
 def save_reranker(folder: Path, model: nn.Module, hp: dict, meta: dict, name: str = MODEL_FILE) -> None:
-    """The state dict (item knowledge table included) + meta.json naming dataset, encoder, hyperparameters."""
-    from rlrf.core.io import atomic_write_json
+    """The state dict (item knowledge table included) as safetensors + meta.json naming dataset, encoder,
+    hyperparameters. The file's name keeps its `.pt` (model.pt, seed_<s>.pt) but holds safetensors; its
+    own hyperparameters and meta travel in the safetensors header (JSON), so a copy of the file
+    (reward's model.pt) carries them. No torch.save."""
+    from rlrf.core.io import atomic_write_json, save_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.tmp"
-    torch.save({"state_dict": model.state_dict(), "hyperparameters": hp, "meta": meta}, tmp)
-    tmp.replace(folder / name)
+    header = {"format": FORMAT, "hyperparameters": hp, "meta": meta}
+    save_state_dict(folder / name, model.state_dict(), {"rlrf": json.dumps(header, ensure_ascii=False)})
     atomic_write_json(folder / META_FILE, {**meta, "hyperparameters": hp})
+
+
+def check_hyperparameters(hp: dict, where: str) -> None:
+    """Sizes positive, heads dividing the sizes they split: a saved file is checked before building."""
+    keys = ("embed_dim", "hidden", "list_length") + (("heads", "layers") if hp.get("kind") == "prm" else ())
+    for key in keys:
+        value = hp.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{where}: hyperparameter {key} must be a positive integer (got {value!r})")
+    if hp.get("kind") == "prm" and hp["hidden"] % hp["heads"]:
+        raise UserError(f"{where}: hyperparameter heads ({hp['heads']}) must divide hidden ({hp['hidden']})")
 
 
 def load_reranker(path: Path, dataset: str, encoder: str, n_items: int, genre_matrix,
                   name: str = MODEL_FILE) -> tuple[nn.Module, dict]:
-    """Load a saved reranker; a model trained on another dataset or encoder is a UserError naming both."""
+    """Load a saved reranker; a model trained on another dataset or encoder is a UserError naming both.
+    Only safetensors is read: an older rlrf's torch.save file is refused (re-train it)."""
+    from rlrf.core.io import read_safetensors
+
     file = Path(path) / name
     if not file.exists():
         raise UserError(f"{file}: reward model not found; run `rlrf reward train` first")
-    blob = torch.load(file, map_location="cpu", weights_only=False)  # our own file
+    state, header = read_safetensors(file, "train it again (`rlrf reward train`, or the stage that wrote it)")
+    blob = _parse_header(file, header)
     meta, hp = blob["meta"], blob["hyperparameters"]
     if meta.get("dataset") != dataset:
         raise UserError(f"{file}: reward model trained on dataset '{meta.get('dataset')}', "
                         f"but this run's dataset is '{dataset}'")
-    if hp["knowledge"] and meta.get("encoder") != encoder:
+    if hp.get("knowledge") and meta.get("encoder") != encoder:
         raise UserError(f"{file}: reward model trained with encoder '{meta.get('encoder')}', "
                         f"but this run's encoder is '{encoder}'")
     if meta.get("n_items") != n_items:
         raise UserError(f"{file}: reward model has {meta.get('n_items')} items, this dataset has {n_items}")
-    ik = blob["state_dict"].get("features.item_k")
-    ip = blob["state_dict"].get("features.item_prior")
+    check_hyperparameters(hp, str(file))
+    ik = state.get("features.item_k")
+    ip = state.get("features.item_prior")
     model = build_reranker(hp, n_items, genre_matrix, None if ik is None else ik[1:], None if ip is None else ip[1:])
-    model.load_state_dict(blob["state_dict"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"{file}: weights do not fit its hyperparameters ({str(err).splitlines()[0]})") from None
     model.eval()
     return model, {**meta, "hyperparameters": hp}
 
+
+def _parse_header(file: Path, header: dict[str, str]) -> dict:
+    try:
+        blob = json.loads(header["rlrf"])
+        if blob.get("format") != FORMAT or not isinstance(blob["meta"], dict) or not isinstance(blob["hyperparameters"], dict):
+            raise ValueError(blob.get("format"))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise UserError(f"{file}: not an rlrf reranker file (no '{FORMAT}' header); train it again") from None
+    return blob
+
+
+def read_header(file: Path) -> dict:
+    """{"format", "hyperparameters", "meta"} of one saved reranker file, without loading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{file}: not a safetensors reranker file ({err}); train it again") from None
+    return _parse_header(Path(file), header)

@@ -34,7 +34,8 @@ def test_data_end_to_end_on_quickstart(tmp_path):
     assert len(lists) == 120 and all(len(lst.items) == 10 for lst in lists.values())
     candidates = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
     assert len(candidates) == 120 and all(len(c["items"]) == 20 for c in candidates)
-    assert (run / "config.yaml").exists() and (run / "sasrec" / "sasrec.pth").exists()
+    assert (run / "config.yaml").exists() and (run / "sasrec" / "sasrec.safetensors").exists()
+    assert sorted(p.name for p in (run / "sasrec").iterdir()) == ["sasrec.json", "sasrec.safetensors"]
 
 
 def test_yaml_typo_is_one_line_exit_2_nothing_written(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from recmodels.train import read_header
 from rlrf.core.config import load_config
 from rlrf.core.errors import UserError
 from rlrf.experiments.rerank import METRICS, experiment_dir, run_rerank_experiment
@@ -127,7 +128,7 @@ def test_retrain_trains_one_knowledge_model_per_policy_and_seed(cfg):
         # retrain needs every user's summary (train users included)
         users = {r["user"] for r in read_jsonl(cfg.run_dir / "knowledge" / tag / "iter_0" / "responses.jsonl")}
         assert len(users) >= 38
-    meta = torch.load(folder / "models" / "iter_0" / "prm_knowledge" / "seed_0.pt", weights_only=False)["meta"]
+    meta = read_header(folder / "models" / "iter_0" / "prm_knowledge" / "seed_0.pt")["meta"]
     assert meta["user_knowledge"].startswith("policy iter_0")
     assert "| +knowledge (iter 0 policy) | " in (folder / "table.md").read_text()
 

@@ -58,16 +58,22 @@ class SASRecConfig(Section):
     """RecBole SASRec, the candidate generator. Defaults train in a few minutes on 2 cores."""
 
     epochs: int = Field(5, ge=1)
-    hidden_size: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    max_seq_length: int = 50
-    batch_size: int = 2048
-    learning_rate: float = 1e-3
+    hidden_size: int = Field(64, ge=1)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)  # must divide hidden_size
+    max_seq_length: int = Field(50, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
     top_m: int = Field(20, ge=1)  # candidates kept per user
-    eval_step: int = 1
-    stopping_step: int = 3
+    eval_step: int = Field(1, ge=1)
+    stopping_step: int = Field(3, ge=1)
     show_progress: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "SASRecConfig":
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide hidden_size ({self.hidden_size})")
+        return self
 
 
 class LLMConfig(Section):

@@ -2,7 +2,8 @@
 
 Stages write one record per line and flush each batch, so a killed stage loses at most the line it
 was writing. On restart `JsonlLog` drops a torn last line, reports which keys are already done, and
-the stage writes only the missing ones: every key ends up exactly once.
+the stage writes only the missing ones: every key ends up exactly once. Every other reader goes
+through `read_jsonl`, which refuses a torn file with one line instead of reading part of it.
 """
 
 from __future__ import annotations
@@ -35,20 +36,44 @@ def atomic_write_jsonl(path: Path, records: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """All complete records; a torn last line (from a kill mid-write) is ignored."""
+    """All records of a JSONL file; the one reader every stage uses.
+
+    A torn last line (its writer was killed mid-line) is refused with one line naming the file and
+    line, never skipped: a stage must not go on with a partial set. Only the file's own writer
+    repairs it (`JsonlLog` truncates the torn tail when it opens the file to resume). Reading holds
+    a shared lock, so a `JsonlLog.append` in another process is never seen half-written.
+    """
+    path = Path(path)
     if not path.exists():
         return []
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a JSON Lines file")
+    with path.open("rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        try:
+            data = f.read()
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return _parse_jsonl(path, data)
+
+
+def _parse_jsonl(path: Path, data: bytes) -> list[dict]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line} is not valid utf-8") from None
+    lines = text.split("\n")  # the last piece is "" when the file ends with a newline
     records = []
-    with path.open("r", encoding="utf-8") as f:
-        lines = f.readlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            if number == len(lines) and not line.endswith("\n"):
-                break  # torn tail: the writer was killed mid-line
+            if number == len(lines):  # no newline after it: its writer was stopped mid-line
+                raise UserError(f"{path}: line {number} is cut short (its writer was stopped mid-line); "
+                                "re-run the stage that writes this file to repair it") from None
             raise UserError(f"{path}: line {number} is not valid JSON") from None
     return records
 
@@ -60,17 +85,26 @@ class JsonlLog:
         self.path = Path(path)
         self.key = key
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate_torn_tail()
-        self.done: set = {key(r) for r in read_jsonl(self.path)}
+        self.done: set = set()
+        if self.path.exists():
+            with self.path.open("ab") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    self.done = {key(r) for r in self._repair_and_read()}
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def _truncate_torn_tail(self) -> None:
-        if not self.path.exists():
-            return
+    def _repair_and_read(self) -> list[dict]:
+        """Truncate a torn tail (only this file's writer may), then every record. Call holding the lock."""
+        if self.path.is_dir():
+            raise UserError(f"{self.path}: is a directory, not a JSON Lines file")
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
             keep = data.rfind(b"\n") + 1
             with self.path.open("r+b") as f:
                 f.truncate(keep)
+            data = data[:keep]
+        return _parse_jsonl(self.path, data)
 
     def append(self, records: Iterable[dict]) -> int:
         """Append records whose key is not yet present; returns how many were written.
@@ -85,8 +119,7 @@ class JsonlLog:
         with self.path.open("ab") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
-                self._truncate_torn_tail()
-                self.done |= {self.key(r) for r in read_jsonl(self.path)}
+                self.done |= {self.key(r) for r in self._repair_and_read()}
                 fresh = []
                 for record in records:
                     k = self.key(record)
@@ -106,6 +139,47 @@ class JsonlLog:
 
     def __contains__(self, key: Any) -> bool:
         return key in self.done
+
+
+# ---------------------------------------------------------------------------------------------
+# Model files: safetensors only. A torch.save file can run arbitrary code when loaded, so rlrf never
+# writes one and never loads one (no torch.load anywhere).
+
+
+def save_state_dict(path: Path, state_dict: dict, metadata: dict[str, str] | None = None) -> None:
+    """A state dict as one safetensors file, written whole or not at all (tmp file + rename)."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    tmp.write_bytes(save(tensors, metadata=metadata))  # (save_file would create it mode 0600)
+    tmp.replace(path)
+
+
+def read_safetensors(path: Path, hint: str) -> tuple[dict, dict[str, str]]:
+    """(tensors, header metadata) of a safetensors file; anything else is a one-line UserError.
+
+    A torch.save file (an older rlrf's checkpoint, or a planted one) is refused with one line; its
+    bytes are only parsed as a safetensors header, never executed. `hint` says how to make it again.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not found; {hint}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        with path.open("rb") as f:
+            head = f.read(2)
+        if head == b"PK" or head[:1] == b"\x80":  # torch.save's zip archive, or its legacy format
+            raise UserError(f"{path}: a torch.save file (an older rlrf's format), which rlrf never loads because "
+                            f"loading one can run code; delete it and {hint}") from None
+        raise UserError(f"{path}: not a safetensors file ({err}); delete it and {hint}") from None
+    return tensors, metadata
 
 
 def read_json(path: Path) -> Any:

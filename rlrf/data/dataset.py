@@ -4,13 +4,24 @@ We parse the atomic files ourselves (not through RecBole's Dataset) because ever
 raw ids, titles and ratings in one chronological order, and because bad input must end as one clear
 line naming the file and field. The SASRec wrapper feeds RecBole files written from these same
 histories, so both sides see identical sequences.
+
+Input rules (each one reported, never silent):
+- every line of an atomic file has exactly the header's number of tab-separated fields (a tab
+  inside a title is an error naming the file and line); a folder named like one is an error;
+- ids (user_id, item_id) may not start with `"`: RecBole's reader takes it as a quote and fails;
+- a row with a blank user_id or item_id is skipped and counted (`blank_id_rows`, a warning);
+- repeated (user, item) interactions: the LATEST one is kept (RecBole's order: timestamp, then file
+  order), with its rating; the others are dropped and counted (`duplicate_interactions`);
+- repeated item ids in .item: the FIRST row wins; the others are counted (`duplicate_item_rows`);
+- a .item without a title field: a warning, items are titled "unknown item <id>";
+- a rating or timestamp that is not a finite number: an error naming the first such line.
+Warnings are printed to stderr (one line each) and kept in the statistics (data.json).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,8 +49,18 @@ def bundled_ml100k() -> Path:
 
 
 def read_atomic(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read one atomic file (`name:type` header, tab-separated) as strings, types stripped from names."""
-    raw = path.read_bytes()
+    """Read one atomic file (`name:type` header, tab-separated) as strings, types stripped from names.
+
+    The frame's index is each row's line number in the file (the header is line 1); blank lines are
+    skipped. A line with more or fewer fields than the header is an error naming the file and line.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a RecBole atomic file")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as err:
@@ -48,11 +69,46 @@ def read_atomic(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
             f"{path}: line {line} is not valid {encoding} (byte 0x{raw[err.start]:02x}); "
             "set data.encoding to the file's encoding (e.g. latin-1)"
         ) from None
-    frame = pd.read_csv(
-        io.StringIO(text), sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE
-    )
-    frame.columns = [str(c).split(":", 1)[0] for c in frame.columns]
-    return frame
+    lines = text.split("\n")
+    header = lines[0].removesuffix("\r").removeprefix("\ufeff")
+    if not header.strip():
+        raise UserError(f"{path}: line 1: no header (expected tab-separated name:type fields)")
+    names = [c.split(":", 1)[0] for c in header.split("\t")]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{path}: line 1: field {repeated[0]} appears twice in the header")
+    rows, numbers = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        line = line.removesuffix("\r")
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(names):
+            raise UserError(f"{path}: line {number} has {len(fields)} tab-separated fields but the header has "
+                            f"{len(names)} (a tab inside a field?)")
+        rows.append(fields)
+        numbers.append(number)
+    return pd.DataFrame(rows, columns=names, index=pd.Index(numbers, dtype=np.int64), dtype=str)
+
+
+def _warn(message: str, warnings: list[str]) -> None:
+    """One line on stderr, kept for the statistics."""
+    warnings.append(message)
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _check_ids(frame: pd.DataFrame, fields, path: Path) -> None:
+    """Ids RecBole's own reader cannot take (it treats a leading `"` as a quote) are an error here."""
+    for name in fields:
+        bad = frame[name].str.startswith('"').to_numpy()
+        if bad.any():
+            line = int(frame.index[bad].min())
+            raise UserError(f"{path}: line {line}: field {name} starts with a double quote "
+                            f"({frame[name][line]}); RecBole cannot read such ids: remove the quotes")
+
+
+def _first_line(frame: pd.DataFrame, mask) -> int:
+    return int(frame.index[np.asarray(mask)].min())
 
 
 def _first_present(columns, names) -> str | None:
@@ -128,6 +184,10 @@ class DatasetStats:
     users_kept_by_max_users: int | None
     split_sizes: dict[str, int]
     density: float
+    duplicate_interactions: int = 0  # repeated (user, item) rows dropped (the latest is kept)
+    blank_id_rows: int = 0  # rows of .inter / .item with a blank id, skipped
+    duplicate_item_rows: int = 0  # repeated item ids in .item (the first row wins)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -146,7 +206,7 @@ class Dataset:
 def dataset_files(folder: Path) -> tuple[str, Path, Path | None, Path | None]:
     if not folder.is_dir():
         raise UserError(f"{folder}: dataset folder not found")
-    inters = sorted(folder.glob("*.inter"))
+    inters = sorted(folder.glob("*.inter"))  # a folder named *.inter is refused by read_atomic
     if not inters:
         raise UserError(f"{folder}: no .inter file in the dataset folder")
     name = folder.name if (folder / f"{folder.name}.inter").exists() else inters[0].stem
@@ -167,7 +227,16 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
         raise UserError(f"{inter_path}: missing field(s) {', '.join(missing)} (header has {', '.join(inter.columns)})")
     if inter.empty:
         raise UserError(f"{inter_path}: no interactions")
-    inter = inter[(inter["user_id"] != "") & (inter["item_id"] != "")]
+    _check_ids(inter, ("user_id", "item_id"), inter_path)
+    warnings: list[str] = []
+    blank = ((inter["user_id"].str.strip() == "") | (inter["item_id"].str.strip() == "")).to_numpy()
+    blank_rows = int(blank.sum())
+    if blank_rows:
+        _warn(f"{inter_path}: {blank_rows} row(s) with a blank user_id or item_id skipped "
+              f"(first at line {_first_line(inter, blank)})", warnings)
+        inter = inter[~blank]
+        if inter.empty:
+            raise UserError(f"{inter_path}: every row has a blank user_id or item_id")
 
     # Chronological order: stable sort by timestamp (float64), file order breaks ties.
     if "timestamp" in inter.columns:
@@ -177,6 +246,13 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     if "rating" in inter.columns:
         ratings = _numeric_column(inter, "rating", inter_path)
         inter = inter.assign(_rating=ratings)
+    # Repeated (user, item): keep the latest in that order, with its rating.
+    repeated = inter.duplicated(["user_id", "item_id"], keep="last").to_numpy()
+    duplicates = int(repeated.sum())
+    if duplicates:
+        _warn(f"{inter_path}: {duplicates} repeated (user, item) row(s) dropped, each pair's latest kept "
+              f"(first repeat at line {_first_line(inter, repeated)})", warnings)
+        inter = inter[~repeated]
 
     sizes = inter.groupby("user_id", sort=False).size()
     keep = sizes[sizes >= cfg.min_interactions].index
@@ -186,6 +262,7 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
         users_frame = read_atomic(user_path, cfg.encoding)
         if "user_id" not in users_frame.columns:
             raise UserError(f"{user_path}: missing field user_id")
+        _check_ids(users_frame, ("user_id",), user_path)
         profiles = {
             row["user_id"]: {k: v for k, v in row.items() if k != "user_id" and v != ""}
             for row in users_frame.to_dict("records")
@@ -197,7 +274,7 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     if inter.empty:
         raise UserError(f"{inter_path}: no user has at least {cfg.min_interactions} interactions (data.min_interactions)")
 
-    catalog = _build_catalog(inter, item_path, cfg.encoding)
+    catalog, item_counts = _build_catalog(inter, item_path, cfg.encoding, warnings)
 
     rng = np.random.default_rng(seed)
     user_ids = list(dict.fromkeys(inter["user_id"]))  # first appearance, deterministic
@@ -228,34 +305,59 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
         users_kept_by_max_users=kept_by_max,
         split_sizes={k: len(v) for k, v in splits.items()},
         density=n_inter / max(1, len(users) * len(catalog)),
+        duplicate_interactions=duplicates,
+        blank_id_rows=blank_rows + item_counts["blank"],
+        duplicate_item_rows=item_counts["duplicate"],
+        warnings=warnings,
     )
     return Dataset(name, folder, catalog, users, splits, stats)
 
 
 def _numeric_column(frame: pd.DataFrame, name: str, path: Path) -> np.ndarray:
-    """A column as float64; a non-number is an error naming its line in the file (header = line 1)."""
-    values = pd.to_numeric(frame[name], errors="coerce")
-    if values.isna().any():
-        line = int(values.index[values.isna().to_numpy()][0]) + 2
-        raise UserError(f"{path}: line {line}: field {name} is not a number")
-    return values.to_numpy(dtype=np.float64)
+    """A column as float64; a non-number (NaN, inf included) is an error naming its FIRST line in the
+    file (the frame's index is the line number, see read_atomic)."""
+    values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        line = _first_line(frame, bad)
+        raise UserError(f"{path}: line {line}: field {name} is not a number ({frame[name][line]!r})")
+    return values
 
 
 def _natural_key(raw: str):
     return (0, int(raw), "") if raw.isdigit() else (1, 0, raw)
 
 
-def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str) -> Catalog:
-    """Items of .item joined by raw id; items only seen in .inter are kept as unknown."""
+def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
+                   warnings: list[str]) -> tuple[Catalog, dict[str, int]]:
+    """Items of .item joined by raw id; items only seen in .inter are kept as unknown.
+    A repeated .item id: the first row wins. Returns the catalog and the .item rows skipped."""
     meta: dict[str, dict[str, str]] = {}
     title_f = genre_f = year_f = None
+    counts = {"blank": 0, "duplicate": 0}
     if item_path is not None:
         items = read_atomic(item_path, encoding)
         if "item_id" not in items.columns:
             raise UserError(f"{item_path}: missing field item_id (header has {', '.join(items.columns)})")
+        _check_ids(items, ("item_id",), item_path)
         title_f = _first_present(items.columns, TITLE_FIELDS)
         genre_f = _first_present(items.columns, GENRE_FIELDS)
         year_f = _first_present(items.columns, YEAR_FIELDS)
+        if title_f is None:
+            _warn(f"{item_path}: no title field ({', '.join(TITLE_FIELDS)}); items are titled "
+                  "'unknown item <id>'", warnings)
+        blank = (items["item_id"].str.strip() == "").to_numpy()
+        counts["blank"] = int(blank.sum())
+        if counts["blank"]:
+            _warn(f"{item_path}: {counts['blank']} row(s) with a blank item_id skipped "
+                  f"(first at line {_first_line(items, blank)})", warnings)
+            items = items[~blank]
+        repeated = items["item_id"].duplicated(keep="first").to_numpy()
+        counts["duplicate"] = int(repeated.sum())
+        if counts["duplicate"]:
+            _warn(f"{item_path}: {counts['duplicate']} repeated item_id row(s) ignored, the first row of each "
+                  f"id kept (first repeat at line {_first_line(items, repeated)})", warnings)
+            items = items[~repeated]
         meta = {row["item_id"]: row for row in items.to_dict("records")}
     popularity = inter["item_id"].value_counts()
     ids = sorted(set(meta) | set(popularity.index), key=_natural_key)
@@ -274,7 +376,7 @@ def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str) -
         genres=genres,
         popularity=np.array([int(popularity.get(raw, 0)) for raw in ids], dtype=np.int64),
         known=np.array(known, dtype=bool),
-    )
+    ), counts
 
 
 def split_users(user_ids: list[str], train: float, valid: float, seed: int) -> dict[str, list[str]]:
@@ -360,9 +462,11 @@ def save_lists(lists: dict[str, RerankList], path: Path) -> None:
 def load_lists(path: Path) -> dict[str, RerankList]:
     if not path.exists():
         raise UserError(f"{path}: lists not found; run `rlrf data` first")
+    from rlrf.core.io import read_jsonl
+
     out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        record = RerankList(**json.loads(line))
+    for record in read_jsonl(path):
+        record = RerankList(**record)
         out[record.user] = record
     return out
 

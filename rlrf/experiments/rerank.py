@@ -227,11 +227,11 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
 
 def _policy_texts(cfg, iteration, splits, ctx, show_progress, console) -> tuple[dict[str, str], Path]:
     from recmodels import knowledge as kn
-    from rlrf.core.io import read_jsonl
+    from rlrf.core.io import JsonlLog
     from rlrf.generation.knowledge import generate_user_knowledge, knowledge_layout, policy_tag
 
     path = knowledge_layout(cfg.run_dir, iteration).responses(0)
-    have = {r["user"] for r in read_jsonl(path)} if path.exists() else set()
+    have = JsonlLog(path, key=lambda r: r["user"]).done if path.exists() else set()  # (repairs a torn tail: we write it)
     for split in splits:
         users = ctx.ds.users if split == "all" else ctx.ds.splits[split]
         wanted = [u for u in users if u in ctx.lists and ctx.lists[u].history]  # users with a prompt
