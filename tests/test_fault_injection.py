@@ -1,5 +1,5 @@
-"""Fault injection: `rlrf data` killed (SIGKILL) at random points, then rerun, ends with exactly the
-records of an uninterrupted run and nothing left over (issue 13).
+"""Fault injection: each stage (data, generate, score, align) killed (SIGKILL) at random points, then
+rerun, ends with exactly the records of an uninterrupted run and nothing left over.
 
 One run is killed while SASRec trains (as soon as its scratch folder appears, plus a random delay),
 then again at a random delay anywhere in the stage, then run to the end. The delays come from a seed
@@ -174,3 +174,72 @@ def test_score_killed_at_random_points_reruns_to_the_uninterrupted_scores(tmp_pa
         assert got[key].keys() == record.keys(), context
         for name, value in record.items():
             assert got[key][name] == pytest.approx(value, abs=1e-6), (key, name, context)
+
+
+def _start_cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "rlrf.cli", *args, "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _policy_config(tmp_path: Path, run: str, model_dir: Path, **sections) -> Path:
+    path = tmp_path / f"{run}.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / run), "threads": 1, "data": {"max_users": 40},
+                                    "llm": {"model": str(model_dir)}, **sections}))
+    return path
+
+
+def test_generate_killed_at_random_points_reruns_to_the_uninterrupted_records(tmp_path, tiny_model_dir):
+    from rlrf.core.io import read_jsonl
+
+    seed = int(os.environ.get("RLRF_KILL_SEED", random.SystemRandom().randrange(10**6)))
+    rng = random.Random(seed)
+    generate = {"generate": {"n": 3, "max_new_tokens": 24, "users": "train", "max_users": 12, "batch_size": 6}}
+    start = time.monotonic()
+    _finish(_start_cli("generate", "-c", str(_policy_config(tmp_path, "clean", tiny_model_dir, **generate))))
+    seconds = time.monotonic() - start
+    config = _policy_config(tmp_path, "killed", tiny_model_dir, **generate)
+    out = tmp_path / "killed" / "iter_0" / "responses.jsonl"
+    events = [_kill_after(_start_cli("generate", "-c", str(config)), rng.uniform(0.0, 1.0), until=out),
+              _kill_after(_start_cli("generate", "-c", str(config)), rng.uniform(0.0, seconds))]
+    _finish(_start_cli("generate", "-c", str(config)))
+    context = f"RLRF_KILL_SEED={seed}: {events}"
+    print(context)
+
+    def records(run: str) -> list:
+        return sorted(read_jsonl(tmp_path / run / "iter_0" / "responses.jsonl"), key=lambda r: (r["user"], r["k"]))
+
+    assert len(records("clean")) == 36 and records("killed") == records("clean"), context
+
+
+def test_align_killed_at_random_points_reruns_to_the_uninterrupted_adapter(tmp_path, tiny_model_dir, tiny_tokenizer):
+    from safetensors.torch import load_file
+
+    from test_align import _write_pairs
+
+    seed = int(os.environ.get("RLRF_KILL_SEED", random.SystemRandom().randrange(10**6)))
+    rng = random.Random(seed)
+    align = {"align": {"trainer_args": {"max_steps": 6, "per_device_train_batch_size": 1, "max_length": 128,
+                                        "learning_rate": 1e-2, "report_to": []}}, "lora": {"r": 4, "lora_alpha": 8}}
+    for run in ("clean", "killed"):
+        _write_pairs(tmp_path / run, tiny_tokenizer, n=6)
+    start = time.monotonic()
+    _finish(_start_cli("align", "-c", str(_policy_config(tmp_path, "clean", tiny_model_dir, **align))))
+    seconds = time.monotonic() - start
+    config = _policy_config(tmp_path, "killed", tiny_model_dir, **align)
+    work = tmp_path / "killed" / "iter_0" / ".adapter.work"
+    events = [_kill_after(_start_cli("align", "-c", str(config)), rng.uniform(0.0, 2.0), until=work),
+              _kill_after(_start_cli("align", "-c", str(config)), rng.uniform(0.0, seconds))]
+    _finish(_start_cli("align", "-c", str(config)))
+    context = f"RLRF_KILL_SEED={seed}: {events}"
+    print(context)
+
+    a = load_file(tmp_path / "clean" / "iter_0" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "killed" / "iter_0" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a), context
+    assert _files(tmp_path / "killed" / "iter_0") == _files(tmp_path / "clean" / "iter_0"), context  # no leftovers
+
+
+def torch_equal(x, y) -> bool:
+    return bool((x == y).all())
