@@ -92,3 +92,19 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
     keys = [(s["user"], s["k"]) for s in read_jsonl(run / "iter_1" / "scores.jsonl")]
     assert len(keys) == len(set(keys)) == len(scores)  # every (user, k) exactly once
     assert (run / "iter_1" / "adapter" / "adapter_config.json").exists()
+
+
+def test_grpo_runs_on_the_same_loop_and_evaluation(tiny_run_config):
+    cfg = tiny_run_config.model_copy(update={
+        "align": tiny_run_config.align.model_copy(update={"method": "grpo"}),
+        "online": tiny_run_config.online.model_copy(update={"trainer_args": {
+            **tiny_run_config.online.trainer_args, "max_steps": 2, "per_device_train_batch_size": 4,
+            "num_generations": 4, "max_completion_length": 12}}),
+    })
+    metrics = run_loop(cfg, RLRF4Rec(show_progress=False), iterations=1, log=lambda _: None)
+    assert list(metrics["evaluations"]) == ["policy_0", "policy_1"]
+    assert metrics["iterations"]["0"]["pairs"] == {"prompts": 16}  # generate.max_users training prompts
+    assert not (cfg.run_dir / "iter_0" / "responses.jsonl").exists()  # the trainer sampled its own
+    log = read_json(cfg.run_dir / "iter_0" / "align_log.json")
+    assert log["summary"]["method"] == "grpo" and log["summary"]["steps"] == 2
+    assert all("reward_std" in e for e in log["steps"] if "loss" in e)  # the reward's spread, per step

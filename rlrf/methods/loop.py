@@ -28,7 +28,8 @@ class Method(Protocol):
         """Sample responses with the policy named by cfg.llm (base or the newest adapter)."""
 
     def score(self, cfg, iteration: int) -> dict:
-        """Score the responses and write the iteration's pairs; returns pair statistics ({"pairs": n, ...})."""
+        """Score the responses and write the iteration's pairs; returns their statistics ({"pairs": n, ...},
+        or {"prompts": n} for a method whose trainer samples and scores online)."""
 
     def align(self, cfg, iteration: int) -> Path:
         """Train on the iteration's pairs; returns the new adapter directory."""
@@ -63,8 +64,9 @@ def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
         log(f"[{method.name}] iteration {t}: score")
         pair_stats = method.score(current, t)
         record = metrics["iterations"].setdefault(str(t), {})
-        if pair_stats.get("pairs", 0) > 0:
-            log(f"[{method.name}] iteration {t}: align on {pair_stats['pairs']} pairs")
+        if pair_stats.get("pairs", 0) > 0 or pair_stats.get("prompts", 0) > 0:  # prompts: online RL
+            what = f"{pair_stats['pairs']} pairs" if pair_stats.get("pairs") else f"{pair_stats['prompts']} prompts"
+            log(f"[{method.name}] iteration {t}: align on {what}")
             adapter = method.align(current, t)
         else:  # every user tied: no preference to learn, the policy stays as it is
             log(f"[{method.name}] iteration {t}: no pairs, policy unchanged")

@@ -46,23 +46,45 @@ class RLRF4Rec(Method):
             self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
 
     def generate(self, cfg, iteration: int) -> None:
+        """N summaries per training user (DPO); the online methods sample their own inside the trainer."""
         from rlrf.generation.generate import run_generate
 
-        train_cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"users": "train"})})
-        run_generate(train_cfg, iteration=iteration, mode="user_preference", dataset=self.dataset,
+        if cfg.align.method != "dpo":
+            return
+        run_generate(self._training(cfg), iteration=iteration, mode="user_preference", dataset=self.dataset,
                      show_progress=self.show_progress)
 
     def score(self, cfg, iteration: int) -> dict:
         from rlrf.reward.score import run_score
 
+        if cfg.align.method != "dpo":  # the reward function scores each sampled group during training
+            return {"prompts": len(self._online_records(cfg))}
         stats = run_score(cfg, iteration, scorer=self.scorer, dataset=self.dataset, show_progress=self.show_progress)
         return asdict(stats)
 
     def align(self, cfg, iteration: int) -> Path:
         from rlrf.alignment.dpo import run_align
+        from rlrf.alignment.online import run_online
 
-        run_align(cfg, iteration)
+        if cfg.align.method == "dpo":
+            run_align(cfg, iteration, show_progress=self.show_progress)
+        else:
+            metric = cfg.score.metric
+            run_online(cfg, iteration, self._online_records(cfg),
+                       lambda users, texts: self.scorer.score(users, texts)[metric], show_progress=self.show_progress)
         return RunLayout(cfg.run_dir).adapter(iteration)
+
+    def _training(self, cfg):
+        return cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"users": "train"})})
+
+    def _online_records(self, cfg) -> list[dict]:
+        """The training users' prompts (the same users and text the DPO loop would sample from)."""
+        from rlrf.generation.generate import build_prompts
+        from rlrf.generation.policy import load_tokenizer, resolve_model_source
+
+        tokenizer = load_tokenizer(resolve_model_source(cfg.llm.model, cfg.llm.cache_dir))
+        prompts = build_prompts(self._training(cfg), self.dataset, tokenizer, "user_preference")
+        return [{"prompt": p.text, "user": p.key} for p in prompts]
 
     def evaluate(self, cfg, label: str) -> dict:
         """Every test user (or the first `loop.eval_users`): N sampled summaries for the mean and
