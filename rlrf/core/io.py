@@ -8,9 +8,11 @@ through `read_jsonl`, which refuses a torn file with one line instead of reading
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,47 @@ from typing import Any
 from rlrf.core.errors import UserError
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file or nothing: readers never see half of it."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """A whole file or nothing: `write(tmp)` fills `.<name>.tmp` beside `path`, which then replaces it.
+
+    The one write-then-rename of rlrf: readers never see half a file, and a writer killed midway
+    leaves only the temporary file, which the next write of the same path overwrites."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write(tmp)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path, tag: str = "") -> Iterator[Path]:
+    """A whole folder or nothing: fill the yielded temporary folder; on success it replaces `final`.
+
+    `tag` separates concurrent writers of one folder (e.g. the pid); a leftover with the same tag
+    from a killed run is cleared first, and nothing of a failed attempt stays behind."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp{tag}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            old = final.parent / f".{final.name}.old{tag}"
+            shutil.rmtree(old, ignore_errors=True)
+            final.replace(old)
+            tmp.replace(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.replace(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a whole file or nothing: readers never see half of it."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

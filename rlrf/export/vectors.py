@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.errors import UserError
+from rlrf.core.io import atomic_directory
 from rlrf.core.layout import RunLayout
 from rlrf.core.threads import use_threads
 
@@ -328,10 +328,7 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
         adapter_info = {"reranker": str(reranker), "dim": int(ua.shape[1]),
                         "files": {"user": USER_ADAPTER, "item": ITEM_ADAPTER}}
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+    with atomic_directory(final, tag=f"-{uuid.uuid4().hex[:8]}") as tmp:
         np.save(tmp / USER_VECTORS, user_vecs)
         np.save(tmp / ITEM_VECTORS, item_vecs)
         (tmp / USER_IDS).write_text("".join(u + "\n" for u in user_ids), encoding="utf-8")
@@ -370,16 +367,6 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
             "generate_seconds": round(info.get("generate_seconds", 0.0), 2),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            final.replace(old)
-        tmp.replace(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return ExportResult(
         folder=final, tag=tag, recbole_data_path=final / RECBOLE_DIR, recbole_dataset=rb_name,
         n_users=len(user_ids), n_items=len(item_ids), dim=int(encoder.dim), user_source=user_source,

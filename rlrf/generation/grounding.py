@@ -23,15 +23,15 @@ history: SPRec's (and BIGRec's) top-K list for evaluation.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import unicodedata
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from rlrf.core.io import atomic_write
 
 LEVELS = ("exact", "normalised", "nearest", "none")
 
@@ -235,11 +235,8 @@ class TitleGrounder:
             vectors = self._embed(self.texts)
             index = faiss.IndexFlatIP(vectors.shape[1])
             index.add(vectors)
-            if path is not None:  # whole file or nothing: tmp + rename
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-                faiss.write_index(index, str(tmp))
-                os.replace(tmp, path)
+            if path is not None:
+                atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
             self._index = index
         return self._index
 
