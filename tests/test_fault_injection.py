@@ -190,22 +190,30 @@ def _policy_config(tmp_path: Path, run: str, model_dir: Path, **sections) -> Pat
     return path
 
 
+def _clean_then_killed(tmp_path: Path, stage: str, model_dir: Path, first_kill_after: Path, **sections) -> str:
+    """Run `stage` cleanly into run "clean"; into run "killed", SIGKILL it twice (after `first_kill_after`
+    appears, then at a random point of a clean run's duration), then run it to the end. Returns the
+    replay context (RLRF_KILL_SEED=<n> replays the same kill points)."""
+    seed = int(os.environ.get("RLRF_KILL_SEED", random.SystemRandom().randrange(10**6)))
+    rng = random.Random(seed)
+    start = time.monotonic()
+    _finish(_start_cli(stage, "-c", str(_policy_config(tmp_path, "clean", model_dir, **sections))))
+    seconds = time.monotonic() - start
+    config = _policy_config(tmp_path, "killed", model_dir, **sections)
+    events = [_kill_after(_start_cli(stage, "-c", str(config)), rng.uniform(0.0, 1.5), until=first_kill_after),
+              _kill_after(_start_cli(stage, "-c", str(config)), rng.uniform(0.0, seconds))]
+    _finish(_start_cli(stage, "-c", str(config)))
+    context = f"RLRF_KILL_SEED={seed}: {events}"
+    print(context)
+    return context
+
+
 def test_generate_killed_at_random_points_reruns_to_the_uninterrupted_records(tmp_path, tiny_model_dir):
     from rlrf.core.io import read_jsonl
 
-    seed = int(os.environ.get("RLRF_KILL_SEED", random.SystemRandom().randrange(10**6)))
-    rng = random.Random(seed)
     generate = {"generate": {"n": 3, "max_new_tokens": 24, "users": "train", "max_users": 12, "batch_size": 6}}
-    start = time.monotonic()
-    _finish(_start_cli("generate", "-c", str(_policy_config(tmp_path, "clean", tiny_model_dir, **generate))))
-    seconds = time.monotonic() - start
-    config = _policy_config(tmp_path, "killed", tiny_model_dir, **generate)
-    out = tmp_path / "killed" / "iter_0" / "responses.jsonl"
-    events = [_kill_after(_start_cli("generate", "-c", str(config)), rng.uniform(0.0, 1.0), until=out),
-              _kill_after(_start_cli("generate", "-c", str(config)), rng.uniform(0.0, seconds))]
-    _finish(_start_cli("generate", "-c", str(config)))
-    context = f"RLRF_KILL_SEED={seed}: {events}"
-    print(context)
+    context = _clean_then_killed(tmp_path, "generate", tiny_model_dir,
+                                 tmp_path / "killed" / "iter_0" / "responses.jsonl", **generate)
 
     def records(run: str) -> list:
         return sorted(read_jsonl(tmp_path / run / "iter_0" / "responses.jsonl"), key=lambda r: (r["user"], r["k"]))
@@ -218,22 +226,12 @@ def test_align_killed_at_random_points_reruns_to_the_uninterrupted_adapter(tmp_p
 
     from test_align import _write_pairs
 
-    seed = int(os.environ.get("RLRF_KILL_SEED", random.SystemRandom().randrange(10**6)))
-    rng = random.Random(seed)
     align = {"align": {"trainer_args": {"max_steps": 6, "per_device_train_batch_size": 1, "max_length": 128,
                                         "learning_rate": 1e-2, "report_to": []}}, "lora": {"r": 4, "lora_alpha": 8}}
     for run in ("clean", "killed"):
         _write_pairs(tmp_path / run, tiny_tokenizer, n=6)
-    start = time.monotonic()
-    _finish(_start_cli("align", "-c", str(_policy_config(tmp_path, "clean", tiny_model_dir, **align))))
-    seconds = time.monotonic() - start
-    config = _policy_config(tmp_path, "killed", tiny_model_dir, **align)
-    work = tmp_path / "killed" / "iter_0" / ".adapter.work"
-    events = [_kill_after(_start_cli("align", "-c", str(config)), rng.uniform(0.0, 2.0), until=work),
-              _kill_after(_start_cli("align", "-c", str(config)), rng.uniform(0.0, seconds))]
-    _finish(_start_cli("align", "-c", str(config)))
-    context = f"RLRF_KILL_SEED={seed}: {events}"
-    print(context)
+    context = _clean_then_killed(tmp_path, "align", tiny_model_dir, tmp_path / "killed" / "iter_0" / ".adapter.work",
+                                 **align)
 
     a = load_file(tmp_path / "clean" / "iter_0" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "killed" / "iter_0" / "adapter" / "adapter_model.safetensors")

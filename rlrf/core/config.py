@@ -8,7 +8,7 @@ section; defaults are sized for the 2-core CPU quickstart.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -192,7 +192,27 @@ SFT_TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
-class AlignConfig(Section):
+class _TrainerArgs(Section):
+    """A section with a `trainer_args` mapping for one of trl's config classes: entries given in YAML
+    are laid over the section's `DEFAULTS` key by key, so setting one keeps the others."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    trainer_args: dict[str, Any] = {}
+
+    @field_validator("trainer_args", mode="before")
+    @classmethod
+    def _over_defaults(cls, value):
+        return {**cls.DEFAULTS, **(value or {})}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_when_absent(cls, data):
+        if isinstance(data, dict) and "trainer_args" not in data:
+            data = {**data, "trainer_args": {}}
+        return data
+
+
+class AlignConfig(_TrainerArgs):
     """Preference alignment of the policy: trl DPOTrainer + peft LoRA (rlrf/alignment/)."""
 
     # dpo: best-vs-worst pairs, offline (RLRF4Rec); grpo / rloo: trl's online RL with the reward model
@@ -204,16 +224,10 @@ class AlignConfig(Section):
     sft_weight: float = Field(0.0, ge=0)  # + weight * per-token NLL of the chosen response (0 = off)
     precompute_ref_log_probs: bool = True  # reference log-probs once before training (no reference forward per step)
     share_prompt: bool = True  # one forward pass per prompt, its KV cache shared by chosen + negatives (our losses)
-    # any trl DPOConfig field (beta, learning_rate, num_train_epochs, max_steps, per_device_train_batch_size,
-    # max_length, warmup_steps, report_to, ...), laid over DPO_TRAINER_DEFAULTS and checked by trl itself;
-    # seed and data_seed default to the run's seed
-    trainer_args: dict[str, Any] = Field(default_factory=lambda: dict(DPO_TRAINER_DEFAULTS))
-
-    @field_validator("trainer_args", mode="before")
-    @classmethod
-    def _over_defaults(cls, value):
-        """Entries given in YAML are laid over the defaults key by key: setting one keeps the others."""
-        return {**DPO_TRAINER_DEFAULTS, **(value or {})}
+    # trainer_args: any trl DPOConfig field (beta, learning_rate, num_train_epochs, max_steps,
+    # per_device_train_batch_size, max_length, warmup_steps, report_to, ...), laid over
+    # DPO_TRAINER_DEFAULTS and checked by trl itself; seed and data_seed default to the run's seed
+    DEFAULTS: ClassVar[dict[str, Any]] = DPO_TRAINER_DEFAULTS
 
 
 ONLINE_TRAINER_DEFAULTS: dict[str, Any] = {
@@ -227,31 +241,19 @@ ONLINE_TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
-class OnlineConfig(Section):
+class OnlineConfig(_TrainerArgs):
     """Online RL for `align.method: grpo | rloo` (rlrf/alignment/online.py)."""
 
     length_penalty: float = Field(0.0, ge=0)  # reward lost per summary token beyond free_tokens (0 = off)
     free_tokens: int = Field(64, ge=0)
-    # any trl GRPOConfig / RLOOConfig field, laid over ONLINE_TRAINER_DEFAULTS
-    trainer_args: dict[str, Any] = Field(default_factory=lambda: dict(ONLINE_TRAINER_DEFAULTS))
-
-    @field_validator("trainer_args", mode="before")
-    @classmethod
-    def _over_defaults(cls, value):
-        return {**ONLINE_TRAINER_DEFAULTS, **(value or {})}
+    DEFAULTS: ClassVar[dict[str, Any]] = ONLINE_TRAINER_DEFAULTS  # trainer_args: any GRPOConfig / RLOOConfig field
 
 
-class SFTConfig(Section):
+class SFTConfig(_TrainerArgs):
     """Supervised fine-tuning of the policy on real answers: trl SFTTrainer + the same LoRA (SPRec)."""
 
     users: int | None = Field(256, ge=1)  # train users whose real next items the initial SFT learns (None = all)
-    # any trl SFTConfig field, laid over SFT_TRAINER_DEFAULTS; seed and data_seed default to the run's seed
-    trainer_args: dict[str, Any] = Field(default_factory=lambda: dict(SFT_TRAINER_DEFAULTS))
-
-    @field_validator("trainer_args", mode="before")
-    @classmethod
-    def _over_defaults(cls, value):
-        return {**SFT_TRAINER_DEFAULTS, **(value or {})}
+    DEFAULTS: ClassVar[dict[str, Any]] = SFT_TRAINER_DEFAULTS  # trainer_args: any SFTConfig field; seeds = the run's
 
 
 class LoraConfig(Section):

@@ -308,11 +308,12 @@ def sampling_params(cfg, mode: str):
 
 def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=None, dataset=None,
                  show_progress: bool = True, backend: str | None = None, lists_dir: Path | None = None,
-                 users: Sequence[str] | None = None) -> GenerateResult:
+                 users: Sequence[str] | None = None, label: str | None = None) -> GenerateResult:
     """Generate what is missing from this iteration's output file; returns what was done.
 
     `lists_dir` holds the run's lists.jsonl (default cfg.run_dir; see `visible_histories`);
-    `users` replaces the generate.users / generate.max_users selection (SPRec samples its own)."""
+    `users` replaces the generate.users / generate.max_users selection (SPRec samples its own);
+    `label` names the work in progress lines (default: the mode and iteration)."""
     from rlrf.generation.backends import Request, make_backend, sample_seed
     from rlrf.data.dataset import load_dataset
     from rlrf.generation.policy import load_policy
@@ -357,7 +358,7 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
     start = time.perf_counter()
     progress = progress_bar(show_progress, unit="tok")
     with progress:
-        task = progress.add_task(f"{mode} iter {iteration}", total=total, tps=0.0)
+        task = progress.add_task(label or f"generate {mode} iter {iteration}", total=total, tps=0.0)
         for batch in engine.generate(requests, params) if requests else []:
             records = []
             for s in batch:

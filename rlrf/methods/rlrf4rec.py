@@ -98,11 +98,11 @@ class RLRF4Rec(Method):
         sampled = cfg.model_copy(update={"run_dir": sub.root, "generate": test})
         greedy = cfg.model_copy(update={"run_dir": sub.greedy.root,
                                         "generate": test.model_copy(update={"n": 1, "temperature": 0.0})})
-        for run in (sampled, greedy):
-            run_generate(run, iteration=0, mode="user_preference", dataset=self.dataset,
-                         show_progress=self.show_progress, lists_dir=Path(cfg.run_dir))
-        responses, scored = score_responses(sampled, 0, self.scorer, self.show_progress)
-        firsts, first_scored = score_responses(greedy, 0, self.scorer, self.show_progress)
+        for run, kind in ((sampled, f"{test.n} samples"), (greedy, "greedy")):
+            run_generate(run, iteration=0, mode="user_preference", dataset=self.dataset, show_progress=self.show_progress,
+                         lists_dir=Path(cfg.run_dir), label=f"evaluate {label}: test users, {kind}")
+        responses, scored = score_responses(sampled, 0, self.scorer, self.show_progress, label=f"score {label} samples")
+        firsts, first_scored = score_responses(greedy, 0, self.scorer, self.show_progress, label=f"score {label} greedy")
         independent = None
         if self.evaluator is not None:
             independent = self.evaluator.score([r["user"] for r in firsts], [r["text"] for r in firsts])

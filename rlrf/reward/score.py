@@ -78,7 +78,8 @@ def build_pairs(
     return pairs, stats
 
 
-def score_responses(cfg, iteration: int, scorer, show_progress: bool = True) -> tuple[list[dict], dict[tuple[str, int], dict]]:
+def score_responses(cfg, iteration: int, scorer, show_progress: bool = True,
+                    label: str | None = None) -> tuple[list[dict], dict[tuple[str, int], dict]]:
     """Score every response of the iteration not yet in scores.jsonl; returns (responses, scores by (user, k))."""
     from rlrf.generation.generate import load_responses
 
@@ -90,7 +91,7 @@ def score_responses(cfg, iteration: int, scorer, show_progress: bool = True) -> 
     todo = [r for r in responses if (r["user"], r["k"]) not in log]
     batch = cfg.score.batch_size
     with progress_bar(show_progress) as progress:
-        task = progress.add_task(f"score iter {iteration}", total=len(todo))
+        task = progress.add_task(label or f"score iter {iteration}", total=len(todo))
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
             metrics = scorer.score([r["user"] for r in chunk], [r["text"] for r in chunk])
