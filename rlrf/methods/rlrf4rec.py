@@ -78,13 +78,19 @@ class RLRF4Rec(Method):
         return cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"users": "train"})})
 
     def _online_records(self, cfg) -> list[dict]:
-        """The training users' prompts (the same users and text the DPO loop would sample from)."""
+        """The training users' prompts (the users and text the DPO loop samples from) whose list can rank."""
         from rlrf.generation.generate import build_prompts
         from rlrf.generation.policy import load_tokenizer, resolve_model_source
 
         tokenizer = load_tokenizer(resolve_model_source(cfg.llm.model, cfg.llm.cache_dir))
         prompts = build_prompts(self._training(cfg), self.dataset, tokenizer, "user_preference")
-        return [{"prompt": p.text, "user": p.key} for p in prompts]
+        return [{"prompt": p.text, "user": p.key} for p in prompts if self._rankable(p.key)]
+
+    def _rankable(self, user: str) -> bool:
+        """A list with both liked and other items: any other list ranks the same whatever the
+        summary says, so its group of summaries all get one reward and teach nothing."""
+        labels = self.scorer.data.labels[self.scorer.row[user]]
+        return bool((labels > 0).any() and (labels == 0).any())
 
     def evaluate(self, cfg, label: str) -> dict:
         """Every test user (or the first `loop.eval_users`): N sampled summaries for the mean and

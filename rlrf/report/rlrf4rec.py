@@ -75,10 +75,11 @@ def markdown(metrics: dict) -> str:
         for label, d in diffs.items():
             lines.append(f"| {label} | " + " | ".join(_delta(d.get(key), key) for key, _ in shown) + " |")
     if metrics.get("iterations"):
-        lines += ["", "| iteration | pairs | tied (skipped) | seconds |", "|---|---:|---:|---:|"]
+        lines += ["", "| iteration | pairs (DPO) or prompts (online) | tied (skipped) | seconds |", "|---|---:|---:|---:|"]
         for t, it in sorted(metrics["iterations"].items(), key=lambda kv: int(kv[0])):
             pairs = it.get("pairs", {})
-            lines.append(f"| {t} | {pairs.get('pairs', '')} | {pairs.get('skipped_tie', '')} | {it.get('seconds', '')} |")
+            count = pairs.get("pairs", pairs.get("prompts", ""))
+            lines.append(f"| {t} | {count} | {pairs.get('skipped_tie', '')} | {it.get('seconds', '')} |")
     lines += ["", "![change against policy_0](improvement.png)", "", "![reward distribution](reward_distribution.png)",
               "", "![training loss](training_loss.png)", ""]
     return "\n".join(lines)
