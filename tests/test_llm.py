@@ -130,3 +130,10 @@ def test_adapters_name_the_bundled_model_by_its_hub_id():
 
     assert portable_model_id(None) == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert portable_model_id("/models/mine") == "/models/mine"
+
+
+def test_a_policy_description_loads_no_weights(tiny_model_dir):
+    from rlrf.generation.policy import describe_policy
+
+    policy = describe_policy(LLMConfig(model=str(tiny_model_dir)))
+    assert policy.model is None and policy.tokenizer is not None and policy.source == str(tiny_model_dir)

@@ -572,12 +572,17 @@ class VLLMBackend:
             yield batch
 
 
-def make_backend(name: str, policy, *, batch_size: int) -> Backend:
+def resolve_backend(name: str) -> str:
     """`auto` = vLLM when importable with a CUDA GPU, else transformers."""
+    if name == "auto":
+        return "vllm" if vllm_available() else "transformers"
+    return name
+
+
+def make_backend(name: str, policy, *, batch_size: int) -> Backend:
     from rlrf.core.errors import UserError
 
-    if name == "auto":
-        name = "vllm" if vllm_available() else "transformers"
+    name = resolve_backend(name)
     if name == "transformers":
         return TransformersBackend(policy.model, policy.tokenizer, batch_size=batch_size)
     if name == "naive":

@@ -314,9 +314,9 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
     `lists_dir` holds the run's lists.jsonl (default cfg.run_dir; see `visible_histories`);
     `users` replaces the generate.users / generate.max_users selection (SPRec samples its own);
     `label` names the work in progress lines (default: the mode and iteration)."""
-    from rlrf.generation.backends import Request, make_backend, sample_seed
+    from rlrf.generation.backends import Request, make_backend, resolve_backend, sample_seed
     from rlrf.data.dataset import load_dataset
-    from rlrf.generation.policy import load_policy
+    from rlrf.generation.policy import describe_policy, load_policy
 
     g = cfg.generate
     mode = mode or g.mode
@@ -328,7 +328,9 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
     key_field = KEY_FIELD[mode]
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
-    policy = policy if policy is not None else load_policy(cfg.llm)
+    engine_name = resolve_backend(backend or g.backend)
+    if policy is None:  # vLLM loads the weights itself: give it the policy's description only
+        policy = describe_policy(cfg.llm) if engine_name == "vllm" else load_policy(cfg.llm)
     # under torchrun / accelerate launch each process writes its share of the users into the same
     # files (appends are locked and keyed, so the shares merge into one file without duplicates)
     prompts = shard(build_prompts(cfg, ds, policy.tokenizer, mode, lists_dir, users))
@@ -350,7 +352,7 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
             owners.append(p)
     total = sum(len(r.seeds) for r in requests)
     params = sampling_params(cfg, mode)
-    engine = make_backend(backend or g.backend, policy, batch_size=g.batch_size)
+    engine = make_backend(engine_name, policy, batch_size=g.batch_size)
     tokenizer = policy.tokenizer
 
     flagged: dict[str, int] = {}

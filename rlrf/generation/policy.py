@@ -237,6 +237,19 @@ class _warnings_as_errors:
         return False
 
 
+def describe_policy(cfg=None) -> Policy:
+    """The policy without its weights (model None): what an engine that loads the model itself
+    (vLLM) needs, so the GPU never holds a second copy of the model."""
+    from rlrf.core.config import LLMConfig
+
+    cfg = cfg or LLMConfig()
+    source = resolve_model_source(cfg.model, getattr(cfg, "cache_dir", None))
+    device = resolve_device(cfg.device)
+    adapter = Path(cfg.adapter).expanduser() if cfg.adapter is not None else None
+    return Policy(model=None, tokenizer=load_tokenizer(source), source=source, adapter=adapter, device=device,
+                  dtype=resolve_dtype(cfg.dtype, device))
+
+
 def load_policy(cfg=None, *, merge_adapter: bool = True) -> Policy:
     """Load the policy described by an `LLMConfig` (None = all defaults), in eval mode.
 
