@@ -121,6 +121,20 @@ def reward_eval(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir:
     reward.evaluate(cfg, seeds)
 
 
+@reward_app.command("probe")
+@user_errors
+def reward_probe(config: ConfigOption = Path("configs/quickstart.yaml"), run_dir: RunDirOption = None,
+                 seeds: SeedsOption = None,
+                 model: Annotated[list[str] | None, typer.Option("--model", help="dlcm | prm (repeatable; default reward.model).")] = None,
+                 responses: Annotated[Path | None, typer.Option("--responses", help="A responses.jsonl of real policy summaries.")] = None,
+                 out: Annotated[Path | None, typer.Option("--out", help="JSON output (default <run_dir>/reward/probe.json).")] = None) -> None:
+    """Does the +knowledge reward read the summary? Positives- vs negatives-summaries on valid+test users."""
+    from rlrf.probe import run_probe
+
+    cfg = load_run_config(config, run_dir)
+    run_probe(cfg, model, seeds, responses, out)
+
+
 # --- generate (issue 4, owned by rlrf/generate.py) ---
 @app.command()
 @user_errors
