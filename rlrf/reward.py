@@ -197,8 +197,13 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
                 torch.manual_seed(seed)
                 model = build_reranker(hp, len(ctx.ds.catalog), ctx.genre_matrix,
                                        ctx.item_vecs if knowledge else None, prior)
+                tk = train_k
+                if knowledge and cfg.reward.train_summaries == "pool":  # summaries resampled each epoch
+                    from rlrf.reward_pool import PoolSampler
+
+                    tk = PoolSampler(ctx, ctx.split_lists("train"), seed)
                 result = train_reranker(model, train_t, valid_t, cfg.reward, seed,
-                                        train_k if knowledge else None, valid_k if knowledge else None,
+                                        tk if knowledge else None, valid_k if knowledge else None,
                                         log=log_epoch(name, seed))
                 meta = {**_meta(ctx, kind, knowledge, seed), "training": result}
                 save_reranker(folder, model, hp, meta, name=f"seed_{seed}.pt")
