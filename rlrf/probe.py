@@ -95,7 +95,7 @@ def p_greater(a: np.ndarray, b: np.ndarray) -> float:
 def summarize(scores: dict[str, dict[str, np.ndarray]], metric: str, seed: int = 0) -> dict:
     """scores[variant][metric] arrays over users → the probe's numbers for one model."""
     pos, neg = scores["positives"][metric], scores["negatives"][metric]
-    out = {"p_pos_gt_neg": p_greater(pos, neg),
+    out = {"p_pos_gt_neg": p_greater(pos, neg), "ties_pos_neg": float(np.mean(pos == neg)),
            "p_pos_gt_neg_margin": p_greater(scores["positives"]["margin"], scores["negatives"]["margin"]),
            "p_pos_gt_other": p_greater(pos, scores["other user"][metric]),
            "mean": {v: float(np.mean(s[metric])) for v, s in scores.items()},
@@ -175,7 +175,7 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
               "ci": "paired percentile bootstrap over users, 2000 resamples, 95%",
               "template": items_summary(ds.catalog, lists[users[0]].items[:2]), "models": {}}
     table = Table(title=f"reward probe: {len(users)} valid+test users with positives and negatives, {metric.upper()}")
-    for col in ("model", "seed", "P(pos>neg)", "pos", "neg", "other", "empty", "history", "gap pos−neg [95% CI]"):
+    for col in ("model", "seed", "P(pos>neg)", "ties", "P margin", "pos", "neg", "other", "empty", "history", "gap pos−neg [95% CI]"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for kind in kinds:
         name = model_name(kind, True)
@@ -191,6 +191,7 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
             per_seed.append(row)
             mm = row["mean"]
             table.add_row(name.replace("_knowledge", " +knowledge"), str(seed), f"{row['p_pos_gt_neg']:.3f}",
+                          f"{row['ties_pos_neg']:.3f}", f"{row['p_pos_gt_neg_margin']:.3f}",
                           *[f"{mm[v]:.4f}" for v in ("positives", "negatives", "other user", "empty", "history")],
                           f"{row['gap']['mean']:+.4f} [{row['gap']['ci95'][0]:+.4f}, {row['gap']['ci95'][1]:+.4f}]")
         result["models"][name] = per_seed
