@@ -173,6 +173,10 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
         console.print(f"[yellow]{note}[/yellow]")
     train_t, valid_t = ctx.tensors("train"), ctx.tensors("valid")
     train_k = ctx.user_knowledge(train_t.users)
+    train_lists = ctx.split_lists("train")
+    if cfg.reward.train_cuts > 1:  # more training lists per TRAIN user (rlrf/reward_lists.py)
+        train_lists, train_t, train_k = _more_cuts(ctx, train_lists)
+        console.print(f"training on {len(train_lists)} lists ({cfg.reward.train_cuts} cuts per train user at most)")
     valid_k = ctx.user_knowledge(valid_t.users)
     length = train_t.items.shape[1]
     prior = item_prior_features(ctx.ds, ctx.ds.splits["train"], cfg.data.positive_rating) if cfg.reward.item_prior else None
@@ -201,7 +205,7 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
                 if knowledge and cfg.reward.train_summaries == "pool":  # summaries resampled each epoch
                     from rlrf.reward_pool import PoolSampler
 
-                    tk = PoolSampler(ctx, ctx.split_lists("train"), seed)
+                    tk = PoolSampler(ctx, train_lists, seed, train_k)
                 result = train_reranker(model, train_t, valid_t, cfg.reward, seed,
                                         tk if knowledge else None, valid_k if knowledge else None,
                                         log=log_epoch(name, seed))
@@ -216,6 +220,25 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
     atomic_write_json(reward_dir(cfg) / "train.json", {"dataset": ctx.ds.name, "encoder": ctx.encoder.key,
                                                        "seeds": seeds, "models": summary})
     return summary
+
+
+def _more_cuts(ctx: Context, train_lists: list) -> tuple[list, ListTensors, tuple]:
+    """The train lists plus KAR lists at other cuts; "self" texts from each list's own history."""
+    from rlrf.reward_lists import extra_sasrec_train_lists, extra_train_lists
+
+    cfg = ctx.cfg
+    if cfg.reward.user_knowledge != "self":
+        raise UserError("reward.train_cuts > 1 needs reward.user_knowledge: self (texts from each cut's own history)")
+    users = [lst.user for lst in train_lists]
+    if cfg.data.lists.source == "kar":
+        extra = extra_train_lists(ctx.ds, users, cfg.data.lists, cfg.data.positive_rating, cfg.reward.train_cuts, cfg.seed)
+    else:
+        extra = extra_sasrec_train_lists(cfg, ctx.ds, users, cfg.reward.train_cuts)
+    lists = train_lists + extra
+    texts = [kn.user_self_text(ctx.ds.catalog, lst.history, lst.history_ratings, cfg.data.positive_rating)
+             for lst in lists]
+    data = tensorize(lists, cfg.data.lists.max_history, cfg.data.positive_rating)
+    return lists, data, encode_summaries(ctx.encoder, texts)
 
 
 def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = None, split: str = "test") -> dict:

@@ -75,7 +75,7 @@ def future_text(catalog, liked: Sequence[int], rng: np.random.Generator, noise: 
 class PoolSampler:
     """`epoch -> (user_k [N, Dk], has_k [N])` for the training lists, one pool draw per list and epoch."""
 
-    def __init__(self, ctx, lists: Sequence, seed: int):
+    def __init__(self, ctx, lists: Sequence, seed: int, self_k: tuple | None = None):
         rcfg, cfg = ctx.cfg.reward, ctx.cfg
         rng = np.random.default_rng(cfg.seed)  # the texts depend on the data seed only (encoded once, cached)
         cat = ctx.ds.catalog
@@ -90,7 +90,7 @@ class PoolSampler:
 
         self.future_k, self.future_has = encode_summaries(ctx.encoder, texts)  # [N * size, Dk]
         self.texts = texts
-        self.self_k, self.self_has = ctx.user_knowledge([lst.user for lst in lists])
+        self.self_k, self.self_has = self_k if self_k is not None else ctx.user_knowledge([lst.user for lst in lists])
         w = np.asarray(rcfg.pool_weights, dtype=float)
         if w.sum() <= 0:
             from rlrf.errors import UserError
