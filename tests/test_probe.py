@@ -140,3 +140,25 @@ def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys
     lo, hi = row["gap"]["ci95"]
     assert lo <= row["gap"]["mean"] <= hi
     assert "P(pos>neg)" in capsys.readouterr().out
+
+
+def test_extra_cuts_build_kar_lists_from_each_cuts_own_history(ml100k_small):
+    from rlrf.config import ListsConfig
+    from rlrf.data import history_cut
+    from rlrf.reward_lists import extra_cuts, extra_train_lists
+
+    assert extra_cuts(20, 10, 10, 2) == [5]
+    assert extra_cuts(100, 30, 10, 3) == [15, 40, 50]
+    assert extra_cuts(2, 1, 10, 2) == []
+    ds = ml100k_small
+    users = ds.splits["train"][:10]
+    extra = extra_train_lists(ds, users, ListsConfig(), 4.0, 3, seed=0)
+    assert extra and {lst.user for lst in extra} <= set(users)
+    for lst in extra:
+        user = ds.users[lst.user]
+        cut = len(lst.history)
+        assert cut != history_cut(len(user.items), 30) and lst.history == user.items[:cut]
+        future = dict(zip(user.items[cut: cut + 10], user.ratings[cut: cut + 10]))
+        for i, y in zip(lst.items, lst.labels):
+            assert y == int(i in future and future[i] >= 4)
+            assert i in future or i not in user.items  # padding is unseen
