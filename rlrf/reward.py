@@ -209,7 +209,12 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
                 result = train_reranker(model, train_t, valid_t, cfg.reward, seed,
                                         tk if knowledge else None, valid_k if knowledge else None,
                                         log=log_epoch(name, seed))
-                meta = {**_meta(ctx, kind, knowledge, seed), "training": result}
+                meta = {**_meta(ctx, kind, knowledge, seed), "training": result,
+                        "train_summaries": cfg.reward.train_summaries if knowledge else None,
+                        "train_cuts": cfg.reward.train_cuts}
+                if knowledge and cfg.reward.train_summaries == "pool":
+                    meta["pool"] = {"weights": cfg.reward.pool_weights, "size": cfg.reward.pool_size,
+                                    "noise": cfg.reward.pool_noise}
                 save_reranker(folder, model, hp, meta, name=f"seed_{seed}.pt")
                 if seed == cfg.seed:
                     shutil.copyfile(folder / f"seed_{seed}.pt", folder / "model.pt")
