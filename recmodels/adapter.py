@@ -68,7 +68,8 @@ class ListFeatures(nn.Module):
     def __init__(self, n_items: int, genre_matrix: torch.Tensor, d_embed: int = 32,
                  item_knowledge: torch.Tensor | None = None, adapter_out: int = 32, adapter_hidden: int = 64,
                  n_shared: int = 2, n_specific: int = 2, dropout: float = 0.1, knowledge_dropout: float = 0.1,
-                 use_history: bool = True, item_prior: torch.Tensor | None = None):
+                 use_history: bool = True, item_prior: torch.Tensor | None = None,
+                 summary_match: bool = False, history_dropout: float = 0.0, match_rank: int = 16):
         super().__init__()
         self.d_embed = d_embed
         self.use_history = use_history  # False (ablation): the user is known only through the summary
@@ -99,6 +100,14 @@ class ListFeatures(nn.Module):
             self.missing_user = nn.Parameter(torch.zeros(self.d_knowledge))
             self.adapter = HybridExpertAdapter(self.d_knowledge, adapter_out, adapter_hidden, n_shared, n_specific, dropout)
             self.out_dim += 3 * adapter_out
+        self.history_dropout = history_dropout  # train-time: a list's whole history hidden with this probability
+        self.summary_match = bool(summary_match) and self.knowledge
+        if self.summary_match:  # summary × item-text match, added straight to the score (see match_logit)
+            self.match_weight = nn.Parameter(torch.ones(()))
+            self.match_p = nn.Linear(self.d_knowledge, match_rank, bias=False)
+            self.match_q = nn.Linear(self.d_knowledge, match_rank, bias=False)
+            nn.init.normal_(self.match_p.weight, std=0.02)
+            nn.init.normal_(self.match_q.weight, std=0.02)
 
     def prior_logit(self, items: torch.Tensor) -> torch.Tensor | float:
         """The wide part of the score [B, L]: w · logit(positive share) of each item; 0 without a prior.
@@ -110,6 +119,22 @@ class ListFeatures(nn.Module):
         share = self.item_prior[items][..., 0].clamp(1e-4, 1 - 1e-4)
         return self.prior_weight * torch.logit(share)
 
+    def match_logit(self, items: torch.Tensor, user_k=None, has_k=None) -> torch.Tensor | float:
+        """The summary × item-text part of the score [B, L]: w · cos(summary, item text) + (P s)·(Q t)/√r.
+
+        It joins the final logit directly (no hidden layer can route around it), so a summary that
+        describes an item moves that item's score. 0 without `summary_match`, for lists without a
+        summary (empty / has_k False), and for padding.
+        """
+        if not self.summary_match or user_k is None:
+            return 0.0
+        ik = self.item_k[items]  # [B, L, Dk]
+        u = nn.functional.normalize(user_k, dim=-1)
+        cos = torch.einsum("bd,bld->bl", u, nn.functional.normalize(ik, dim=-1))
+        bil = torch.einsum("br,blr->bl", self.match_p(user_k), self.match_q(ik)) / (self.match_p.out_features ** 0.5)
+        has = has_k if has_k is not None else torch.ones(items.shape[0], dtype=torch.bool, device=items.device)
+        return (self.match_weight * cos + bil) * has.unsqueeze(-1).float() * (items > 0).float()
+
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.item_emb(idx), self.genre_emb(self.genres[idx])], dim=-1)
 
@@ -117,6 +142,9 @@ class ListFeatures(nn.Module):
         e = self.embed(items)  # [B, L, 2d]
         if not self.use_history:
             hist, hist_r = torch.zeros_like(hist[:, :1]), torch.zeros_like(hist_r[:, :1])
+        elif self.training and self.history_dropout > 0:
+            keep = (torch.rand(hist.shape[0], 1, device=hist.device) >= self.history_dropout).long()
+            hist, hist_r = hist * keep, hist_r * keep
         h = self.embed(hist) + self.rating_emb(hist_r)  # [B, H, 2d]
         mask = (hist > 0).unsqueeze(-1).float()  # [B, H, 1]
         count = mask.sum(1).clamp_min(1.0)

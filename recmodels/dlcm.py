@@ -29,4 +29,4 @@ class DLCM(nn.Module):
         x = self.features(items, hist, hist_r, user_k, has_k)
         o, last = self.gru(x)  # o [B, L, H], last [1, B, H]
         ctx = torch.tanh(self.context(last[-1])).unsqueeze(1)  # [B, 1, H]
-        return self.v(o * ctx).squeeze(-1) + self.features.prior_logit(items)
+        return self.v(o * ctx).squeeze(-1) + self.features.prior_logit(items) + self.features.match_logit(items, user_k, has_k)

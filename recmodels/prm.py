@@ -31,4 +31,4 @@ class PRM(nn.Module):
         """Logits [B, L] (higher = ranked earlier)."""
         x = self.inp(self.features(items, hist, hist_r, user_k, has_k))
         pos = torch.arange(items.shape[1], device=items.device).clamp_max(self.position.num_embeddings - 1)
-        return self.head(self.encoder(x + self.position(pos))).squeeze(-1) + self.features.prior_logit(items)
+        return self.head(self.encoder(x + self.position(pos))).squeeze(-1) + self.features.prior_logit(items) + self.features.match_logit(items, user_k, has_k)

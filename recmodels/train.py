@@ -79,6 +79,8 @@ def hyperparameters(rcfg, kind: str, knowledge: bool, list_length: int) -> dict:
         "dropout": rcfg.dropout, "knowledge_dropout": rcfg.knowledge_dropout,
         "history": bool(getattr(rcfg, "knowledge_history", True)) if knowledge else True,
         "item_prior": bool(getattr(rcfg, "item_prior", False)),
+        "summary_match": bool(getattr(rcfg, "summary_match", False)) if knowledge else False,
+        "history_dropout": float(getattr(rcfg, "history_dropout", 0.0)) if knowledge else 0.0,
     }
 
 
@@ -105,7 +107,8 @@ def build_reranker(hp: dict, n_items: int, genre_matrix, item_knowledge=None, it
         ik = torch.as_tensor(np.asarray(item_knowledge), dtype=torch.float32)
     features = ListFeatures(n_items, gm, hp["embed_dim"], ik, hp["adapter_out"], hp["adapter_hidden"],
                             hp["shared_experts"], hp["specific_experts"], hp["dropout"], hp["knowledge_dropout"],
-                            hp.get("history", True), _prior_tensor(hp, item_prior))
+                            hp.get("history", True), _prior_tensor(hp, item_prior),
+                            hp.get("summary_match", False), hp.get("history_dropout", 0.0))
     if hp["kind"] == "dlcm":
         return DLCM(features, hp["hidden"])
     if hp["kind"] == "prm":
@@ -151,12 +154,13 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
     """Train in place; the model ends holding its best-validation state. Returns the training history.
 
     train_k / valid_k: (user_k [N, Dk], has_k [N]) aligned with the lists, for +knowledge models.
+    train_k may also be a callable `epoch -> (user_k, has_k)`: summaries resampled every epoch.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=rcfg.learning_rate, weight_decay=rcfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
-    tk = train_k or (None, None)
+    tk = (None, None) if train_k is None or callable(train_k) else train_k
     vk = valid_k or (None, None)
     best = -1.0
     best_state = copy.deepcopy(model.state_dict())
@@ -164,6 +168,8 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
     start = time.perf_counter()
     for epoch in range(1, rcfg.epochs + 1):
         model.train()
+        if callable(train_k):
+            tk = train_k(epoch)
         order = torch.randperm(len(train), generator=gen)
         total = 0.0
         for b in range(0, len(train), rcfg.batch_size):

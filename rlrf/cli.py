@@ -221,6 +221,19 @@ def reward_eval(config: ConfigOption = None, run_dir: RunDirOption = None, overr
     reward.evaluate(_prepared(config, run_dir, overrides), seeds)
 
 
+@reward_app.command("probe")
+@user_errors
+def reward_probe(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
+                 seeds: SeedsOption = None,
+                 model: Annotated[list[str] | None, typer.Option("--model", help="dlcm | prm (repeatable; default reward.model).")] = None,
+                 responses: Annotated[Path | None, typer.Option("--responses", help="A responses.jsonl of real policy summaries.")] = None,
+                 out: Annotated[Path | None, typer.Option("--out", help="JSON output (default <run_dir>/reward/probe.json).")] = None) -> None:
+    """Does the +knowledge reward read the summary? Positives- vs negatives-summaries on valid+test users."""
+    from rlrf.reward.probe import run_probe
+
+    run_probe(_prepared(config, run_dir, overrides), model, seeds, responses, out)
+
+
 # --- the loop's stages --------------------------------------------------------------------------
 @app.command()
 @user_errors

@@ -139,6 +139,14 @@ class RewardConfig(Section):
     knowledge_dropout: float = Field(0.1, ge=0, lt=1)  # train-time: a user's summary replaced by "missing"
     knowledge_history: bool = True  # +knowledge models see the history too; false = user known only by the summary (ablation)
     item_prior: bool = False  # TRAIN users' positive-rating share + log count per item: features and a wide logit path
+    # Teaching the +knowledge model to read a summary (docs/reward.md "A reward that reads the summary"):
+    train_summaries: Literal["self", "pool"] = "self"  # pool = resampled each epoch from pool_weights' kinds
+    pool_weights: list[float] = Field([0.4, 0.4, 0.2], min_length=3, max_length=3)  # history text, future text, empty
+    pool_size: int = Field(4, ge=1)  # future texts per training list (TRAIN users' own future only)
+    pool_noise: float = Field(0.2, ge=0, le=1)  # each title of a future text swapped for a random item with this probability
+    summary_match: bool = False  # summary × item-text match term added straight to the score
+    history_dropout: float = Field(0.0, ge=0, lt=1)  # train-time: a list's history hidden with this probability
+    train_cuts: int = Field(1, ge=1)  # lists per TRAIN user at several history cuts (training only; self text; sasrec reuses <run_dir>/sasrec)
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(2e-3, gt=0)

@@ -76,6 +76,18 @@ class RunLayout:
     def reward_eval(self) -> Path:
         return self.reward / "eval.json"
 
+    @property
+    def reward_train(self) -> Path:
+        return self.reward / "train.json"
+
+    @property
+    def reward_train_log(self) -> Path:
+        return self.reward / "train_log.jsonl"
+
+    @property
+    def reward_probe(self) -> Path:
+        return self.reward / "probe.json"
+
     # --- one iteration of the loop -----------------------------------------------------------------
     def iteration(self, t: int) -> Path:
         return self.root / f"iter_{t}"

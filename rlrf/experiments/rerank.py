@@ -40,7 +40,6 @@ to ``rerank_retrain/models/<policy>/<model>_knowledge/seed_<s>.pt``.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +280,7 @@ def _model_file(cfg, kind: str, row: Row, seed: int, protocol: str, out_dir: Pat
 
     if protocol == "retrain" and row.policy is not None:
         return out_dir / "models" / row.policy / reward.model_name(kind, True) / f"seed_{seed}.pt"
-    return reward.reward_dir(cfg) / reward.model_name(kind, row.knowledge) / f"seed_{seed}.pt"
+    return reward.seed_file(cfg, kind, row.knowledge, seed)
 
 
 def _load(file: Path, ctx):
@@ -313,29 +312,15 @@ def _ensure_models(cfg, ctx, rows, seeds, protocol, out_dir, policy_texts, show_
     if cfg.reward.user_knowledge != "self":
         console.print(f"[yellow]reward.user_knowledge is {cfg.reward.user_knowledge}: missing reward models "
                       "of the run are trained on \"self\" texts here[/yellow]")
-    from recmodels.train import build_reranker, hyperparameters, item_prior_features, save_reranker, train_reranker
-
-    train_t, valid_t = ctx.tensors("train"), ctx.tensors("valid")
-    length = train_t.items.shape[1]
-    prior = item_prior_features(ctx.ds, ctx.ds.splits["train"], cfg.data.positive_rating) if cfg.reward.item_prior else None
+    data_for: dict[int, reward.TrainingData] = {}  # one training set per knowledge source
     done = []
     with progress_bar(show_progress) as progress:
         task = progress.add_task("train rerankers", total=len(jobs))
         for file, kind, knowledge, seed, texts, source in jobs:
-            hp = hyperparameters(cfg.reward, kind, knowledge, length)
-            torch.manual_seed(seed)
-            model = build_reranker(hp, len(ctx.ds.catalog), ctx.genre_matrix, ctx.item_vecs if knowledge else None, prior)
-            tk = vk = None
-            if knowledge:
-                tk = reward.encode_summaries(ctx.encoder, [texts.get(u, "") for u in train_t.users])
-                vk = reward.encode_summaries(ctx.encoder, [texts.get(u, "") for u in valid_t.users])
-            result = train_reranker(model, train_t, valid_t, cfg.reward, seed, tk, vk)
-            meta = {**reward._meta(ctx, kind, knowledge, seed), "training": result}
-            if knowledge:
-                meta["user_knowledge"] = source
-            save_reranker(file.parent, model, hp, meta, name=file.name)
-            if file.parent.parent == reward.reward_dir(cfg) and seed == cfg.seed and not (file.parent / "model.pt").exists():
-                shutil.copyfile(file, file.parent / "model.pt")
+            if id(texts) not in data_for:
+                data_for[id(texts)] = reward.training_data(ctx, texts)
+            meta = {"user_knowledge": source} if knowledge else None
+            result = reward.fit_reranker(ctx, data_for[id(texts)], kind, knowledge, seed, file, meta=meta)
             console.print(f"trained {file}: valid MAP@5 {result['valid_map@5']:.4f} "
                           f"(best epoch {result['best_epoch']}/{result['epochs_run']}, {result['seconds']:.1f}s)")
             done.append(str(file))

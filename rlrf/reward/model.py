@@ -43,10 +43,6 @@ def model_name(kind: str, knowledge: bool) -> str:
     return f"{kind}_knowledge" if knowledge else kind
 
 
-def reward_dir(cfg) -> Path:
-    return RunLayout(cfg.run_dir).reward
-
-
 def seeds_for(cfg, n: int | None) -> list[int]:
     n = n if n is not None else cfg.reward.seeds
     if n < 1:
@@ -148,37 +144,98 @@ def prepare(cfg, progress: bool = True, ds=None, lists=None, encoder=None, with_
     return ctx
 
 
-def _meta(ctx: Context, kind: str, knowledge: bool, seed: int) -> dict:
+def model_meta(ctx: Context, kind: str, knowledge: bool, seed: int) -> dict:
+    """What a saved reranker records about how it was made (checked again when it is loaded)."""
     cfg = ctx.cfg
-    return {
+    meta = {
         "dataset": ctx.ds.name, "n_items": len(ctx.ds.catalog), "model": kind, "knowledge": knowledge,
         "encoder": ctx.encoder.key if knowledge else None,
         "user_knowledge": cfg.reward.user_knowledge if knowledge else None,
         "item_knowledge": cfg.reward.item_knowledge if knowledge else None,
         "seed": seed, "lists": cfg.data.lists.model_dump(mode="json"),
+        "train_summaries": cfg.reward.train_summaries if knowledge else None,
+        "train_cuts": cfg.reward.train_cuts,
     }
+    if knowledge and cfg.reward.train_summaries == "pool":
+        meta["pool"] = {"weights": cfg.reward.pool_weights, "size": cfg.reward.pool_size, "noise": cfg.reward.pool_noise}
+    return meta
 
 
 # ---------------------------------------------------------------------------------------------
 # train / eval
 
 
-def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = None) -> dict:
-    """Train base and +knowledge DLCM/PRM for each seed; returns {name: [per-seed summaries]}."""
+@dataclass
+class TrainingData:
+    """What a run's rerankers train on: TRAIN lists (several cuts per user with `reward.train_cuts`),
+    VALID lists for model selection, the user knowledge of each, and the optional item prior."""
+
+    lists: list
+    train: ListTensors
+    valid: ListTensors
+    train_k: tuple
+    valid_k: tuple
+    prior: np.ndarray | None
+
+
+def training_data(ctx: Context, user_texts: Mapping[str, str] | None = None, console=None) -> TrainingData:
+    """`user_texts` replaces the run's user knowledge (the rerank experiment's retrain protocol)."""
+    cfg = ctx.cfg
+    texts = ctx.user_texts if user_texts is None else user_texts
+    train_t, valid_t = ctx.tensors("train"), ctx.tensors("valid")
+    train_k = encode_summaries(ctx.encoder, [texts.get(u, "") for u in train_t.users])
+    valid_k = encode_summaries(ctx.encoder, [texts.get(u, "") for u in valid_t.users])
+    lists = ctx.split_lists("train")
+    if cfg.reward.train_cuts > 1:  # more training lists per TRAIN user (rlrf/reward/lists.py)
+        lists, train_t, train_k = _more_cuts(ctx, lists)
+        if console is not None:
+            console.print(f"training on {len(lists)} lists ({cfg.reward.train_cuts} cuts per train user at most)")
+    prior = item_prior_features(ctx.ds, ctx.ds.splits["train"], cfg.data.positive_rating) if cfg.reward.item_prior else None
+    return TrainingData(lists, train_t, valid_t, train_k, valid_k, prior)
+
+
+def fit_reranker(ctx: Context, data: TrainingData, kind: str, knowledge: bool, seed: int, file: Path,
+                 log=None, meta: dict | None = None) -> dict:
+    """Train one reranker (early-stopped on VALID MAP@5) and save it to `file`; returns the training
+    summary. With `reward.train_summaries: pool` a +knowledge model reads summaries resampled each
+    epoch (rlrf/reward/pool.py), which is what teaches it to read a summary at all."""
+    cfg = ctx.cfg
+    hp = hyperparameters(cfg.reward, kind, knowledge, data.train.items.shape[1])
+    torch.manual_seed(seed)
+    model = build_reranker(hp, len(ctx.ds.catalog), ctx.genre_matrix, ctx.item_vecs if knowledge else None, data.prior)
+    train_k = data.train_k
+    if knowledge and cfg.reward.train_summaries == "pool":
+        from rlrf.reward.pool import PoolSampler
+
+        train_k = PoolSampler(ctx, data.lists, seed, data.train_k)
+    result = train_reranker(model, data.train, data.valid, cfg.reward, seed, train_k if knowledge else None,
+                            data.valid_k if knowledge else None, log=log)
+    save_reranker(file.parent, model, hp, {**model_meta(ctx, kind, knowledge, seed), "training": result, **(meta or {})},
+                  name=file.name)
+    if file.parent.parent == RunLayout(cfg.run_dir).reward and seed == cfg.seed:
+        shutil.copyfile(file, file.parent / "model.pt")  # the run's own seed: the model the stages load
+    return result
+
+
+def seed_file(cfg, kind: str, knowledge: bool, seed: int) -> Path:
+    return RunLayout(cfg.run_dir).reward_model(model_name(kind, knowledge)) / f"seed_{seed}.pt"
+
+
+def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = None,
+          kinds: Sequence[str] | None = None, variants: Sequence[bool] = (False, True),
+          seeds: Sequence[int] | None = None) -> dict:
+    """Train base and +knowledge rerankers of `reward.models` (or `kinds`) for each seed; returns
+    {name: [per-seed summaries]}. `variants` picks base (False) and/or +knowledge (True)."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    seeds = seeds_for(cfg, n_seeds)
+    seeds = list(seeds) if seeds is not None else seeds_for(cfg, n_seeds)
     ctx = ctx or prepare(cfg)
     for note in ctx.notes:
         console.print(f"[yellow]{note}[/yellow]")
-    train_t, valid_t = ctx.tensors("train"), ctx.tensors("valid")
-    train_k = ctx.user_knowledge(train_t.users)
-    valid_k = ctx.user_knowledge(valid_t.users)
-    length = train_t.items.shape[1]
-    prior = item_prior_features(ctx.ds, ctx.ds.splits["train"], cfg.data.positive_rating) if cfg.reward.item_prior else None
-    summary: dict[str, list] = {}
-    log_path = reward_dir(cfg) / "train_log.jsonl"  # one line per epoch, rewritten by each `train`
+    data = training_data(ctx, console=console)
+    layout = RunLayout(cfg.run_dir)
+    log_path = layout.reward_train_log  # one line per epoch, rewritten by each `train`
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text("", encoding="utf-8")
 
@@ -188,30 +245,40 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
                 f.write(json.dumps({"model": name, "seed": seed, **record}) + "\n")
         return write
 
-    for kind in cfg.reward.models:
-        for knowledge in (False, True):
+    summary: dict[str, list] = {}
+    for kind in kinds or cfg.reward.models:
+        for knowledge in variants:
             name = model_name(kind, knowledge)
-            folder = reward_dir(cfg) / name
             summary[name] = []
             for seed in seeds:
-                hp = hyperparameters(cfg.reward, kind, knowledge, length)
-                torch.manual_seed(seed)
-                model = build_reranker(hp, len(ctx.ds.catalog), ctx.genre_matrix,
-                                       ctx.item_vecs if knowledge else None, prior)
-                result = train_reranker(model, train_t, valid_t, cfg.reward, seed,
-                                        train_k if knowledge else None, valid_k if knowledge else None,
-                                        log=log_epoch(name, seed))
-                meta = {**_meta(ctx, kind, knowledge, seed), "training": result}
-                save_reranker(folder, model, hp, meta, name=f"seed_{seed}.pt")
-                if seed == cfg.seed:
-                    shutil.copyfile(folder / f"seed_{seed}.pt", folder / "model.pt")
+                result = fit_reranker(ctx, data, kind, knowledge, seed, seed_file(cfg, kind, knowledge, seed),
+                                      log=log_epoch(name, seed))
                 summary[name].append({"seed": seed, "valid_map@5": result["valid_map@5"],
                                       "best_epoch": result["best_epoch"], "seconds": result["seconds"]})
                 console.print(f"{name} seed {seed}: valid MAP@5 {result['valid_map@5']:.4f} "
                               f"(best epoch {result['best_epoch']}/{result['epochs_run']}, {result['seconds']:.1f}s)")
-    atomic_write_json(reward_dir(cfg) / "train.json", {"dataset": ctx.ds.name, "encoder": ctx.encoder.key,
-                                                       "seeds": seeds, "models": summary})
+    atomic_write_json(layout.reward_train, {"dataset": ctx.ds.name, "encoder": ctx.encoder.key,
+                                            "seeds": seeds, "models": summary})
     return summary
+
+
+def _more_cuts(ctx: Context, train_lists: list) -> tuple[list, ListTensors, tuple]:
+    """The train lists plus KAR lists at other cuts; "self" texts from each list's own history."""
+    from rlrf.reward.lists import extra_sasrec_train_lists, extra_train_lists
+
+    cfg = ctx.cfg
+    if cfg.reward.user_knowledge != "self":
+        raise UserError("reward.train_cuts > 1 needs reward.user_knowledge: self (texts from each cut's own history)")
+    users = [lst.user for lst in train_lists]
+    if cfg.data.lists.source == "kar":
+        extra = extra_train_lists(ctx.ds, users, cfg.data.lists, cfg.data.positive_rating, cfg.reward.train_cuts, cfg.seed)
+    else:
+        extra = extra_sasrec_train_lists(cfg, ctx.ds, users, cfg.reward.train_cuts)
+    lists = train_lists + extra
+    texts = [kn.user_self_text(ctx.ds.catalog, lst.history, lst.history_ratings, cfg.data.positive_rating)
+             for lst in lists]
+    data = tensorize(lists, cfg.data.lists.max_history, cfg.data.positive_rating)
+    return lists, data, encode_summaries(ctx.encoder, texts)
 
 
 def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = None, split: str = "test") -> dict:
@@ -223,7 +290,7 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
     for kind in cfg.reward.models:
         for knowledge in (False, True):
             for seed in seeds:
-                file = reward_dir(cfg) / model_name(kind, knowledge) / f"seed_{seed}.pt"
+                file = seed_file(cfg, kind, knowledge, seed)
                 if not file.exists():
                     raise UserError(f"{file}: reward model not found; run `rlrf reward train --seeds {len(seeds)}` first")
     ctx = ctx or prepare(cfg)
@@ -237,7 +304,7 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
             name = model_name(kind, knowledge)
             per_seed, seed_scores = [], []
             for seed in seeds:
-                model, _ = load_reranker(reward_dir(cfg) / name, ctx.ds.name, ctx.encoder.key,
+                model, _ = load_reranker(RunLayout(cfg.run_dir).reward_model(name), ctx.ds.name, ctx.encoder.key,
                                          len(ctx.ds.catalog), ctx.genre_matrix, name=f"seed_{seed}.pt")
                 scores = predict(model, data, uk if knowledge else None, hk if knowledge else None)
                 seed_scores.append(scores)
@@ -274,7 +341,7 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
            f"summary_ablation_map@{k}": {kind: {v: float(np.mean(x)) for v, x in d.items()} for kind, d in ablation.items()},
            "knowledge_gain_note": "per-list (+knowledge − base), each averaged over seeds; mean and 95% "
                                   "percentile-bootstrap CI over test lists (2000 resamples)"}
-    atomic_write_json(reward_dir(cfg) / "eval.json", out)
+    atomic_write_json(RunLayout(cfg.run_dir).reward_eval, out)
     console.print(results_table(out))
     for kind, g in gains.items():
         console.print(f"{kind.upper()} +knowledge − base on the same {len(data)} {split} lists: " + ", ".join(
@@ -282,7 +349,7 @@ def evaluate(cfg, n_seeds: int | None = None, console=None, ctx: Context | None 
     for kind, d in ablation.items():
         console.print(f"{kind.upper()} +knowledge MAP@{k} with " + ", ".join(
             f"{v}: {np.mean(x):.4f}" for v, x in d.items()))
-    console.print(f"written {reward_dir(cfg) / 'eval.json'}")
+    console.print(f"written {RunLayout(cfg.run_dir).reward_eval}")
     return out
 
 
@@ -387,8 +454,9 @@ class RewardScorer:
 
     @classmethod
     def from_run(cls, cfg, ds=None, lists=None, encoder=None, kind: str | None = None,
-                 knowledge: bool | None = None, progress: bool = True) -> "RewardScorer":
-        """The run's reward model (`reward.model`, `reward.knowledge`) over the run's lists."""
+                 knowledge: bool | None = None, progress: bool = True, seed: int | None = None) -> "RewardScorer":
+        """The run's reward model (`reward.model`, `reward.knowledge`) over the run's lists; `seed`
+        loads that seed's model instead of the run's own (`model.pt`)."""
         from rlrf.data.dataset import load_dataset
 
         ds = ds if ds is not None else load_dataset(cfg.data, seed=cfg.seed)
@@ -396,8 +464,9 @@ class RewardScorer:
         encoder = encoder if encoder is not None else kn.load_encoder(cfg.encoder, progress=progress)
         kind = kind or cfg.reward.model
         knowledge = cfg.reward.knowledge if knowledge is None else knowledge
-        model, _ = load_reranker(reward_dir(cfg) / model_name(kind, knowledge), ds.name, encoder.key,
-                                 len(ds.catalog), ds.catalog.genre_matrix())
+        folder = RunLayout(cfg.run_dir).reward_model(model_name(kind, knowledge))
+        model, _ = load_reranker(folder, ds.name, encoder.key, len(ds.catalog), ds.catalog.genre_matrix(),
+                                 name="model.pt" if seed is None else f"seed_{seed}.pt")
         return cls(model, lists, encoder, cfg.data.lists.max_history, cfg.data.positive_rating)
 
     def rows(self, users: Sequence[str]) -> torch.Tensor:

@@ -1,0 +1,164 @@
+"""`rlrf reward probe` (rlrf/reward/probe.py), the summary pool (rlrf/reward/pool.py) and the summary × item match term."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from recmodels.train import ListTensors, build_reranker, hyperparameters, predict, train_reranker
+from rlrf.reward import probe
+from rlrf.data.dataset import RerankList
+from rlrf.evaluation.metrics import map_at_k
+
+torch.set_num_threads(1)
+
+
+def test_items_summary_template(ml100k_small):
+    cat = ml100k_small.catalog
+    assert probe.items_summary(cat, []) == ""
+    text = probe.items_summary(cat, [0, 1])
+    assert text.startswith("Likes ") and cat.titles[0] in text and cat.titles[1] in text
+
+
+def test_probe_summaries_are_built_from_the_right_items(ml100k_small):
+    ds = ml100k_small
+    cat = ds.catalog
+    users = ds.splits["valid"] + ds.splits["test"] + ds.splits["train"][:2]
+    rng = np.random.default_rng(0)
+    lists = {}
+    for n, u in enumerate(users):
+        items = rng.choice(len(cat), size=6, replace=False).tolist()
+        labels = [1, 0, 1, 0, 0, 0] if n % 3 else [0] * 6  # every third user has no positive: not probed
+        lists[u] = RerankList(u, ds.users[u].items[:3], ds.users[u].ratings[:3], items, labels)
+    got = probe.probe_users(ds, lists)
+    assert got == [u for n, u in enumerate(users[:-2]) if n % 3]  # valid then test, train never
+    texts = probe.probe_texts(ds, lists, got)
+    for row, u in enumerate(got):
+        lst = lists[u]
+        pos = [i for i, y in zip(lst.items, lst.labels) if y]
+        neg = [i for i, y in zip(lst.items, lst.labels) if not y]
+        assert texts["positives"][row] == probe.items_summary(cat, pos)
+        assert texts["negatives"][row] == probe.items_summary(cat, neg)
+        assert all(cat.titles[i] in texts["positives"][row] for i in pos)
+        # a negative's title appears in the positives-summary only if it is also a substring of a positive's title
+        for i in neg:
+            if not any(cat.titles[i] in cat.titles[j] for j in pos):
+                assert cat.titles[i] not in texts["positives"][row]
+        assert texts["other user"][row] == texts["positives"][(row + 1) % len(got)]
+        assert texts["empty"][row] == ""
+
+
+def test_p_greater_counts_ties_half_and_ci_brackets_the_mean():
+    assert probe.p_greater(np.array([1.0, 0.5, 0.2]), np.array([0.5, 0.5, 0.3])) == pytest.approx(0.5)
+    d = np.array([0.1, 0.2, -0.05, 0.3])
+    lo, hi = probe.paired_ci(d)
+    assert lo <= d.mean() <= hi
+
+
+def topic_data(n_lists, n_items=40, length=8, d_k=16, seed=0, item_k=None):
+    """Label depends ONLY on the summary: items belong to one of 2 topics; label 1 iff item topic = summary topic."""
+    g = torch.Generator().manual_seed(seed)
+    topics = torch.nn.functional.normalize(torch.randn(2, d_k, generator=torch.Generator().manual_seed(99)), dim=-1)
+    item_topic = torch.arange(n_items) % 2
+    if item_k is None:
+        item_k = torch.nn.functional.normalize(topics[item_topic] + 0.3 * torch.randn(n_items, d_k, generator=g), dim=-1)
+    user_topic = torch.randint(0, 2, (n_lists,), generator=g)
+    user_k = torch.nn.functional.normalize(topics[user_topic] + 0.3 * torch.randn(n_lists, d_k, generator=g), dim=-1)
+    items = torch.stack([torch.randperm(n_items, generator=g)[:length] for _ in range(n_lists)])
+    labels = (item_topic[items] == user_topic.unsqueeze(1)).float()
+    hist = torch.randint(1, n_items + 1, (n_lists, 5), generator=g)  # uninformative history
+    data = ListTensors([str(i) for i in range(n_lists)], items + 1, labels, hist, torch.ones_like(hist))
+    genres = torch.zeros(n_items, 3)
+    genres[torch.arange(n_items), torch.arange(n_items) % 3] = 1.0
+    return data, user_k, item_k, genres
+
+
+@pytest.mark.parametrize("kind", ["dlcm", "prm"])
+@pytest.mark.parametrize("match", [False, True])
+def test_a_label_that_depends_only_on_the_summary_is_learned(kind, match):
+    train, tk, item_k, genres = topic_data(300, seed=1)
+    valid, vk, _, _ = topic_data(80, seed=2, item_k=item_k)
+    test, sk, _, _ = topic_data(120, seed=3, item_k=item_k)
+    cfg = SimpleNamespace(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
+                          shared_experts=1, specific_experts=1, dropout=0.0, knowledge_dropout=0.0, epochs=12,
+                          batch_size=32, learning_rate=5e-3, weight_decay=0.0, patience=4, summary_match=match)
+    ones = lambda n: torch.ones(n, dtype=torch.bool)  # noqa: E731
+    torch.manual_seed(0)
+    model = build_reranker(hyperparameters(cfg, kind, True, 8), 40, genres, item_k)
+    train_reranker(model, train, valid, cfg, seed=0, train_k=(tk, ones(300)), valid_k=(vk, ones(80)))
+    got = float(map_at_k(predict(model, test, sk, ones(120)), test.labels, 5).mean())
+    flipped = float(map_at_k(predict(model, test, -sk, ones(120)), test.labels, 5).mean())  # the other topic's summary
+    chance = float(np.mean([map_at_k(torch.rand(120, 8), test.labels, 5).mean() for _ in range(20)]))
+    assert got > chance + 0.3, (got, chance)
+    assert flipped < chance, (flipped, chance)
+
+
+def test_match_term_is_zero_without_a_summary_and_for_padding():
+    _, uk, item_k, genres = topic_data(4)
+    cfg = SimpleNamespace(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
+                          shared_experts=1, specific_experts=1, dropout=0.0, knowledge_dropout=0.0, summary_match=True)
+    model = build_reranker(hyperparameters(cfg, "dlcm", True, 3), 40, genres, item_k).eval()
+    items = torch.tensor([[1, 2, 0], [3, 4, 5]])
+    m = model.features.match_logit(items, uk[:2], torch.tensor([True, False]))
+    assert m[0, 2] == 0 and (m[1] == 0).all() and (m[0, :2] != 0).all()
+    assert model.features.match_logit(items, None, None) == 0.0
+
+
+def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys):
+    from rlrf.reward import model as reward
+    from rlrf.core.config import load_config
+    from rlrf.reward.probe import run_probe
+    from rlrf.reward.pool import PoolSampler, future_liked
+
+    cfg = load_config("quickstart", {
+        "run_dir": str(tmp_path / "run"), "threads": 1, "data.max_users": 120,
+        "encoder.model": "hashing:64", "encoder.cache_dir": str(tmp_path / "cache"),
+        "reward.models": ["dlcm"], "reward.epochs": 2, "reward.hidden": 16, "reward.embed_dim": 8,
+        "reward.train_summaries": "pool", "reward.summary_match": True, "reward.history_dropout": 0.2,
+    })
+    ctx = reward.prepare(cfg, progress=False)
+    train_lists = ctx.split_lists("train")
+    sampler = PoolSampler(ctx, train_lists, seed=0)
+    assert len(sampler.texts) == len(train_lists) * cfg.reward.pool_size
+    for n, lst in enumerate(train_lists[:20]):
+        liked = future_liked(ctx.ds, lst, "kar", 4.0)
+        user = ctx.ds.users[lst.user]
+        assert set(liked) <= set(user.items[len(lst.history):])  # the user's own future only
+        assert all(i in lst.items or user.ratings[user.items.index(i)] >= 4 for i in liked)
+    uk, hk = sampler(1)
+    assert uk.shape == (len(train_lists), ctx.encoder.dim) and hk.dtype == torch.bool
+    reward.train(cfg, 1, ctx=ctx)
+    out = run_probe(cfg, n_seeds=1)
+    saved = json.loads((tmp_path / "run" / "reward" / "probe.json").read_text())
+    row = saved["models"]["dlcm_knowledge"][0]
+    assert saved["users"] == out["users"] > 0 and 0 <= row["p_pos_gt_neg"] <= 1
+    assert set(row["mean"]) == set(probe.VARIANTS)
+    lo, hi = row["gap"]["ci95"]
+    assert lo <= row["gap"]["mean"] <= hi
+    assert "P(pos>neg)" in capsys.readouterr().out
+
+
+def test_extra_cuts_build_kar_lists_from_each_cuts_own_history(ml100k_small):
+    from rlrf.core.config import ListsConfig
+    from rlrf.data.dataset import history_cut
+    from rlrf.reward.lists import extra_cuts, extra_train_lists
+
+    assert extra_cuts(20, 10, 10, 2) == [5]
+    assert extra_cuts(100, 30, 10, 3) == [15, 40, 50]
+    assert extra_cuts(2, 1, 10, 2) == []
+    ds = ml100k_small
+    users = ds.splits["train"][:10]
+    extra = extra_train_lists(ds, users, ListsConfig(), 4.0, 3, seed=0)
+    assert extra and {lst.user for lst in extra} <= set(users)
+    for lst in extra:
+        user = ds.users[lst.user]
+        cut = len(lst.history)
+        assert cut != history_cut(len(user.items), 30) and lst.history == user.items[:cut]
+        future = dict(zip(user.items[cut: cut + 10], user.ratings[cut: cut + 10]))
+        for i, y in zip(lst.items, lst.labels):
+            assert y == int(i in future and future[i] >= 4)
+            assert i in future or i not in user.items  # padding is unseen
