@@ -51,6 +51,7 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
         assert ev["reward_mean"] <= ev["reward_best"]
         assert 0.0 <= ev["ndcg@5"] <= 1.0
         assert len(ev["per_user"]["users"]) == ev["users"] == 3
+        assert len(ev["per_user"]["independent_ndcg@5"]) == 3  # the same greedy summaries, another reranker
     test_users = {r["user"] for r in read_jsonl(run / "eval" / "policy_0" / "iter_0" / "responses.jsonl")}
 
     for t in (0, 1):
@@ -103,7 +104,13 @@ def test_grpo_runs_on_the_same_loop_and_evaluation(tiny_run_config):
     })
     metrics = run_loop(cfg, RLRF4Rec(show_progress=False), iterations=1, log=lambda _: None)
     assert list(metrics["evaluations"]) == ["policy_0", "policy_1"]
-    assert metrics["iterations"]["0"]["pairs"] == {"prompts": 16}  # generate.max_users training prompts
+    from rlrf.data.dataset import load_lists
+
+    lists = load_lists(cfg.run_dir / "lists.jsonl")
+    prompts = metrics["iterations"]["0"]["pairs"]["prompts"]
+    # generate.max_users training users, less those whose list is all liked or all not: they cannot rank
+    assert 0 < prompts <= 16 and prompts == read_json(cfg.run_dir / "iter_0" / "align_log.json")["summary"]["prompts"]
+    assert sum(0 < sum(lst.labels) < len(lst.labels) for lst in lists.values()) >= prompts
     assert not (cfg.run_dir / "iter_0" / "responses.jsonl").exists()  # the trainer sampled its own
     log = read_json(cfg.run_dir / "iter_0" / "align_log.json")
     assert log["summary"]["method"] == "grpo" and log["summary"]["steps"] == 2

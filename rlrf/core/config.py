@@ -169,6 +169,9 @@ class LoopConfig(Section):
 
     iterations: int = Field(2, ge=1)
     eval_users: int | None = Field(None, ge=1)  # test users evaluated before the first and after every iteration (None = all)
+    # RLRF4Rec: also score each policy's greedy summaries with a reranker the loop never optimises
+    # (the other kind of reward.model, the next seed), to tell a real gain from reward hacking
+    independent_evaluator: bool = True
 
 
 # rlrf's defaults for trl's DPOConfig and SFTConfig; any other field of those classes may be added.

@@ -41,9 +41,11 @@ class RLRF4Rec(Method):
         except UserError as err:
             if "reward model not found" not in str(err):
                 raise
-            only = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"models": [cfg.reward.model]})})
-            train(only, n_seeds=1)
+            train(cfg, kinds=[cfg.reward.model], seeds=[cfg.seed])
             self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
+        if cfg.loop.independent_evaluator:
+            self.evaluator = independent_evaluator(cfg, self.dataset, self.scorer)
+
 
     def generate(self, cfg, iteration: int) -> None:
         """N summaries per training user (DPO); the online methods sample their own inside the trainer."""
@@ -113,6 +115,18 @@ class RLRF4Rec(Method):
         if self.evaluator is not None:
             independent = self.evaluator.score([r["user"] for r in firsts], [r["text"] for r in firsts])
         return summarize_rewards(responses, scored, firsts, first_scored, independent, cfg.score.metric)
+
+
+def independent_evaluator(cfg, ds, scorer):
+    """A +knowledge reranker of the other kind than `reward.model`, trained with the next seed
+    (trained here if the run has none): it never scores a summary the loop optimises against."""
+    from rlrf.reward.model import RewardScorer, seed_file, train
+
+    other = "prm" if cfg.reward.model == "dlcm" else "dlcm"
+    seed = cfg.seed + 1
+    if not seed_file(cfg, other, True, seed).exists():
+        train(cfg, kinds=[other], variants=(True,), seeds=[seed])
+    return RewardScorer.from_run(cfg, ds=ds, encoder=scorer.encoder, kind=other, knowledge=True, seed=seed)
 
 
 def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], greedy_scored: dict,

@@ -32,7 +32,7 @@ from recmodels.train import (
 )
 from rlrf.core.errors import UserError
 from rlrf.evaluation.metrics import map_at_k, ndcg_at_k, ranking_metrics
-from rlrf.core.io import atomic_write_json
+from rlrf.core.io import atomic_write_json, read_json
 from rlrf.core.layout import RunLayout
 from rlrf.core.threads import use_threads
 
@@ -235,9 +235,8 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
         console.print(f"[yellow]{note}[/yellow]")
     data = training_data(ctx, console=console)
     layout = RunLayout(cfg.run_dir)
-    log_path = layout.reward_train_log  # one line per epoch, rewritten by each `train`
+    log_path = layout.reward_train_log  # one line per epoch, appended by each `train`
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text("", encoding="utf-8")
 
     def log_epoch(name: str, seed: int):
         def write(record: dict) -> None:
@@ -257,8 +256,9 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
                                       "best_epoch": result["best_epoch"], "seconds": result["seconds"]})
                 console.print(f"{name} seed {seed}: valid MAP@5 {result['valid_map@5']:.4f} "
                               f"(best epoch {result['best_epoch']}/{result['epochs_run']}, {result['seconds']:.1f}s)")
+    earlier = (read_json(layout.reward_train) or {}).get("models", {})  # models trained by another call stay
     atomic_write_json(layout.reward_train, {"dataset": ctx.ds.name, "encoder": ctx.encoder.key,
-                                            "seeds": seeds, "models": summary})
+                                            "seeds": seeds, "models": {**earlier, **summary}})
     return summary
 
 
