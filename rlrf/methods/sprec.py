@@ -654,11 +654,12 @@ class _Lists:
         top = self.recs[:, :k]
         filled = top >= 0
         if name in ("div_ratio", "or_ratio"):
-            vals = []
-            for row in idx:
-                items = top[row][filled[row]]
-                counts = np.unique(items, return_counts=True)[1]
-                vals.append(counts.size if name == "div_ratio" else np.sort(counts)[::-1][:3].sum())
+            n_items = len(self.popularity)
+            items, ok = top[idx].reshape(len(idx), -1), filled[idx].reshape(len(idx), -1)
+            rows = np.broadcast_to(np.arange(len(idx))[:, None], items.shape)
+            counts = np.bincount((rows * n_items + items)[ok], minlength=len(idx) * n_items).reshape(len(idx), n_items)
+            vals = ((counts > 0).sum(1) if name == "div_ratio"
+                    else np.partition(counts, -3, axis=1)[:, -3:].sum(1) if n_items >= 3 else counts.sum(1))
             return np.asarray(vals, dtype=float) / (k * idx.shape[1])
         if name == "mean_popularity":
             pop = np.where(filled, self.popularity[np.clip(top, 0, None)], 0.0).sum(1)
@@ -684,6 +685,8 @@ def compare(rows: dict[str, dict[int, "_Lists"]], reference: str, keys: list[str
     n_users = len(next(iter(ref.values())).recs)
     every = np.arange(n_users)[None, :]
     boots = np.random.default_rng(seed).integers(0, n_users, size=(n_boot, n_users))
+    ref_point = {(s, key): ref[s].statistic(key, every)[0] for s in ref for key in keys}
+    ref_boot = {(s, key): ref[s].statistic(key, boots) for s in ref for key in keys}
     out = {}
     for label, by_seed in rows.items():
         seeds = [s for s in by_seed if s in ref]
@@ -693,8 +696,8 @@ def compare(rows: dict[str, dict[int, "_Lists"]], reference: str, keys: list[str
             mean, sd = mean_sd(values)
             cell = {"mean": mean, "sd": sd, "per_seed": values}
             if label != reference and seeds:
-                point = np.mean([by_seed[s].statistic(key, every)[0] - ref[s].statistic(key, every)[0] for s in seeds])
-                dist = np.mean([by_seed[s].statistic(key, boots) - ref[s].statistic(key, boots) for s in seeds], axis=0)
+                point = np.mean([values[sorted(by_seed).index(s)] - ref_point[s, key] for s in seeds])
+                dist = np.mean([by_seed[s].statistic(key, boots) - ref_boot[s, key] for s in seeds], axis=0)
                 cell["vs_sft"] = {"mean": float(point),
                                   "ci95": [float(np.quantile(dist, 0.025)), float(np.quantile(dist, 0.975))]}
             entry["metrics"][key] = cell
