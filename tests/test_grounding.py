@@ -214,3 +214,22 @@ def test_minilm_grounds_a_paraphrased_title(catalog, tmp_path):
     got = g.ground(["Star Wars Episode IV: A New Hope", "Godfather Part 2"])
     assert [x.item for x in got] == [item(catalog, "Star Wars", 1977), item(catalog, "Godfather: Part II, The", 1974)]
     assert all(x.level in ("exact", "normalised", "nearest") for x in got)
+
+
+def test_the_popularity_given_breaks_ties_not_the_catalogues_counts():
+    # the catalogue says Sabrina 1995 (9) > 1954 (5); training counts say the opposite
+    g = TitleGrounder(tiny_catalog(), CountingEncoder(), popularity=np.array([4, 1, 0, 0, 0, 0]))
+    assert g.ground(["Sabrina"])[0].item == 0
+    with pytest.raises(ValueError):
+        TitleGrounder(tiny_catalog(), CountingEncoder(), popularity=np.array([1, 2]))
+
+
+def test_twin_titles_share_one_key_but_remakes_do_not(grounder, catalog):
+    # ml-100k holds "Chasing Amy (1997)" twice (items 245 and 267); Cape Fear 1962 and 1991 are different films
+    a, b = [i for i, t in enumerate(catalog.titles) if t == "Chasing Amy"]
+    assert grounder.same_title(a, b) and grounder.twins_of(a) == [a, b] and grounder.twin[b] == a
+    old, new = item(catalog, "Cape Fear", 1962), item(catalog, "Cape Fear", 1991)
+    assert not grounder.same_title(old, new)
+    assert grounder.names_item("I recommend chasing amy.", b) and grounder.names_item("Chasing Amy (1997)", a)
+    assert not grounder.names_item("Cape Fear (1962)", new) and grounder.names_item("cape fear", new)
+    assert not grounder.names_item("", a)

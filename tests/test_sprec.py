@@ -1,5 +1,6 @@
-"""SPRec: negatives are never the target, the bias metrics match the saved recommendations, and the
-whole command (SFT, self-play and both baselines, evaluation, report) runs on a tiny random policy."""
+"""SPRec: greedy self-play negatives in the policy's own words (never the target, by item or title),
+equal pair counts for every arm, train-only popularity, twin titles as hits, sliding-window SFT,
+seeds pooled with paired CIs, and the whole command on a tiny random policy."""
 
 from __future__ import annotations
 
@@ -10,24 +11,56 @@ import pytest
 import torch
 import yaml
 
-from rlrf.evaluation import metrics as m
-from rlrf.core.config import load_config
-from rlrf.generation.grounding import Grounding
+from recmodels.knowledge import load_encoder
+from rlrf.core.config import EncoderConfig, load_config
 from rlrf.core.io import read_json, read_jsonl
+from rlrf.core.layout import RunLayout
+from rlrf.evaluation import metrics as m
+from rlrf.generation.grounding import Grounding, TitleGrounder
 from rlrf.methods.loop import run_loop
-from rlrf.methods.sprec import SAMPLERS, answer_text, arms, build_pairs, collect, iteration_users, sampled_negatives, self_play_negatives
+from rlrf.methods.sprec import (
+    SAMPLERS, Negative, _Lists, answer_text, arms, build_pairs, collect, compare, evaluation_histories,
+    iteration_users, metric_keys, sampled_negatives, self_play_negatives, sft_windows, title_ranks,
+    train_popularity, window_records,
+)
 
 torch.set_num_threads(1)
 
 
-def test_self_play_negatives_are_distinct_grounded_predictions_other_than_the_target():
-    target = 7
-    predictions = [Grounding(7, "exact", None), Grounding(3, "normalised", None), Grounding(None, "none", 0.1),
-                   Grounding(3, "nearest", 0.9), Grounding(5, "nearest", 0.8), Grounding(9, "exact", None)]
-    assert self_play_negatives(target, predictions, k=2) == [3, 5]
-    assert self_play_negatives(target, predictions, k=9) == [3, 5, 9]
-    # a policy that only names the target (or nothing groundable) gives no negative, hence no pair
-    assert self_play_negatives(target, [Grounding(7, "exact", None), Grounding(None, "none", None)], k=1) == []
+def append_jsonl(path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+@pytest.fixture(scope="module")
+def grounder(ml100k_small):
+    encoder = load_encoder(EncoderConfig(model="hashing:64", cache=False), progress=False)
+    return TitleGrounder(ml100k_small.catalog, encoder, min_similarity=0.3, popularity=train_popularity(ml100k_small))
+
+
+def _twins(cat):
+    return [i for i, t in enumerate(cat.titles) if t == "Chasing Amy"]
+
+
+def test_self_play_negatives_are_the_policys_own_texts_never_the_target_by_item_or_title(ml100k_small, grounder):
+    cat = ml100k_small.catalog
+    amy, twin = _twins(cat)  # "Chasing Amy (1997)" is two items
+    star_wars = next(i for i, t in enumerate(cat.titles) if t == "Star Wars")
+    candidates = [
+        (0, "Chasing Amy (1997)", Grounding(twin, "exact")),        # the target's twin: the target by title
+        (1, "I recommend chasing amy.", Grounding(None, "none", 0.1)),  # ungrounded, but names the target
+        (2, "   ", Grounding(None, "none")),                          # empty
+        (3, " Star Wars (1977) is a classic\n", Grounding(star_wars, "exact")),
+        (4, "star wars", Grounding(star_wars, "normalised")),          # the same title again
+        (5, "A Film Nobody Made (2031)", Grounding(None, "none", 0.2)),  # ungrounded: still the policy's answer
+    ]
+    negs = self_play_negatives(grounder, amy, candidates, k=5)
+    assert [n.text for n in negs] == ["Star Wars (1977) is a classic", "A Film Nobody Made (2031)"]
+    assert [n.item for n in negs] == [star_wars, None] and [n.source for n in negs] == ["sampled", "sampled"]
+    greedy = self_play_negatives(grounder, amy, [(0, "Star Wars", Grounding(star_wars, "exact"))], k=1)
+    assert greedy == [Negative("Star Wars", star_wars, "greedy")]
+    assert self_play_negatives(grounder, amy, candidates[:3], k=1) == []
 
 
 def test_sampled_negatives_avoid_the_target_and_the_history():
@@ -36,7 +69,6 @@ def test_sampled_negatives_avoid_the_target_and_the_history():
     for _ in range(200):
         drawn = sampled_negatives(rng, 10, 3, exclude={0, 2}, popularity=popularity)
         assert len(set(drawn)) == 3 and not {0, 2} & set(drawn)
-    # popularity sampling favours the popular item it may draw
     counts = np.bincount([sampled_negatives(rng, 10, 1, {0}, popularity)[0] for _ in range(300)], minlength=10)
     assert counts[4] > 200
     assert sampled_negatives(rng, 3, 5, exclude={0, 1, 2}) == []  # nothing left to draw
@@ -50,11 +82,152 @@ def test_pairs_put_the_real_next_item_first_and_refuse_the_target_as_negative(ml
     target = ml100k_small.users[user].items[-1]
     prompt = Prompt(user, "PROMPT", [1, 2], {"target": cat.ids[target]})
     other = (target + 1) % len(cat)
-    (pair,) = build_pairs(ml100k_small, [prompt], {user: [other]}, similarity=lambda i, j: 0.25)
-    assert pair["chosen"] == answer_text(cat, target) and pair["rejected"] == answer_text(cat, other)
-    assert pair["margin"] == pytest.approx(0.75) and pair["prompt"] == "PROMPT"
+    (pair,) = build_pairs(ml100k_small, [prompt], {user: [Negative("what the policy wrote", other, "greedy")]},
+                          similarity=lambda i, j: 0.25)
+    assert pair["chosen"] == answer_text(cat, target) and pair["rejected"] == "what the policy wrote"
+    assert pair["margin"] == pytest.approx(0.75) and pair["prompt"] == "PROMPT" and pair["rejected_sources"] == ["greedy"]
+    (pair,) = build_pairs(ml100k_small, [prompt], {user: [Negative("ungrounded", None, "greedy")]}, similarity=lambda i, j: 0.25)
+    assert pair["margin"] == 1.0
     with pytest.raises(AssertionError):
-        build_pairs(ml100k_small, [prompt], {user: [target]})
+        build_pairs(ml100k_small, [prompt], {user: [Negative(answer_text(cat, target), target, "random")]})
+
+
+def test_popularity_counts_training_users_only(ml100k_small):
+    ds = ml100k_small
+    pop = train_popularity(ds)
+    train_items = [i for u in ds.splits["train"] for i in ds.users[u].items]
+    assert pop.sum() == len(train_items) and (pop == np.bincount(train_items, minlength=len(ds.catalog))).all()
+    held_out = [u for s in ("valid", "test") for u in ds.splits[s]]
+    only_held_out = {ds.users[u].items[-1] for u in held_out} - set(train_items)
+    assert only_held_out and all(pop[i] == 0 for i in only_held_out)  # test users' targets do not count
+    assert (np.asarray(ds.catalog.popularity) >= pop).all() and (np.asarray(ds.catalog.popularity) > pop).any()
+
+
+def test_a_twin_title_counts_as_a_hit(ml100k_small, grounder):
+    amy, twin = _twins(ml100k_small.catalog)
+    recs = np.array([[3, twin, 7], [amy, 1, 2], [5, 6, -1]])
+    targets = np.array([amy, amy, amy])
+    assert title_ranks(recs, targets).tolist() == [-1, 0, -1]
+    assert title_ranks(recs, targets, grounder.twin).tolist() == [1, 0, -1]
+
+
+def test_sft_sees_sliding_windows_of_train_users(ml100k_small, tiny_sprec_config):
+    from rlrf.generation.generate import build_prompts
+    from rlrf.methods.sprec import load_tokenizer_for
+
+    ds, cfg = ml100k_small, tiny_sprec_config
+    users = [u for u in ds.splits["train"] if len(ds.users[u].items) >= 2][:5]
+    windows = sft_windows(ds, cfg, users)
+    assert len(windows) == sum(min(cfg.sprec.sft_windows, len(ds.users[u].items) - 1) for u in users)
+    tok = load_tokenizer_for(cfg)
+    records = window_records(cfg, ds, tok, windows)
+    for (u, t), r in zip(windows, records):
+        assert r["completion"] == answer_text(ds.catalog, ds.users[u].items[t]) and 1 <= t < len(ds.users[u].items)
+    # the window at the last position is exactly the generation prompt
+    last = {u: r for (u, t), r in zip(windows, records) if t == len(ds.users[u].items) - 1}
+    for p in build_prompts(cfg, ds, tok, "next_item", users=users):
+        assert last[p.key]["prompt"] == p.text
+    capped = sft_windows(ds, cfg.model_copy(update={"sprec": cfg.sprec.model_copy(update={"sft_max_examples": 7})}), users)
+    assert len(capped) == 7 and set(capped) <= set(windows)
+
+
+def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_per_user(tiny_sprec_config, monkeypatch):
+    """The first generation is greedy (temperature 0, one answer); only users whose answer is the
+    target or empty get sampled answers; a user with no usable answer at all gets a catalogue item."""
+    import rlrf.generation.generate as gen
+
+    cfg = tiny_sprec_config
+    arm_list = arms(cfg, show_progress=False)
+    ds = arm_list[0][1].ds
+    cat = ds.catalog
+    users = iteration_users(ds, cfg, 0)
+    target_user, empty_user, hopeless_user = users[0], users[1], users[2]
+    calls = []
+
+    def fake_run_generate(gcfg, *, iteration, mode, dataset, users, show_progress):
+        calls.append((gcfg.generate.temperature, gcfg.generate.n, list(users)))
+        layout = RunLayout(gcfg.run_dir)
+        prompts = gen.build_prompts(gcfg, dataset, tokenizer, mode, users=users)
+        have = {(r["user"], r["k"]) for r in read_jsonl(layout.responses(iteration, mode))}
+        append_jsonl(layout.prompts(iteration, mode), [{"user": p.key, "prompt_hash": p.hash} for p in prompts
+                                                       if (p.key, 0) not in have])
+        rows = []
+        for p in prompts:
+            target = cat.index(p.meta["target"])
+            for k in range(gcfg.generate.n):
+                if (p.key, k) in have:
+                    continue
+                if p.key == hopeless_user:
+                    text = answer_text(cat, target)
+                elif k == 0:
+                    text = {target_user: answer_text(cat, target), empty_user: ""}.get(p.key, f"My own guess {p.key}")
+                else:
+                    text = f"Sampled guess {k}"
+                rows.append({"user": p.key, "iter": iteration, "k": k, "text": text, "target": p.meta["target"]})
+        append_jsonl(layout.responses(iteration, mode), rows)
+
+    monkeypatch.setattr(gen, "run_generate", fake_run_generate)
+    tokenizer = arm_list[0][1].tokenizer(cfg)
+    stats = {}
+    for arm_cfg, method in arm_list:
+        method.generate(arm_cfg, 0)
+        stats[method.name] = method.score(arm_cfg, 0)
+    assert calls[0] == (0.0, 1, users)  # greedy, one answer per user
+    assert calls[1][0] == cfg.sprec.fallback_temperature and calls[1][1] == 1 + cfg.sprec.samples
+    assert sorted(calls[1][2]) == sorted([target_user, empty_user, hopeless_user])
+    assert len(calls) == 2  # the baselines generate nothing
+    assert {s["pairs"] for s in stats.values()} == {len(users)}  # equal pair counts
+    pairs = {p["user"]: p for p in read_jsonl(RunLayout(cfg.run_dir).arm("sprec").pairs(0))}
+    assert pairs[users[3]]["rejected"] == f"My own guess {users[3]}" and pairs[users[3]]["rejected_sources"] == ["greedy"]
+    assert pairs[target_user]["rejected"] == "Sampled guess 1" and pairs[empty_user]["rejected_sources"] == ["sampled"]
+    assert pairs[hopeless_user]["rejected_sources"] == ["catalogue"]
+    assert pairs[hopeless_user]["rejected"] != pairs[hopeless_user]["chosen"]
+    assert stats["sprec"]["greedy_is_target"] == 2 and stats["sprec"]["greedy_empty"] == 1
+    assert stats["sprec"]["sources"] == {"greedy": len(users) - 3, "sampled": 2, "catalogue": 1}
+
+
+def test_eval_protocols_differ_in_masking_and_mgus_history(ml100k_small, tiny_sprec_config):
+    ds, cfg = ml100k_small, tiny_sprec_config
+    users = [u for u in ds.splits["test"] if len(ds.users[u].items) > cfg.data.lists.max_history + 1][:3]
+    masked, baseline = evaluation_histories(ds, cfg, users)  # sprec: SPRec's own
+    assert all(masked[u] == [] for u in users)
+    assert all(baseline[u] == ds.users[u].items[:-1][-cfg.data.lists.max_history:] for u in users)
+    rlrf = cfg.model_copy(update={"sprec": cfg.sprec.model_copy(update={"eval_protocol": "rlrf"})})
+    masked, baseline = evaluation_histories(ds, rlrf, users)
+    assert all(masked[u] == baseline[u] == ds.users[u].items[:-1] for u in users)
+
+
+def test_seeds_are_pooled_and_differences_from_sft_get_paired_bootstrap_cis(ml100k_small):
+    cat = ml100k_small.catalog
+    genre = cat.genre_matrix().astype(float)
+    pop = train_popularity(ml100k_small).astype(float)
+    rng = np.random.default_rng(0)
+    n, k = 40, 10
+    hist = [rng.choice(len(cat), 5).tolist() for _ in range(n)]
+
+    def lists(seed, hits):
+        recs = np.random.default_rng(seed).choice(len(cat), size=(n, k))
+        return _Lists(recs, hist, genre, pop, {"hr@1": hits, "ndcg@1": hits, "hr@10": hits, "ndcg@10": hits})
+
+    sft = {s: lists(s, [0.0] * n) for s in (0, 1, 2)}
+    same = {s: lists(s, [0.0] * n) for s in (0, 1, 2)}
+    better = {s: lists(10 + s, [1.0] * 10 + [0.0] * 30) for s in (0, 1, 2)}
+    out = compare({"SFT": sft, "same": same, "better": better}, "SFT", metric_keys([1, 10]), n_boot=300)
+    # the point values are the library's metrics of the whole lists
+    one = sft[0]
+    every = np.arange(n)[None, :]
+    mgu, dgu = m.mgu_dgu(one.recs, np.concatenate(hist), genre, 10)
+    assert one.statistic("mgu@10", every)[0] == pytest.approx(mgu)
+    assert one.statistic("dgu@10", every)[0] == pytest.approx(dgu)
+    assert one.statistic("div_ratio@10", every)[0] == pytest.approx(m.div_ratio(one.recs, 10))
+    assert one.statistic("or_ratio@1", every)[0] == pytest.approx(m.or_ratio(one.recs, 1))
+    assert one.statistic("mean_popularity@10", every)[0] == pytest.approx(m.mean_popularity(one.recs, pop, 10))
+    assert out["SFT"]["metrics"]["hr@10"]["sd"] == 0.0 and "vs_sft" not in out["SFT"]["metrics"]["hr@10"]
+    for key in metric_keys([1, 10]):  # a policy identical to SFT: difference 0, CI [0, 0]
+        assert out["same"]["metrics"][key]["vs_sft"] == {"mean": 0.0, "ci95": [0.0, 0.0]}
+    d = out["better"]["metrics"]["hr@10"]["vs_sft"]
+    assert d["mean"] == pytest.approx(0.25) and 0 < d["ci95"][0] < 0.25 < d["ci95"][1]
+    assert out["better"]["seeds"] == [0, 1, 2] and len(out["better"]["metrics"]["div_ratio@10"]["per_seed"]) == 3
 
 
 @pytest.fixture
@@ -70,71 +243,68 @@ def tiny_sprec_config(tmp_path, tiny_model_dir):
         "align": {"trainer_args": {"per_device_train_batch_size": 2, "max_length": 256, "learning_rate": 1e-3}},
         "sft": {"users": 8, "trainer_args": {"per_device_train_batch_size": 4, "max_length": 256}},
         "loop": {"iterations": 1, "eval_users": 5},
-        "sprec": {"users_per_iteration": 6, "samples": 2, "min_similarity": -1.0, "ks": [1, 5, 10]},
+        "sprec": {"users_per_iteration": 6, "samples": 2, "min_similarity": -1.0, "ks": [1, 5, 10],
+                  "sft_windows": 2, "bootstrap": 200},
     }
     path = tmp_path / "sprec.yaml"
     path.write_text(yaml.safe_dump(config))
     return load_config(path)
 
 
-def test_sprec_end_to_end_on_a_tiny_policy(tiny_sprec_config):
+def test_sprec_end_to_end_on_a_tiny_policy_with_two_seeds(tiny_sprec_config):
     from rlrf.data.dataset import load_dataset
     from rlrf.report import write_report
 
-    cfg = tiny_sprec_config
+    cfg = tiny_sprec_config.model_copy(update={"sprec": tiny_sprec_config.sprec.model_copy(update={"seeds": [0, 1]})})
     run = cfg.run_dir
     metrics = run_sprec(cfg)
     ds = load_dataset(cfg.data, seed=cfg.seed)
     cat = ds.catalog
 
-    assert (run / "sft" / "adapter" / "adapter_config.json").exists()
-    assert metrics["sft"]["examples"] == 8
-    assert set(metrics["methods"]) == {"sprec", "dpo_random", "dpo_popularity"}
-    users = iteration_users(ds, cfg, 0)
-    for name, method in metrics["methods"].items():
-        assert list(method["evaluations"]) == ["policy_0", "policy_1"]
-        pairs = read_jsonl(run / name / "iter_0" / "pairs.jsonl")
-        assert pairs and {p["user"] for p in pairs} <= set(users) <= set(ds.splits["train"])
-        for p in pairs:  # the real next item is chosen, never rejected
-            assert p["chosen"] == answer_text(cat, ds.users[p["user"]].items[-1])
-            assert p["chosen"] not in p["rejected_list"]
-        # SFT on fresh positives, then DPO from it
-        assert (run / name / "iter_0" / "sft_adapter" / "adapter_config.json").exists()
-        log = read_json(run / name / "iter_0" / "align_log.json")
-        assert log["summary"]["start_adapter"] == str(run / name / "iter_0" / "sft_adapter")
-    # self-play negatives are the policy's own grounded predictions
-    predicted = {answer_text(cat, g) for g in _grounded(cfg, ds, run / "sprec" / "iter_0" / "next_item.jsonl")}
-    assert {p["rejected"] for p in read_jsonl(run / "sprec" / "iter_0" / "pairs.jsonl")} <= predicted
-    # the three methods start from one SFT policy, evaluated once
-    assert metrics["evaluations"]["sft"] == metrics["methods"]["sprec"]["evaluations"]["policy_0"]
-    assert sorted(p.name for p in (run / "eval").iterdir()) == [
-        "base", "dpo_popularity__iter_0__adapter", "dpo_random__iter_0__adapter", "sft__adapter", "sprec__iter_0__adapter"]
-
-    # the bias metrics are those of the saved top-K lists
-    ev = metrics["methods"]["sprec"]["evaluations"]["policy_1"]
-    recs = read_jsonl(run / "eval" / "sprec__iter_0__adapter" / "iter_0" / "recommendations.jsonl")
-    assert len(recs) == ev["users"] == 5
+    assert metrics["seeds"] == [0, 1] and set(metrics["seed_runs"]) == {"0", "1"}
+    for seed in (0, 1):
+        assert (run / f"seed_{seed}" / "sft" / "adapter" / "adapter_config.json").exists()
+        seed_cfg = cfg.model_copy(update={"seed": seed})
+        users = iteration_users(ds, seed_cfg, 0)
+        counts = set()
+        for name in ("sprec", "dpo_random", "dpo_popularity"):
+            method = metrics["seed_runs"][str(seed)][name]
+            assert list(method["evaluations"]) == ["policy_0", "policy_1"]
+            pairs = read_jsonl(run / f"seed_{seed}" / name / "iter_0" / "pairs.jsonl")
+            counts.add(len(pairs))
+            assert {p["user"] for p in pairs} == set(users) and set(users) <= set(ds.splits["train"])
+            for p in pairs:
+                assert p["chosen"] == answer_text(cat, ds.users[p["user"]].items[-1]) and p["chosen"] not in p["rejected_list"]
+            log = read_json(run / f"seed_{seed}" / name / "iter_0" / "align_log.json")
+            assert log["summary"]["start_adapter"] == str(run / f"seed_{seed}" / name / "iter_0" / "sft_adapter")
+        assert counts == {len(users)}  # every arm one pair per iteration user
+        # self-play's rejected texts are what the policy wrote (greedy k=0, or a sampled fallback)
+        texts = {(r["user"], r["k"]): r["text"].strip()
+                 for r in read_jsonl(run / f"seed_{seed}" / "sprec" / "iter_0" / "next_item.jsonl")}
+        for p in read_jsonl(run / f"seed_{seed}" / "sprec" / "iter_0" / "pairs.jsonl"):
+            if p["rejected_sources"] != ["catalogue"]:
+                assert p["rejected"] in {t for (u, _), t in texts.items() if u == p["user"]}
+        assert metrics["sft"]["examples"] >= 8
+    assert sorted(p.name for p in (run / "eval").iterdir()) == ["base"]  # the base model, evaluated once
+    ev = metrics["seed_runs"]["1"]["sprec"]["evaluations"]["policy_1"]
+    assert ev["protocol"] == "sprec" and ev["users"] == 5 and len(ev["per_user"]["hr@10"]) == 5
+    recs = read_jsonl(run / "seed_1" / "eval" / "sprec__iter_0__adapter" / "iter_0" / "recommendations.jsonl")
     top = np.array([[cat.index(i) for i in r["items"]] + [-1] * (10 - len(r["items"])) for r in recs])
-    targets = np.array([cat.index(r["target"]) for r in recs])
     for k in (1, 5, 10):
         assert ev[f"div_ratio@{k}"] == pytest.approx(m.div_ratio(top, k))
-        assert ev[f"or_ratio@{k}"] == pytest.approx(m.or_ratio(top, k))
-        hr, _ = m.hit_ndcg_at_k(m.target_ranks(top, targets), k)
-        assert ev[f"hr@{k}"] == pytest.approx(hr.mean())
-    for r in recs:  # never an item the user already has
-        assert not set(r["items"]) & {cat.ids[i] for i in ds.users[r["user"]].items[:-1]}
-    assert sum(ev["grounding"].values()) == pytest.approx(1.0)
-    assert sum(ev["popularity_histogram"]["history"]) == pytest.approx(1.0, abs=1e-3)
+    comparison = metrics["comparison"]
+    assert {"base (no SFT)", "SFT", "SPRec iter 1", "DPO-random iter 1", "DPO-popularity iter 1"} <= set(comparison)
+    assert comparison["SPRec iter 1"]["seeds"] == [0, 1]
+    assert all("vs_sft" in cell for cell in comparison["SPRec iter 1"]["metrics"].values())
 
     report = write_report(run, metrics).read_text()
-    for label in ("base (no SFT)", "| SFT |", "SPRec iter 1", "DPO-random iter 1", "DPO-popularity iter 1"):
+    for label in ("base (no SFT)", "| SFT |", "SPRec iter 1", "DPO-random iter 1", "Difference from SFT", "±"):
         assert label in report
-    assert (run / "sprec_popularity.png").stat().st_size > 0
+    assert (run / "sprec_popularity.png").stat().st_size > 0 and (run / "sprec_iterations.png").stat().st_size > 0
 
-    # a rerun finds everything done and changes nothing
     before = json.loads((run / "metrics.json").read_text())
-    again = run_sprec(cfg)
-    assert again["methods"] == before["methods"]
+    again = run_sprec(cfg)  # a rerun finds everything done and changes nothing
+    assert again["seed_runs"] == before["seed_runs"] and again["comparison"] == before["comparison"]
 
 
 def run_sprec(cfg) -> dict:
@@ -148,10 +318,3 @@ def test_every_arm_draws_its_negatives_from_a_registered_sampler():
     assert set(SAMPLERS) == {"sprec", "dpo_random", "dpo_popularity"}
     assert [name for name, s in SAMPLERS.items() if s.from_policy] == ["sprec"]
     assert [name for name, s in SAMPLERS.items() if s.by_popularity] == ["dpo_popularity"]
-
-
-def _grounded(cfg, ds, path):
-    from rlrf.methods.sprec import make_grounder
-
-    grounder = make_grounder(cfg, ds)
-    return [g.item for g in grounder.ground([r["text"] for r in read_jsonl(path)]) if g.item is not None]

@@ -283,20 +283,31 @@ class SPRecConfig(Section):
     """Self-play next-item generation (`rlrf sprec`, rlrf/methods/sprec.py). Prompts show the user's last
     `data.lists.max_history` items before the target; the answer is one "Title (year)"."""
 
-    users_per_iteration: int = Field(64, ge=1)  # train users sampled afresh each iteration: positives, predictions, pairs
-    samples: int = Field(1, ge=1)  # predictions sampled per user for self-play negatives (>= score.negatives)
+    users_per_iteration: int = Field(256, ge=1)  # train users sampled afresh each iteration: positives, predictions, pairs (every arm: one pair each)
+    samples: int = Field(4, ge=1)  # self-play fallback: titles sampled (at fallback_temperature) for a user whose greedy guess is the target or empty
+    fallback_temperature: float = Field(0.8, gt=0)
     methods: list[Literal["sprec", "dpo_random", "dpo_popularity"]] = Field(["sprec", "dpo_random", "dpo_popularity"], min_length=1)
+    sft_windows: int = Field(8, ge=1)  # sliding-window SFT examples per train user: (history -> item) at its last N positions
+    sft_max_examples: int | None = Field(4096, ge=1)  # cap on the initial SFT's examples (a seeded sample); None = all
     min_similarity: float = Field(0.5, ge=-1, le=1)  # nearest-title grounding below this cosine is "ungrounded"
     topk: Literal["nearest", "samples"] = "nearest"  # top-K = the K items nearest the greedy title, or K sampled titles grounded
-    eval_samples: int = Field(10, ge=1)  # topk=samples: titles sampled per test user
-    exclude_history: bool = True  # never recommend an item the user already has
+    eval_samples: int = Field(10, ge=1)  # topk=samples: titles sampled per evaluated user
+    eval_splits: list[Literal["valid", "test"]] = Field(["valid", "test"], min_length=1)  # users evaluated on their last item
+    # sprec: SPRec's own evaluation (no history masking, embedding order only, MGU's history = the shown items);
+    # rlrf: history masked (exclude_history), the matched title first, MGU's history = every item before the target
+    eval_protocol: Literal["sprec", "rlrf"] = "sprec"
+    exclude_history: bool = True  # eval_protocol rlrf: never recommend an item the user already has
     ks: list[int] = Field([1, 5, 10], min_length=1)  # cut-offs of the evaluation metrics
     evaluate_base: bool = True  # also evaluate the policy before SFT (a reference row)
+    seeds: list[int] | None = None  # training seeds (one SFT + arms each under seed_<s>/, data split fixed by `seed`); None = `seed` alone
+    bootstrap: int = Field(1000, ge=100)  # resamples of the paired bootstrap CIs against SFT
 
     @model_validator(mode="after")
     def _positive_ks(self) -> "SPRecConfig":
         if min(self.ks) < 1:
             raise ValueError(f"sprec.ks must be positive cut-offs (got {self.ks})")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"sprec.seeds must be distinct (got {self.seeds})")
         return self
 
 

@@ -14,7 +14,12 @@ level by level, cheapest and most certain first:
    they miss, in one batch.
 
 When several items share a key, the item whose year equals the text's year wins, then a primary
-title over an alternate one, then the most popular item (the likeliest intended one).
+title over an alternate one, then the most popular item (the likeliest intended one; pass the
+training interactions' counts as `popularity` so no held-out interaction decides).
+
+Twin titles: ml-100k has items that share one title and year ("Chasing Amy (1997)" is two items).
+`TitleGrounder.twin` maps every item to the first item of its (normalised title, year) group, so a
+negative can be checked against the target by title and a recommendation of either twin is a hit.
 
 `TitleGrounder.nearest` gives the k nearest items to a text's embedding, skipping the user's
 history: SPRec's (and BIGRec's) top-K list for evaluation.
@@ -153,13 +158,16 @@ class TitleGrounder:
     new grounder over the same catalogue and encoder reads it instead of encoding every title.
     """
 
-    def __init__(self, catalog, encoder, *, min_similarity: float = 0.5, index_dir: Path | None = None):
+    def __init__(self, catalog, encoder, *, min_similarity: float = 0.5, index_dir: Path | None = None,
+                 popularity=None):
         self.catalog = catalog
         self.encoder = encoder
         self.min_similarity = float(min_similarity)
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self._index = None
-        self._popularity = np.asarray(catalog.popularity, dtype=np.int64)
+        self._popularity = np.asarray(catalog.popularity if popularity is None else popularity, dtype=np.int64)
+        if len(self._popularity) != len(catalog):
+            raise ValueError(f"popularity has {len(self._popularity)} entries for {len(catalog)} items")
         self.texts = [catalogue_text(t, y) for t, y in zip(catalog.titles, catalog.years)]
         # key -> list of (item, rank); rank 0 = primary title, 1 = alternate title.
         self._exact: dict[str, list[tuple[int, int]]] = {}
@@ -187,6 +195,25 @@ class TitleGrounder:
                     ranks[key] = min(rank, ranks.get(key, rank))
             for key, rank in ranks.items():
                 self._normalised.setdefault(key, []).append((i, rank))
+        first: dict[tuple[str, int | None], int] = {}
+        self.title_keys = [(normalise_title(_split_year(t.strip())[0])[0], y) for t, y in zip(catalog.titles, self._years)]
+        self.twin = np.array([first.setdefault(key, i) for i, key in enumerate(self.title_keys)], dtype=np.int64)
+
+    # --- twins -------------------------------------------------------------------------------
+
+    def same_title(self, i: int, j: int) -> bool:
+        """Items i and j are one item or twins (equal normalised title and year)."""
+        return int(self.twin[i]) == int(self.twin[j])
+
+    def names_item(self, text: str, item: int) -> bool:
+        """The text's title is item's title (normalised; a year in the text must match)."""
+        key, year = normalise_title(extract_title(text))
+        own_key, own_year = self.title_keys[item]
+        return bool(key) and key == own_key and (year is None or own_year is None or year == own_year)
+
+    def twins_of(self, item: int) -> list[int]:
+        """Every item sharing item's title and year (item itself included)."""
+        return np.flatnonzero(self.twin == self.twin[item]).tolist()
 
     # --- levels 1-2 --------------------------------------------------------------------------
 

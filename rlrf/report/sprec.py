@@ -1,19 +1,22 @@
-"""The `rlrf sprec` report: SFT vs the DPO baselines vs SPRec, iteration by iteration, on test users.
+"""The `rlrf sprec` report: SFT vs the DPO baselines vs SPRec, iteration by iteration, on held-out users.
 
 SPRec's claim is about the trade-off, so accuracy (HR, NDCG) and bias (DivRatio, ORRatio, MGU, DGU,
-mean popularity) sit in one table, and the popularity histogram of each final policy's
-recommendations is drawn against that of the users' histories.
+mean popularity) sit in one table. Every value is pooled over the training seeds (mean ± sd over
+seeds); a second table gives each policy's difference from SFT with a paired bootstrap 95% CI over
+users (`metrics["comparison"]`, computed by `rlrf.methods.sprec.collect`). A CI that contains 0 is
+no evidence of a difference. The popularity histogram of each final policy's recommendations is
+drawn against that of the users' histories (popularity = training interactions).
 """
 
 from __future__ import annotations
 
-
-from rlrf.report import save_figure
 from rlrf.methods.sprec import SAMPLERS
+from rlrf.report import save_figure
 
 ACCURACY = [("hr@1", "HR@1"), ("hr@5", "HR@5"), ("ndcg@5", "NDCG@5"), ("hr@10", "HR@10"), ("ndcg@10", "NDCG@10")]
-BIAS = [("div_ratio@1", "DivRatio@1 ↑"), ("or_ratio@1", "ORRatio@1 ↓"), ("div_ratio@10", "DivRatio@10 ↑"), ("or_ratio@10", "ORRatio@10 ↓"), ("mgu@10", "MGU@10 ↓"),
-        ("dgu@10", "DGU@10 ↓"), ("mean_popularity@10", "mean pop@10")]
+BIAS = [("div_ratio@1", "DivRatio@1 ↑"), ("or_ratio@1", "ORRatio@1 ↓"), ("div_ratio@10", "DivRatio@10 ↑"),
+        ("or_ratio@10", "ORRatio@10 ↓"), ("mgu@10", "MGU@10 ↓"), ("dgu@10", "DGU@10 ↓"),
+        ("mean_popularity@10", "mean pop@10")]
 
 
 def _title(name: str) -> str:
@@ -21,7 +24,7 @@ def _title(name: str) -> str:
 
 
 def rows(metrics: dict) -> list[tuple[str, dict]]:
-    """(label, evaluation) in reading order: base, SFT, then each iteration's methods side by side."""
+    """(label, evaluation) of the first seed in reading order: base, SFT, then each iteration's methods."""
     out = []
     if "base" in metrics["evaluations"]:
         out.append(("base (no SFT)", metrics["evaluations"]["base"]))
@@ -38,45 +41,86 @@ def rows(metrics: dict) -> list[tuple[str, dict]]:
     return out
 
 
-def _cell(ev: dict, key: str) -> str:
-    value = ev.get(key)
-    return "" if value is None else f"{value:.4f}" if key != "mean_popularity@10" else f"{value:.1f}"
+def _fmt(value, key: str, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    digits = 1 if key.startswith("mean_popularity") else 4
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _pooled_cell(cell: dict | None, key: str, n_seeds: int) -> str:
+    if not cell:
+        return ""
+    text = _fmt(cell["mean"], key)
+    return f"{text} ± {_fmt(cell['sd'], key)}" if n_seeds > 1 else text
+
+
+def _diff_cell(cell: dict | None, key: str) -> str:
+    if not cell or "vs_sft" not in cell:
+        return ""
+    d = cell["vs_sft"]
+    lo, hi = d["ci95"]
+    mark = " *" if lo > 0 or hi < 0 else ""
+    return f"{_fmt(d['mean'], key, True)} [{_fmt(lo, key, True)}, {_fmt(hi, key, True)}]{mark}"
 
 
 def markdown(metrics: dict) -> str:
-    table = rows(metrics)
     columns = ACCURACY + BIAS
+    comparison = metrics.get("comparison")
+    table = rows(metrics)
     users = table[0][1].get("users", "") if table else ""
+    protocol = metrics.get("protocol", table[0][1].get("protocol", "") if table else "")
+    seeds = metrics.get("seeds", [])
     lines = [
         "# SPRec report",
         "",
-        f"Next-item generation on {users} held-out test users: the policy writes one title (greedy), the",
-        "top-K list is that title's catalogue item followed by the items nearest its embedding",
-        "(`sprec.topk`). DivRatio = distinct items / slots; ORRatio = share of the 3 most",
-        "recommended items; MGU/DGU = genre drift from the histories. @1 is the generated title itself.",
+        f"Next-item generation on {users} held-out users (their last item), evaluation protocol `{protocol}`,",
+        f"training seeds {seeds}. The policy writes one title (greedy); the top-K list is the items nearest",
+        "that title's embedding (`sprec`: SPRec's own protocol, no history masking; `rlrf`: the matched",
+        "title first, history masked). A recommendation with the target's title (a twin item) is a hit.",
+        "DivRatio = distinct items / slots; ORRatio = share of the 3 most recommended items; MGU/DGU =",
+        "genre drift from the histories; popularity counts training users' interactions only.",
         "",
-        "| policy | " + " | ".join(title for _, title in columns) + " | grounded top-1 |",
-        "|---|" + "---|" * (len(columns) + 1),
     ]
-    for label, ev in table:
-        grounding = ev.get("grounding", {})
-        grounded = 1.0 - grounding.get("none", 0.0) if grounding else None
-        lines.append(f"| {label} | " + " | ".join(_cell(ev, key) for key, _ in columns)
-                     + f" | {'' if grounded is None else f'{grounded:.2f}'} |")
+    if comparison:
+        n = max((len(e["seeds"]) for e in comparison.values()), default=1)
+        lines += [f"## Pooled over seeds (mean{' ± sd over seeds' if n > 1 else ''})", "",
+                  "| policy | seeds | " + " | ".join(t for _, t in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
+        for label, entry in comparison.items():
+            lines.append(f"| {label} | {len(entry['seeds'])} | "
+                         + " | ".join(_pooled_cell(entry["metrics"].get(k), k, len(entry["seeds"])) for k, _ in columns) + " |")
+        lines += ["", "## Difference from SFT (paired bootstrap 95% CI over users, averaged over seeds; * = CI excludes 0)", "",
+                  "| policy | " + " | ".join(t for _, t in columns) + " |", "|---|" + "---|" * len(columns)]
+        for label, entry in comparison.items():
+            if label == "SFT":
+                continue
+            lines.append(f"| {label} | " + " | ".join(_diff_cell(entry["metrics"].get(k), k) for k, _ in columns) + " |")
+    else:
+        lines += ["| policy | " + " | ".join(t for _, t in columns) + " |", "|---|" + "---|" * len(columns)]
+        for label, ev in table:
+            lines.append(f"| {label} | " + " | ".join(_fmt(ev.get(k), k) for k, _ in columns) + " |")
+    if table:
+        lines += ["", "Grounded greedy titles (first seed): " + ", ".join(
+            f"{label} {1.0 - ev.get('grounding', {}).get('none', 0.0):.2f}" for label, ev in table if ev.get("grounding"))]
     methods = metrics.get("methods", {})
+    runs = metrics.get("seed_runs") or ({str(seeds[0]): methods} if seeds else {"": methods})
     if methods:
-        lines += ["", "| method | iteration | pairs | without negative | mean pop. target | mean pop. negative | seconds |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, m in methods.items():
-            for t, it in sorted(m.get("iterations", {}).items(), key=lambda kv: int(kv[0])):
-                p = it.get("pairs", {})
-                pop = [p.get("mean_target_popularity"), p.get("mean_negative_popularity")]
-                lines.append(f"| {_title(name)} | {t} | {p.get('pairs', '')} | {p.get('without_negative', '')} | "
-                             + " | ".join("" if x is None else f"{x:.1f}" for x in pop) + f" | {it.get('seconds', '')} |")
+        lines += ["", "| seed | method | iteration | pairs | negatives by source | mean pop. target | mean pop. negative | seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for seed, arms in runs.items():
+            for name, m in arms.items():
+                for t, it in sorted(m.get("iterations", {}).items(), key=lambda kv: int(kv[0])):
+                    p = it.get("pairs", {})
+                    pop = [p.get("mean_target_popularity"), p.get("mean_negative_popularity")]
+                    sources = ", ".join(f"{k} {v}" for k, v in sorted(p.get("sources", {}).items()))
+                    lines.append(f"| {seed} | {_title(name)} | {t} | {p.get('pairs', '')} | {sources} | "
+                                 + " | ".join("" if x is None else f"{x:.1f}" for x in pop) + f" | {it.get('seconds', '')} |")
     sft = metrics.get("sft")
     if sft:
         losses = " → ".join(f"{x:.3f}" for x in (sft.get("first_loss"), sft.get("last_loss")) if x is not None)
-        lines += ["", f"SFT: {sft.get('examples')} examples, {sft.get('steps')} steps, loss {losses}, {sft.get('seconds')} s."]
+        lines += ["", f"SFT (first seed): {sft.get('examples')} sliding-window examples, {sft.get('steps')} steps, "
+                      f"loss {losses}, {sft.get('seconds')} s."]
     lines += ["", "![popularity](sprec_popularity.png)", "", "![per iteration](sprec_iterations.png)", ""]
     return "\n".join(lines)
 
@@ -105,20 +149,30 @@ def plot(metrics: dict, layout) -> None:
         for j, (label, h) in enumerate(with_hist, start=1):
             ax.bar(centers + j * width, h["recommended"], width, label=label)
         ax.set_xticks(centers + 0.4, [f"{int(a)}–{int(b)}" for a, b in zip(edges[:-1], edges[1:])], rotation=45, fontsize=7)
-    ax.set_xlabel("item popularity (interactions)")
+    ax.set_xlabel("item popularity (training interactions)")
     ax.set_ylabel("share of items")
-    ax.set_title("Popularity of recommended items (top-10) vs histories")
+    ax.set_title("Popularity of recommended items (top-10) vs histories (first seed)")
     ax.legend(fontsize=7)
     save_figure(fig, layout, "sprec_popularity")
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.3))
+    comparison = metrics.get("comparison", {})
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.5))
     for ax, (key, title) in zip(axes, [("ndcg@10", "NDCG@10"), ("div_ratio@10", "DivRatio@10")]):
         for name, m in methods.items():
-            evs = sorted(m["evaluations"].items(), key=lambda kv: int(kv[0].split("_")[1]))
-            ax.plot([int(k.split("_")[1]) for k, _ in evs], [ev.get(key) or 0.0 for _, ev in evs], marker="o",
-                    label=_title(name))
+            xs, ys, err = [], [], []
+            n_iter = len(m["evaluations"])
+            for t in range(n_iter):
+                label = "SFT" if t == 0 else f"{_title(name)} iter {t}"
+                cell = comparison.get(label, {}).get("metrics", {}).get(key)
+                if cell is not None:
+                    xs.append(t), ys.append(cell["mean"]), err.append(cell["sd"])
+                elif f"policy_{t}" in m["evaluations"]:
+                    xs.append(t), ys.append(m["evaluations"][f"policy_{t}"].get(key) or 0.0), err.append(0.0)
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=_title(name))
         ax.set_xticks(range(max((len(m["evaluations"]) for m in methods.values()), default=1)))
         ax.set_xlabel("iteration (0 = SFT)")
+        ax.set_ylabel(f"{title} (mean ± sd over seeds)")
         ax.set_title(title)
     axes[0].legend(fontsize=7)
+    fig.suptitle("SPRec vs DPO baselines per iteration")
     save_figure(fig, layout, "sprec_iterations")
