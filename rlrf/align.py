@@ -468,6 +468,8 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
     from datasets import Dataset
     from trl import DPOConfig
 
+    from rlrf.precision import training_precision
+
     model, tokenizer, lora = trainable_policy(cfg, policy, start_adapter)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -499,8 +501,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
         max_length=a.max_length,
         precompute_ref_log_probs=False,  # we precompute ourselves (chosen + k negatives), see the docstring
         gradient_checkpointing=a.gradient_checkpointing,
-        bf16=dtype == torch.bfloat16,
-        fp16=False,
+        **training_precision(model),  # bf16 autocast over bf16 weights where the CPU/GPU has bf16
         use_cpu=device.type == "cpu",
         logging_steps=1,
         save_strategy="no",

@@ -92,6 +92,7 @@ def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: P
     from trl import SFTConfig, SFTTrainer
 
     from rlrf.align import adapter_complete, save_adapter, trainable_policy
+    from rlrf.precision import training_precision
 
     adapter_dir = Path(adapter_dir)
     log_path = adapter_dir.parent / f"{adapter_dir.name}_log.json"
@@ -107,7 +108,6 @@ def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: P
     model, tokenizer, lora = trainable_policy(cfg, None, start_adapter)
     s = cfg.sprec
     work_dir = adapter_dir.parent / f".sft-work-{os.getpid()}"
-    dtype = next(model.parameters()).dtype
     args = SFTConfig(
         output_dir=str(work_dir),
         per_device_train_batch_size=s.sft_batch_size,
@@ -119,7 +119,7 @@ def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: P
         max_length=cfg.align.max_length,
         completion_only_loss=True,
         packing=False,
-        bf16=dtype == torch.bfloat16,
+        **training_precision(model),  # bf16 autocast over bf16 weights where the CPU/GPU has bf16
         use_cpu=next(model.parameters()).device.type == "cpu",
         logging_steps=1,
         save_strategy="no",
