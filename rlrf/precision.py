@@ -78,6 +78,7 @@ def training_precision(model) -> dict:
     import torch
 
     # the base weights' type (a continued adapter's LoRA parameters are float32 either way)
-    param = next((p for n, p in model.named_parameters() if "lora_" not in n), None) or next(model.parameters())
+    param = next((p for n, p in model.named_parameters() if "lora_" not in n), None)
+    param = param if param is not None else next(model.parameters())
     dtype, device = param.dtype, param.device
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16 and device.type == "cuda"}
