@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from rlrf.errors import UserError
+from rlrf.memory import releases_memory
 from rlrf.runs import atomic_write_json, read_jsonl
 
 PAIRS_FILE = "pairs.jsonl"
@@ -432,6 +433,7 @@ def save_adapter(peft_model, adapter_dir: Path, before_rename=None) -> None:
     tmp.rename(adapter_dir)
 
 
+@releases_memory  # the trainer's cycles and glibc's retained peak (rlrf/memory.py)
 def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> dict:
     """Align the policy on ``iter_<t>/pairs.jsonl``; writes ``iter_<t>/adapter`` and ``align_log.json``.
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from rlrf.errors import UserError
 from rlrf.loop import Method, run_loop, with_adapter
+from rlrf.memory import releases_memory
 from rlrf.runs import atomic_write_json, atomic_write_jsonl, read_json
 from rlrf.sprec_report import METHOD_TITLES
 
@@ -84,6 +85,7 @@ def load_tokenizer_for(cfg):
 # --------------------------------------------------------------------------------------------- SFT
 
 
+@releases_memory  # the trainer's cycles and glibc's retained peak (rlrf/memory.py)
 def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: Path, show_progress: bool = True) -> dict:
     """trl SFTTrainer on prompt/completion records (loss on the completion only), LoRA continued
     from `start_adapter` (or fresh). Writes `adapter_dir` atomically and a log beside it; skips when done."""
