@@ -393,10 +393,11 @@ def trainable_policy(cfg, policy, start_adapter: Path | None):
     from peft import LoraConfig, PeftModel
 
     from rlrf.llm import attach_adapter, load_policy
+    from rlrf.precision import training_dtype
 
     a = cfg.align
     if policy is None:
-        base_cfg = cfg.llm.model_copy(update={"adapter": None})
+        base_cfg = cfg.llm.model_copy(update={"adapter": None, "dtype": training_dtype(cfg.llm)})  # rlrf/precision.py
         policy = load_policy(base_cfg, merge_adapter=False)
     elif policy.adapter is not None and not isinstance(policy.model, PeftModel):
         raise ValueError("run_align needs a policy loaded with merge_adapter=False (its adapter is merged)")

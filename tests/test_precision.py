@@ -112,3 +112,11 @@ def test_bf16_decoding_is_deterministic(tiny_model_dir):
         return {(s.request, s.tag): s.token_ids for b in backend.generate(reqs, params) for s in b}
 
     assert run(8) == run(8)
+
+
+def test_training_stays_fp32_on_cpu_under_auto(bf16_cpu):
+    """bf16 DPO does not track fp32 (rlrf.precision.training_dtype): `auto` trains in fp32 on CPU."""
+    bf16_cpu(True)
+    assert precision.training_dtype(LLMConfig(device="cpu")) == "float32"
+    assert precision.training_dtype(LLMConfig(device="cpu", dtype="bfloat16")) == "bfloat16"  # opt-in
+    assert precision.training_dtype(LLMConfig(device="cpu", dtype="float32")) == "float32"
