@@ -17,6 +17,7 @@ exists, else a freshly initialised one of the same shape (speed does not depend 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import uuid
@@ -40,7 +41,7 @@ def main() -> None:
 
     from recmodels import knowledge as kn
     from recmodels.train import build_reranker, hyperparameters, item_prior_features
-    from rlrf.reward import model as reward
+    from rlrf.reward.model import model as reward
     from rlrf.core.config import load_config
     from rlrf.data.dataset import load_dataset
     from rlrf.evaluation.metrics import map_at_k, ndcg_at_k
@@ -85,7 +86,8 @@ def main() -> None:
                 s = scorer.model(scorer.data.items[r], scorer.data.hist[r], scorer.data.hist_r[r],
                                  vecs[i: i + 1], has[i: i + 1])
                 y = scorer.data.labels[r]
-                out.append({f"{m.__name__[:-5]}@{k}": float(m(s, y, k)[0]) for k in ks for m in (ndcg_at_k, map_at_k)})
+                out.append({f"{m.__name__[:-5]}@{k}": float(m(s, y, k)[0]) for k in ks for m in (ndcg_at_k, map_at_k)}
+                           | {"margin": float(reward.logit_margin(s, y)[0])})
         return out
 
     # encoding included: texts never seen before (a fresh nonce), a cold cache in a temp dir
@@ -116,7 +118,8 @@ def main() -> None:
                 s = scorer.model(scorer.data.items[r], scorer.data.hist[r], scorer.data.hist_r[r],
                                  torch.from_numpy(v), torch.tensor([True]))
                 y = scorer.data.labels[r]
-                out.append({f"{m.__name__[:-5]}@{k}": float(m(s, y, k)[0]) for k in ks for m in (ndcg_at_k, map_at_k)})
+                out.append({f"{m.__name__[:-5]}@{k}": float(m(s, y, k)[0]) for k in ks for m in (ndcg_at_k, map_at_k)}
+                           | {"margin": float(reward.logit_margin(s, y)[0])})
         return out
 
     def timed(fn, *a):
@@ -141,6 +144,10 @@ def main() -> None:
     print(f"{'':28s}{'batched':>14s}{'naive loop':>14s}{'ratio':>9s}")
     for label, tb, tn in (("encoding excluded (pairs/s)", t_be, t_ne), ("encoding included (pairs/s)", t_bi, t_ni)):
         print(f"{label:28s}{n_pairs / tb:14.1f}{n_pairs / tn:14.1f}{tn / tb:8.1f}x")
+    import resource
+
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "
+          f"load average (1 min) {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

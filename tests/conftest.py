@@ -5,7 +5,14 @@
 # ml-100k titles, and a random-weight 2-layer Llama built from a config on top of it: the whole
 # generate path runs on them in seconds. Only the @slow test uses the real SmolLM2 weights.
 
+import os
+
 import pytest
+
+# `llm.dtype: auto` means bf16 on CPUs with AVX-512 BF16 / AMX (rlrf/core/precision.py); the suite's
+# exact-equality tests are written for float32, so `auto` means float32 here on every machine
+# (subprocesses inherit it). tests/test_precision.py covers bf16 and the probe explicitly.
+os.environ["RLRF_CPU_BF16"] = "0"
 
 SMOL_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"

@@ -47,6 +47,7 @@ from rlrf.alignment.adapters import previous_adapter, train_adapter, trainable_p
 from rlrf.core.errors import UserError
 from rlrf.core.io import read_jsonl
 from rlrf.core.layout import RunLayout
+from rlrf.core.precision import training_precision
 from rlrf.core.threads import use_threads
 from rlrf.generation.policy import portable_model_id
 
@@ -126,7 +127,6 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
     pairs_path = layout.pairs(iteration)
 
     def build(work_dir: Path):
-        import torch
         from datasets import Dataset
         from trl import DPOConfig
 
@@ -140,7 +140,6 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
         use_threads(cfg)
         model, tokenizer, lora = trainable_policy(cfg, policy, start_adapter)
         device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
         if negatives > 1:
             records = _tokenize_negatives(records, tokenizer)
         columns = ["prompt", "chosen", "rejected", "margin"] + (["negatives_full_ids"] if negatives > 1 else [])
@@ -150,7 +149,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
         if a.loss not in LOSSES and a.sft_weight > 0:
             loss_type, loss_weights = [a.loss, "sft"], [1.0, a.sft_weight]
         args = trainer_args(DPOConfig, "align", a.trainer_args, seed=cfg.seed, defaults={
-            "bf16": dtype == torch.bfloat16, "fp16": False, "use_cpu": device.type == "cpu",
+            **training_precision(model), "use_cpu": device.type == "cpu",  # bf16 autocast over bf16 weights
             "push_to_hub": False, "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
         }, fixed={
             "output_dir": str(work_dir), "loss_type": loss_type, "loss_weights": loss_weights,

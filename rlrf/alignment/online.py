@@ -21,6 +21,7 @@ from pathlib import Path
 from rlrf.alignment.adapters import previous_adapter, train_adapter, trainable_policy, trainer_args
 from rlrf.core.errors import UserError
 from rlrf.core.layout import RunLayout
+from rlrf.core.precision import training_precision
 from rlrf.core.threads import use_threads
 from rlrf.generation.policy import portable_model_id
 
@@ -60,7 +61,6 @@ def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[s
     o = cfg.online
 
     def build(work_dir: Path):
-        import torch
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -69,7 +69,7 @@ def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[s
         model, tokenizer, lora = trainable_policy(cfg, None, start_adapter)
         param = next(model.parameters())
         args = trainer_args(config_cls, "online", o.trainer_args, seed=cfg.seed, defaults={
-            "bf16": param.dtype == torch.bfloat16, "use_cpu": param.device.type == "cpu",
+            **training_precision(model), "use_cpu": param.device.type == "cpu",  # bf16 autocast over bf16 weights
             "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
         }, fixed={"output_dir": str(work_dir), "remove_unused_columns": False})
         count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731

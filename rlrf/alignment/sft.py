@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rlrf.alignment.adapters import train_adapter, trainable_policy, trainer_args
 from rlrf.core.errors import UserError
+from rlrf.core.precision import training_precision
 from rlrf.core.threads import use_threads
 from rlrf.generation.policy import portable_model_id
 
@@ -22,7 +23,6 @@ def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: P
     writes `adapter_dir` atomically and `log_path`; skips when the adapter is complete."""
 
     def build(work_dir: Path):
-        import torch
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
@@ -32,7 +32,7 @@ def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: P
         model, tokenizer, lora = trainable_policy(cfg, None, start_adapter)
         param = next(model.parameters())
         args = trainer_args(SFTConfig, "sft", cfg.sft.trainer_args, seed=cfg.seed, defaults={
-            "bf16": param.dtype == torch.bfloat16, "use_cpu": param.device.type == "cpu",
+            **training_precision(model), "use_cpu": param.device.type == "cpu",  # bf16 autocast over bf16 weights
             "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
         }, fixed={"output_dir": str(work_dir)})
         return SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora,

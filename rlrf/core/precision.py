@@ -1,0 +1,88 @@
+"""Which float type the policy runs in, for generation and for training.
+
+``llm.dtype: auto`` picks bfloat16 where the hardware multiplies it natively and float32 elsewhere:
+
+* CUDA: bf16 when the GPU supports it (Ampere and later), else float32;
+* CPU: bf16 when the CPU has AVX-512 BF16 or AMX (faster decoding on the 2-core EPYC with
+  AVX-512 BF16, figures in bench/README.md), else float32 — without those instructions bf16
+  matmuls are emulated and slower than float32.
+
+``float32`` / ``bfloat16`` / ``float16`` force a type. The probe is :func:`cpu_supports_bf16`
+(tests monkeypatch it); ``RLRF_CPU_BF16=0`` in the environment makes `auto` mean float32 on any
+CPU (the test suite sets it, so its exact-equality tests see float32 on every machine).
+
+Training: under `auto` the policy is trained in float32 on CPU
+(:func:`rlrf.alignment.adapters.training_dtype`, measured reasons there); ``llm.dtype: bfloat16``
+opts in to bf16 training, and :func:`training_precision`
+gives the ``TrainingArguments`` switches for the loaded weights (bf16 autocast over bf16 weights;
+peft keeps the LoRA parameters in float32).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matmul instructions (AVX-512 BF16 or AMX-BF16)."""
+    try:
+        import torch
+
+        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        if probe is not None and (probe() or (amx is not None and amx())):
+            return True
+    except Exception:  # an old or unusual torch build: fall back to the kernel's CPU flags
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_dtype(name: str, device) -> Any:
+    """The torch dtype for `llm.dtype` (`auto` = bf16 where native, see the module docstring)."""
+    import torch
+
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        if device.type == "cpu":
+            wanted = os.environ.get("RLRF_CPU_BF16", "1").strip().lower() not in {"0", "false", "no"}
+            return torch.bfloat16 if wanted and cpu_supports_bf16() else torch.float32
+        return torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise ValueError(f"llm.dtype: unknown dtype '{name}' ({', '.join(DTYPE_NAMES)})")
+    return table[name]
+
+
+def dtype_name(dtype) -> str:
+    """'bfloat16' for torch.bfloat16 (what run records store)."""
+    return str(dtype).replace("torch.", "")
+
+
+def training_precision(model) -> dict:
+    """TrainingArguments switches (``bf16``, ``fp16``) for training `model` as loaded.
+
+    bf16 weights → ``bf16=True`` (autocast; the trainable LoRA parameters stay float32, which peft
+    does by default); fp16 weights → ``fp16=True`` on CUDA only (CPU has no fp16 grad scaler);
+    float32 → neither, i.e. plain float32 training.
+    """
+    import torch
+
+    # the base weights' type (a continued adapter's LoRA parameters are float32 either way)
+    param = next((p for n, p in model.named_parameters() if "lora_" not in n), None)
+    param = param if param is not None else next(model.parameters())
+    dtype, device = param.dtype, param.device
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16 and device.type == "cuda"}
