@@ -51,3 +51,15 @@ def test_docs_point_only_inside_the_repository():
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "bench").glob("*.md"))]:
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"\.\./shared|DESIGN\.md", text), f"{path.name} points outside the repository"
+
+
+def test_only_the_run_layout_names_the_files_of_a_run():
+    run_files = ["responses.jsonl", "scores.jsonl", "pairs.jsonl", "pairs.meta.json", "lists.jsonl", "candidates.jsonl",
+                 "metrics.json", "align_log.json", "data.json", "config.yaml", "report.md", "eval.json", "train.json",
+                 "train_log.jsonl", "probe.json", "sft_adapter", "recommendations.jsonl"]
+    for path in sorted((ROOT / "rlrf").rglob("*.py")):
+        if path.name == "layout.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        named = [name for name in run_files if f'"{name}"' in text or f"'{name}'" in text]
+        assert not named, f"{path.relative_to(ROOT)} names {named}: build it with rlrf.core.layout.RunLayout"
