@@ -2,7 +2,7 @@
 
 Every command reads `-c CONFIG` (a path or a bundled name) and takes dotted `key=value` overrides
 after it, typed and checked by the same schema as the YAML (`rlrf run -c quickstart
-align.trainer_args.beta=0.2`). Commands import their stage lazily so `rlrf --help` stays fast, and
+align.beta=0.2`). Commands import their stage lazily so `rlrf --help` stays fast, and
 every error that is the user's (a bad file, key or value) ends as one line on stderr and exit 2.
 """
 
@@ -24,7 +24,7 @@ ConfigOption = Annotated[str | None, typer.Option(
     "--config", "-c", help="YAML config: a path or a bundled name (`rlrf config list`). Default: <run-dir>/config.yaml.")]
 RunDirOption = Annotated[Path | None, typer.Option("--run-dir", help="The run directory (overrides the config's run_dir).")]
 Overrides = Annotated[list[str] | None, typer.Argument(
-    metavar="[KEY=VALUE]...", help="Config overrides with dotted keys, e.g. align.trainer_args.beta=0.2 loop.iterations=3.",
+    metavar="[KEY=VALUE]...", help="Config overrides with dotted keys, e.g. align.beta=0.2 loop.iterations=3.",
     show_default=False)]
 IterationOption = Annotated[int, typer.Option("--iteration", "-i", help="The loop iteration (folder iter_<t>).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]

@@ -48,7 +48,7 @@ def _write_pairs(run_dir, tokenizer, n=4, negatives=1, iteration=0):
     return path
 
 
-ALIGN_KEYS = {"loss", "sft_weight", "rosepo_eps_max", "rosepo_tau", "precompute_ref_log_probs", "share_prompt"}
+ALIGN_KEYS = {"loss", "beta", "sft_weight", "rosepo_eps_max", "rosepo_tau", "precompute_ref_log_probs", "share_prompt"}
 
 
 def _cfg(tmp_path, model_dir, **settings):

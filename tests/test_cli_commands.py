@@ -51,10 +51,10 @@ def test_every_command_needs_a_config_unless_the_run_dir_has_one(tmp_path):
 
 
 def test_config_show_applies_typed_overrides():
-    result = run_cli("config", "show", "-c", "quickstart", "align.trainer_args.beta=0.37", "loop.iterations=3")
+    result = run_cli("config", "show", "-c", "quickstart", "align.beta=0.37", "loop.iterations=3")
     assert result.returncode == 0, result.stderr
     shown = yaml.safe_load(result.stdout)
-    assert shown["align"]["trainer_args"]["beta"] == 0.37 and shown["loop"]["iterations"] == 3
+    assert shown["align"]["beta"] == 0.37 and shown["loop"]["iterations"] == 3
     assert shown["align"]["trainer_args"]["learning_rate"] == 2.0e-4  # the rest of the mapping is kept
 
 

@@ -29,8 +29,8 @@ def _config(tmp_path, name, model_dir, per_device):
     path.write_text(yaml.safe_dump({
         "run_dir": str(tmp_path / name), "threads": 1, "llm": {"model": str(model_dir)},
         "lora": {"r": 4, "lora_alpha": 8},
-        "align": {"trainer_args": {"max_steps": 2, "per_device_train_batch_size": per_device, "max_length": 128,
-                                   "learning_rate": 1e-2, "beta": 0.5, "report_to": []}},
+        "align": {"beta": 0.5, "trainer_args": {"max_steps": 2, "per_device_train_batch_size": per_device,
+                                                "max_length": 128, "learning_rate": 1e-2, "report_to": []}},
     }))
     return path
 

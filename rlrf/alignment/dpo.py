@@ -152,7 +152,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             **training_precision(model), "use_cpu": device.type == "cpu",  # bf16 autocast over bf16 weights
             "push_to_hub": False, "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
         }, fixed={
-            "output_dir": str(work_dir), "loss_type": loss_type, "loss_weights": loss_weights,
+            "output_dir": str(work_dir), "beta": a.beta, "loss_type": loss_type, "loss_weights": loss_weights,
             "precompute_ref_log_probs": False,  # we precompute ourselves (chosen + k negatives), see the docstring
             "remove_unused_columns": False,
         })

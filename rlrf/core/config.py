@@ -187,7 +187,6 @@ _COMMON_TRAINER_DEFAULTS: dict[str, Any] = {
 }
 DPO_TRAINER_DEFAULTS: dict[str, Any] = {
     **_COMMON_TRAINER_DEFAULTS,
-    "beta": 0.1,  # strength of the KL anchor to the reference policy
     "learning_rate": 5e-5,  # LoRA on CPU; trl's DPO default (1e-6) barely moves a few steps
     "per_device_train_batch_size": 2,  # pairs per forward pass (each pair = 1 + negatives sequences)
     "gradient_accumulation_steps": 1,
@@ -229,13 +228,14 @@ class AlignConfig(_TrainerArgs):
     # dpo: best-vs-worst pairs, offline (RLRF4Rec); grpo / rloo: trl's online RL with the reward model
     # as the reward function (settings in the `online:` section)
     method: Literal["dpo", "grpo", "rloo"] = "dpo"
+    beta: float = Field(0.1, gt=0)  # strength of the KL anchor to the reference policy (rlrf's losses and trl's)
     loss: str = "dpo"  # dpo | sdpo | dmpo | rosepo, or a trl loss_type passed through (sigmoid, hinge, ipo, robust, ...)
     rosepo_eps_max: float = Field(0.4, ge=0, lt=0.5)  # rosepo: epsilon = eps_max * exp(-margin / tau), in [0, 0.5)
     rosepo_tau: float = Field(0.1, gt=0)  # rosepo: reward-margin scale (margins are NDCG/MAP differences)
     sft_weight: float = Field(0.0, ge=0)  # + weight * per-token NLL of the chosen response (0 = off)
     precompute_ref_log_probs: bool = True  # reference log-probs once before training (no reference forward per step)
     share_prompt: bool = True  # one forward pass per prompt, its KV cache shared by chosen + negatives (our losses)
-    # trainer_args: any trl DPOConfig field (beta, learning_rate, num_train_epochs, max_steps,
+    # trainer_args: any trl DPOConfig field (learning_rate, num_train_epochs, max_steps,
     # per_device_train_batch_size, max_length, warmup_steps, report_to, ...), laid over
     # DPO_TRAINER_DEFAULTS and checked by trl itself; seed and data_seed default to the run's seed
     DEFAULTS: ClassVar[dict[str, Any]] = DPO_TRAINER_DEFAULTS
