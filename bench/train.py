@@ -51,7 +51,7 @@ def worker(args) -> dict:
     from rlrf.alignment.sft import run_sft
     from rlrf.core.layout import RunLayout
     from rlrf.generation.generate import build_prompts
-    from rlrf.generation.policy import load_tokenizer, resolve_model_source
+    from rlrf.generation.policy import policy_tokenizer
     from rlrf.core.io import atomic_write_jsonl
     from rlrf.methods.sprec import sft_records, sft_users
 
@@ -68,7 +68,7 @@ def worker(args) -> dict:
     })
     layout = RunLayout(cfg.run_dir)
     ds = load_dataset(cfg.data, seed=cfg.seed)
-    tokenizer = load_tokenizer(resolve_model_source(cfg.llm.model, cfg.llm.cache_dir))
+    tokenizer = policy_tokenizer(cfg.llm)
     row: dict = {"dtype": dtype, "threads": torch.get_num_threads()}
 
     def n_tokens(prompt, completion):

@@ -332,6 +332,20 @@ def item_texts_with_knowledge(catalog, knowledge: dict[str, str]) -> tuple[list[
     return texts, own
 
 
+def item_texts_from_file(catalog, path: Path) -> tuple[list[str], int, "KnowledgeFile"]:
+    """Item texts from a knowledge JSONL (the first text per item), each item without one keeping its
+    own text; returns (texts, how many kept their own, the file as read)."""
+    kf = load_knowledge_file(Path(path), catalog.ids, field_name="item")
+    texts, own = item_texts_with_knowledge(catalog, kf.first())
+    return texts, own, kf
+
+
+def user_self_texts(catalog, lists: dict, positive_rating: float = 4.0) -> dict[str, str]:
+    """user -> `user_self_text` of the visible history of that user's list (`lists`: user -> an object
+    with `history` and `history_ratings`)."""
+    return {u: user_self_text(catalog, lst.history, lst.history_ratings, positive_rating) for u, lst in lists.items()}
+
+
 def user_self_text(catalog, history: Sequence[int], ratings: Sequence[float | None] | None = None,
                    positive_rating: float = 4.0, n_genres: int = 3, n_titles: int = 5) -> str:
     """"self" user knowledge from the visible history only (never the list being ranked).

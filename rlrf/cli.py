@@ -65,8 +65,7 @@ def quiet_libraries() -> None:
     import os
     import warnings
 
-    for name in ("TRANSFORMERS_VERBOSITY",):
-        os.environ.setdefault(name, "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)

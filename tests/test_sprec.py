@@ -113,13 +113,13 @@ def test_a_twin_title_counts_as_a_hit(ml100k_small, grounder):
 
 def test_sft_sees_sliding_windows_of_train_users(ml100k_small, tiny_sprec_config):
     from rlrf.generation.generate import build_prompts
-    from rlrf.methods.sprec import load_tokenizer_for
+    from rlrf.generation.policy import policy_tokenizer
 
     ds, cfg = ml100k_small, tiny_sprec_config
     users = [u for u in ds.splits["train"] if len(ds.users[u].items) >= 2][:5]
     windows = sft_windows(ds, cfg, users)
     assert len(windows) == sum(min(cfg.sprec.sft_windows, len(ds.users[u].items) - 1) for u in users)
-    tok = load_tokenizer_for(cfg)
+    tok = policy_tokenizer(cfg.llm)
     records = window_records(cfg, ds, tok, windows)
     for (u, t), r in zip(windows, records):
         assert r["completion"] == answer_text(ds.catalog, ds.users[u].items[t]) and 1 <= t < len(ds.users[u].items)

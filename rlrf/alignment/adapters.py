@@ -63,7 +63,6 @@ def training_dtype(llm_cfg) -> str:
     return "float32" if resolve_device(llm_cfg.device).type == "cpu" else "auto"
 
 
-
 def trainable_policy(cfg, policy, start_adapter: Path | None):
     """(model, tokenizer, peft_config): a trainable PeftModel continuing `start_adapter`, or a base
     model + a fresh LoraConfig for trl to wrap."""

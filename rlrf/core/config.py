@@ -207,19 +207,12 @@ class _TrainerArgs(Section):
     are laid over the section's `DEFAULTS` key by key, so setting one keeps the others."""
 
     DEFAULTS: ClassVar[dict[str, Any]] = {}
-    trainer_args: dict[str, Any] = {}
+    trainer_args: dict[str, Any] = Field(default_factory=dict, validate_default=True)
 
     @field_validator("trainer_args", mode="before")
     @classmethod
     def _over_defaults(cls, value):
         return {**cls.DEFAULTS, **(value or {})}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _defaults_when_absent(cls, data):
-        if isinstance(data, dict) and "trainer_args" not in data:
-            data = {**data, "trainer_args": {}}
-        return data
 
 
 class AlignConfig(_TrainerArgs):

@@ -99,8 +99,7 @@ class RunLayout:
         return self.responses(t, mode).with_suffix(".prompts.jsonl")
 
     def responses_meta(self, t: int, mode: str = "user_preference") -> Path:
-        path = self.responses(t, mode)
-        return path.with_name(f"{path.stem}.meta.json")
+        return responses_meta_of(self.responses(t, mode))
 
     def scores(self, t: int) -> Path:
         return self.iteration(t) / "scores.jsonl"
@@ -173,6 +172,12 @@ class RunLayout:
     def arm(self, method: str) -> "RunLayout":
         """SPRec: one method's own loop (`sprec`, `dpo_random`, ...)."""
         return RunLayout(self.root / method)
+
+
+def responses_meta_of(responses: Path) -> Path:
+    """The `.meta.json` written beside a responses-style file (model, sampling, counts)."""
+    responses = Path(responses)
+    return responses.with_name(f"{responses.stem}.meta.json")
 
 
 def tensorboard_dir(adapter_dir: Path) -> Path:

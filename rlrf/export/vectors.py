@@ -45,7 +45,7 @@ import numpy as np
 
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_directory
-from rlrf.core.layout import RunLayout
+from rlrf.core.layout import RunLayout, responses_meta_of
 from rlrf.core.threads import use_threads
 
 FORMAT = "rlrf-export/1"
@@ -134,15 +134,15 @@ def _user_texts(cfg, ds, lists, iteration, source: str, show_progress: bool, inf
     from recmodels import knowledge as kn
 
     if source == "self":
-        return {u: (kn.user_self_text(ds.catalog, lists[u].history, lists[u].history_ratings, cfg.data.positive_rating)
-                    if u in lists else "") for u in ds.users}
+        texts = kn.user_self_texts(ds.catalog, lists, cfg.data.positive_rating)
+        return {u: texts.get(u, "") for u in ds.users}
     from rlrf.generation.knowledge import generate_user_knowledge
 
     start = time.perf_counter()
     path = generate_user_knowledge(cfg, iteration, "all", dataset=ds, show_progress=show_progress)
     info["generate_seconds"] = info.get("generate_seconds", 0.0) + time.perf_counter() - start
     info["user_file"] = str(path)
-    info["user_generation"] = _read_meta(path.parent / f"{path.stem}.meta.json")
+    info["user_generation"] = _read_meta(responses_meta_of(path))
     first = kn.load_knowledge_file(path, ds.users.keys(), field_name="user").first()
     return {u: first.get(u, "") for u in ds.users}
 
@@ -158,8 +158,9 @@ def _item_texts(cfg, ds, iteration, source: str, show_progress: bool, info: dict
     path = generate_item_knowledge(cfg, iteration, dataset=ds, show_progress=show_progress)
     info["generate_seconds"] = info.get("generate_seconds", 0.0) + time.perf_counter() - start
     info["item_file"] = str(path)
-    info["item_generation"] = _read_meta(path.parent / f"{path.stem}.meta.json")
-    return kn.item_texts_with_knowledge(ds.catalog, kn.load_knowledge_file(path, ds.catalog.ids, field_name="item").first())
+    info["item_generation"] = _read_meta(responses_meta_of(path))
+    texts, own, _ = kn.item_texts_from_file(ds.catalog, path)
+    return texts, own
 
 
 def _read_meta(path: Path) -> dict | None:

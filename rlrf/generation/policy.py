@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlrf.core.errors import UserError
+from rlrf.core.precision import resolve_dtype
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the hub id of the bundled model (portable adapters name it)
@@ -145,13 +146,6 @@ def resolve_device(device: str = "auto"):
     return dev
 
 
-def resolve_dtype(dtype: str, device) -> Any:
-    """`llm.dtype` as a torch dtype; `auto` = bf16 on CUDA and on CPUs with native bf16 (rlrf.core.precision)."""
-    from rlrf.core.precision import resolve_dtype as _resolve
-
-    return _resolve(dtype, device)
-
-
 def _check_hub_model(model_id: str) -> None:
     """A hub id is used from the local hub cache, or after one short request to the hub: without a
     network, huggingface_hub's own retries take about a minute before the same failure."""
@@ -185,6 +179,11 @@ def load_tokenizer(source: str):
 def portable_model_id(model: str | None) -> str:
     """What an adapter names as its base: the hub id of the bundled default, else the model as configured."""
     return DEFAULT_MODEL_ID if model is None else str(model)
+
+
+def policy_tokenizer(cfg) -> Any:
+    """The tokenizer of the policy an `LLMConfig` names, without its weights."""
+    return load_tokenizer(resolve_model_source(cfg.model, getattr(cfg, "cache_dir", None)))
 
 
 def attach_adapter(model, adapter: Path | str, *, merge: bool):

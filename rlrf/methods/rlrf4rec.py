@@ -25,6 +25,7 @@ class RLRF4Rec(Method):
         self.dataset = None
         self.scorer = None
         self.evaluator = None  # an independent reranker that scores the greedy summaries (not optimised)
+        self._tokenizer = None
 
     def prepare(self, cfg) -> None:  # policy_0 is the policy named by cfg.llm
         from rlrf.data.dataset import load_dataset
@@ -82,10 +83,11 @@ class RLRF4Rec(Method):
     def _online_records(self, cfg) -> list[dict]:
         """The training users' prompts (the users and text the DPO loop samples from) whose list can rank."""
         from rlrf.generation.generate import build_prompts
-        from rlrf.generation.policy import load_tokenizer, resolve_model_source
+        from rlrf.generation.policy import policy_tokenizer
 
-        tokenizer = load_tokenizer(resolve_model_source(cfg.llm.model, cfg.llm.cache_dir))
-        prompts = build_prompts(self._training(cfg), self.dataset, tokenizer, "user_preference")
+        if self._tokenizer is None:
+            self._tokenizer = policy_tokenizer(cfg.llm)
+        prompts = build_prompts(self._training(cfg), self.dataset, self._tokenizer, "user_preference")
         return [{"prompt": p.text, "user": p.key} for p in prompts if self._rankable(p.key)]
 
     def _rankable(self, user: str) -> bool:

@@ -98,12 +98,6 @@ def next_item_prompts(cfg, ds, tokenizer, users) -> list:
     return build_prompts(cfg, ds, tokenizer, "next_item", users=users)
 
 
-def load_tokenizer_for(cfg):
-    from rlrf.generation.policy import load_tokenizer, resolve_model_source
-
-    return load_tokenizer(resolve_model_source(cfg.llm.model, cfg.llm.cache_dir))
-
-
 # --------------------------------------------------------------------------------------------- SFT
 
 
@@ -264,7 +258,9 @@ class SPRec(Method):
 
     def tokenizer(self, cfg):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer_for(cfg)
+            from rlrf.generation.policy import policy_tokenizer
+
+            self._tokenizer = policy_tokenizer(cfg.llm)
         return self._tokenizer
 
     def prepare(self, cfg) -> Path:

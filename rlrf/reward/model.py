@@ -108,9 +108,8 @@ def _item_texts(cfg, ds, notes: list[str]) -> list[str]:
     source = cfg.reward.item_knowledge
     if source == "self":
         return kn.item_self_texts(ds.catalog)
-    kf = kn.load_knowledge_file(Path(source), ds.catalog.ids, field_name="item")
+    texts, missing, kf = kn.item_texts_from_file(ds.catalog, Path(source))
     notes.append("item knowledge: " + kf.report())
-    texts, missing = kn.item_texts_with_knowledge(ds.catalog, kf.first())
     if missing:
         notes.append(f"item knowledge: {missing} items without a text in {source} use their own text")
     return texts
@@ -119,8 +118,7 @@ def _item_texts(cfg, ds, notes: list[str]) -> list[str]:
 def _user_texts(cfg, ds, lists, notes: list[str]) -> dict[str, str]:
     source = cfg.reward.user_knowledge
     if source == "self":
-        return {u: kn.user_self_text(ds.catalog, lst.history, lst.history_ratings, cfg.data.positive_rating)
-                for u, lst in lists.items()}
+        return kn.user_self_texts(ds.catalog, lists, cfg.data.positive_rating)
     kf = kn.load_knowledge_file(Path(source), ds.users.keys(), field_name="user")
     notes.append("user knowledge: " + kf.report())
     first = kf.first()
