@@ -55,7 +55,7 @@ class RLRF4Rec(Method):
         if cfg.align.method != "dpo":
             return
         run_generate(self._training(cfg), iteration=iteration, mode="user_preference", dataset=self.dataset,
-                     show_progress=self.show_progress)
+                     show_progress=self.show_progress, users=self._training_users(cfg))
 
     def score(self, cfg, iteration: int) -> dict:
         from rlrf.reward.score import run_score
@@ -80,19 +80,25 @@ class RLRF4Rec(Method):
     def _training(self, cfg):
         return cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"users": "train"})})
 
+    def _training_users(self, cfg) -> list[str]:
+        """The first `generate.max_users` training users whose list can rank: a list of only liked
+        (or only other) items ranks the same whatever the summary says, so every summary of that
+        user gets one reward and makes no pair (DPO) or a zero-variance group (online)."""
+        rankable = [u for u in self.dataset.splits["train"] if u in self.scorer.row and self._rankable(u)]
+        return rankable[: cfg.generate.max_users]
+
     def _online_records(self, cfg) -> list[dict]:
-        """The training users' prompts (the users and text the DPO loop samples from) whose list can rank."""
+        """The same users' prompts, for the online trainers (which sample their own summaries)."""
         from rlrf.generation.generate import build_prompts
         from rlrf.generation.policy import policy_tokenizer
 
         if self._tokenizer is None:
             self._tokenizer = policy_tokenizer(cfg.llm)
-        prompts = build_prompts(self._training(cfg), self.dataset, self._tokenizer, "user_preference")
-        return [{"prompt": p.text, "user": p.key} for p in prompts if self._rankable(p.key)]
+        prompts = build_prompts(self._training(cfg), self.dataset, self._tokenizer, "user_preference",
+                                users=self._training_users(cfg))
+        return [{"prompt": p.text, "user": p.key} for p in prompts]
 
     def _rankable(self, user: str) -> bool:
-        """A list with both liked and other items: any other list ranks the same whatever the
-        summary says, so its group of summaries all get one reward and teach nothing."""
         labels = self.scorer.data.labels[self.scorer.row[user]]
         return bool((labels > 0).any() and (labels == 0).any())
 
