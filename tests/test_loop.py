@@ -54,7 +54,12 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
         assert len(ev["per_user"]["independent_ndcg@5"]) == 3  # the same greedy summaries, another reranker
     test_users = {r["user"] for r in read_jsonl(run / "eval" / "policy_0" / "iter_0" / "responses.jsonl")}
 
+    lists = {r["user"]: r["labels"] for r in read_jsonl(run / "lists.jsonl")}
     for t in (0, 1):
+        # summaries are only spent on training users whose list can rank: liked and other items both present
+        generated = {r["user"] for r in read_jsonl(run / f"iter_{t}" / "responses.jsonl")}
+        assert generated and all(0 < sum(lists[u]) < len(lists[u]) for u in generated)
+        assert not generated & test_users
         pairs = read_jsonl(run / f"iter_{t}" / "pairs.jsonl")
         assert pairs, f"iteration {t} produced no pairs"
         assert not {p["user"] for p in pairs} & test_users  # held-out users never train the policy
