@@ -144,7 +144,7 @@ def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_
     target_user, empty_user, hopeless_user = users[0], users[1], users[2]
     calls = []
 
-    def fake_run_generate(gcfg, *, iteration, mode, dataset, users, show_progress):
+    def fake_run_generate(gcfg, *, iteration, mode, dataset, users, show_progress, **_):
         calls.append((gcfg.generate.temperature, gcfg.generate.n, list(users)))
         layout = RunLayout(gcfg.run_dir)
         prompts = gen.build_prompts(gcfg, dataset, tokenizer, mode, users=users)
@@ -159,7 +159,7 @@ def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_
                     continue
                 if p.key == hopeless_user:
                     text = answer_text(cat, target)
-                elif k == 0:
+                elif gcfg.generate.temperature == 0:
                     text = {target_user: answer_text(cat, target), empty_user: ""}.get(p.key, f"My own guess {p.key}")
                 else:
                     text = f"Sampled guess {k}"
@@ -173,13 +173,13 @@ def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_
         method.generate(arm_cfg, 0)
         stats[method.name] = method.score(arm_cfg, 0)
     assert calls[0] == (0.0, 1, users)  # greedy, one answer per user
-    assert calls[1][0] == cfg.sprec.fallback_temperature and calls[1][1] == 1 + cfg.sprec.samples
+    assert calls[1][0] == cfg.sprec.fallback_temperature and calls[1][1] == cfg.sprec.samples
     assert sorted(calls[1][2]) == sorted([target_user, empty_user, hopeless_user])
     assert len(calls) == 2  # the baselines generate nothing
     assert {s["pairs"] for s in stats.values()} == {len(users)}  # equal pair counts
     pairs = {p["user"]: p for p in read_jsonl(RunLayout(cfg.run_dir).arm("sprec").pairs(0))}
     assert pairs[users[3]]["rejected"] == f"My own guess {users[3]}" and pairs[users[3]]["rejected_sources"] == ["greedy"]
-    assert pairs[target_user]["rejected"] == "Sampled guess 1" and pairs[empty_user]["rejected_sources"] == ["sampled"]
+    assert pairs[target_user]["rejected"] == "Sampled guess 0" and pairs[empty_user]["rejected_sources"] == ["sampled"]
     assert pairs[hopeless_user]["rejected_sources"] == ["catalogue"]
     assert pairs[hopeless_user]["rejected"] != pairs[hopeless_user]["chosen"]
     assert stats["sprec"]["greedy_is_target"] == 2 and stats["sprec"]["greedy_empty"] == 1
@@ -279,11 +279,12 @@ def test_sprec_end_to_end_on_a_tiny_policy_with_two_seeds(tiny_sprec_config):
             assert log["summary"]["start_adapter"] == str(run / f"seed_{seed}" / name / "iter_0" / "sft_adapter")
         assert counts == {len(users)}  # every arm one pair per iteration user
         # self-play's rejected texts are what the policy wrote (greedy k=0, or a sampled fallback)
-        texts = {(r["user"], r["k"]): r["text"].strip()
-                 for r in read_jsonl(run / f"seed_{seed}" / "sprec" / "iter_0" / "next_item.jsonl")}
-        for p in read_jsonl(run / f"seed_{seed}" / "sprec" / "iter_0" / "pairs.jsonl"):
+        arm = RunLayout(run / f"seed_{seed}" / "sprec")
+        texts = {(r["user"], r["text"].strip()) for r in read_jsonl(arm.responses(0, "next_item"))
+                 + read_jsonl(arm.self_play_fallback.responses(0, "next_item"))}
+        for p in read_jsonl(arm.pairs(0)):
             if p["rejected_sources"] != ["catalogue"]:
-                assert p["rejected"] in {t for (u, _), t in texts.items() if u == p["user"]}
+                assert (p["user"], p["rejected"]) in texts
         assert metrics["sft"]["examples"] >= 8
     assert sorted(p.name for p in (run / "eval").iterdir()) == ["base"]  # the base model, evaluated once
     ev = metrics["seed_runs"]["1"]["sprec"]["evaluations"]["policy_1"]
@@ -318,3 +319,24 @@ def test_every_arm_draws_its_negatives_from_a_registered_sampler():
     assert set(SAMPLERS) == {"sprec", "dpo_random", "dpo_popularity"}
     assert [name for name, s in SAMPLERS.items() if s.from_policy] == ["sprec"]
     assert [name for name, s in SAMPLERS.items() if s.by_popularity] == ["dpo_popularity"]
+
+
+def test_the_fallback_generation_keeps_its_own_meta_and_leaves_the_greedy_ones_intact(tiny_sprec_config):
+    """Two negatives per pair: the greedy answer alone never suffices, so every user gets the sampled
+    fallback; the greedy generation's next_item.meta.json still describes the greedy generation."""
+    cfg = tiny_sprec_config.model_copy(update={"score": tiny_sprec_config.score.model_copy(update={"negatives": 2})})
+    arm_cfg, method = next((c, m) for c, m in arms(cfg, show_progress=False) if m.name == "sprec")
+    users = iteration_users(method.ds, arm_cfg, 0)
+    method.generate(arm_cfg, 0)
+    layout = RunLayout(arm_cfg.run_dir)
+    greedy = read_json(layout.responses_meta(0, "next_item"))
+    assert greedy["n"] == 1 and greedy["params"]["temperature"] == 0.0 and greedy["prompts"] == len(users)
+    assert greedy["records"] == len(users) and {r["k"] for r in read_jsonl(layout.responses(0, "next_item"))} == {0}
+    fallback = layout.self_play_fallback
+    sampled = read_json(fallback.responses_meta(0, "next_item"))
+    assert sampled["n"] == cfg.sprec.samples and sampled["params"]["temperature"] == cfg.sprec.fallback_temperature
+    assert sampled["prompts"] == len(users) and sampled["records"] == len(users) * cfg.sprec.samples
+    stats = method.score(arm_cfg, 0)
+    assert stats["pairs"] == len(users) and stats["predictions"] == len(users) * (1 + cfg.sprec.samples)
+    assert read_json(layout.responses_meta(0, "next_item")) == greedy  # scoring reads, never rewrites
+

@@ -169,6 +169,12 @@ class RunLayout:
     def sft_log(self) -> Path:
         return self.root / "sft" / "adapter_log.json"
 
+    @property
+    def self_play_fallback(self) -> "RunLayout":
+        """SPRec: the sampled fallback answers of self-play, a sub-run with its own
+        ``iter_<t>/next_item.jsonl`` and ``.meta.json`` beside the greedy generation's."""
+        return RunLayout(self.root / "fallback")
+
     def arm(self, method: str) -> "RunLayout":
         """SPRec: one method's own loop (`sprec`, `dpo_random`, ...)."""
         return RunLayout(self.root / method)

@@ -26,7 +26,8 @@ Run layout (``<run_dir>``, or ``<run_dir>/seed_<s>`` per training seed with `spr
 `rlrf.core.layout.RunLayout`)::
 
     sft/adapter, sft/adapter_log.json    SFT on train users' sliding windows (policy_0 of every method)
-    <method>/iter_<t>/next_item.jsonl    self-play predictions: k=0 greedy, k>=1 sampled fallbacks (sprec only)
+    <method>/iter_<t>/next_item.jsonl    self-play's greedy predictions (k=0) and their .meta.json (sprec only)
+    <method>/fallback/iter_<t>/...       the sampled fallback answers, a sub-run with its own .meta.json
     <method>/iter_<t>/pairs.jsonl        real next item vs negatives (policy texts / sampled items)
     <method>/iter_<t>/sft_adapter        SFT on the iteration's fresh positives, continuing the one LoRA
     <method>/iter_<t>/adapter            then DPO on the pairs, reference = that SFT'd policy
@@ -291,20 +292,27 @@ class SPRec(Method):
         greedy = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"n": 1, "temperature": 0.0})})
         run_generate(greedy, iteration=iteration, mode="next_item", dataset=self.ds, users=users,
                      show_progress=self.show_progress)
-        candidates = self._candidates(cfg, iteration)
+        candidates = self._candidates(cfg, iteration, fallback=False)
         short = [u for u in users if len(self_play_negatives(
             self.grounder, self.ds.users[u].items[-1], candidates.get(u, []), cfg.score.negatives)) < cfg.score.negatives]
-        if short:
-            sampled = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={
-                "n": 1 + s.samples, "temperature": s.fallback_temperature})})
+        if short:  # its own sub-run: its records and .meta.json never touch the greedy generation's
+            sampled = cfg.model_copy(update={"run_dir": RunLayout(cfg.run_dir).self_play_fallback.root,
+                                             "generate": cfg.generate.model_copy(update={
+                                                 "n": s.samples, "temperature": s.fallback_temperature})})
             run_generate(sampled, iteration=iteration, mode="next_item", dataset=self.ds, users=short,
-                         show_progress=self.show_progress)
+                         show_progress=self.show_progress, label=f"self-play fallback iter {iteration}")
 
-    def _candidates(self, cfg, iteration: int) -> dict[str, list]:
-        """user -> [(k, text, grounding)] of this iteration's predictions, k=0 (greedy) first."""
+    def _candidates(self, cfg, iteration: int, fallback: bool = True) -> dict[str, list]:
+        """user -> [(k, text, grounding)] of this iteration's predictions, k=0 (greedy) first, then (with
+        `fallback`) the fallback sub-run's sampled answers as k = 1, 2, ... (their own k + 1)."""
         from rlrf.generation.generate import load_responses
 
-        records = sorted(load_responses(cfg.run_dir, iteration, "next_item"), key=lambda r: (r["user"], r["k"]))
+        layout = RunLayout(cfg.run_dir)
+        records = load_responses(layout.root, iteration, "next_item")
+        if fallback:
+            records += [{**r, "k": r["k"] + 1}
+                        for r in load_responses(layout.self_play_fallback.root, iteration, "next_item")]
+        records = sorted(records, key=lambda r: (r["user"], r["k"]))
         groundings = self.grounder.ground([r["text"] for r in records])
         out: dict[str, list] = {}
         for r, g in zip(records, groundings):
