@@ -5,6 +5,7 @@ seeds pooled with paired CIs, and the whole command on a tiny random policy."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -340,3 +341,90 @@ def test_the_fallback_generation_keeps_its_own_meta_and_leaves_the_greedy_ones_i
     assert stats["pairs"] == len(users) and stats["predictions"] == len(users) * (1 + cfg.sprec.samples)
     assert read_json(layout.responses_meta(0, "next_item")) == greedy  # scoring reads, never rewrites
 
+
+JUNK = "A Film Nobody Made (2031)"
+
+
+def fake_validation_generate(ds, good_epochs: set[int], calls: list):
+    """Stands in for run_generate under the SFT stopping rule: the base policy and the epochs not in
+    `good_epochs` answer the same junk title for every user, the good epochs the real next item (HR 1)."""
+    import rlrf.generation.generate as gen
+
+    def fake(gcfg, *, iteration, mode, dataset, users, show_progress, **_):
+        adapter = gcfg.llm.adapter
+        epoch = None if adapter is None else int(adapter.parent.name.removeprefix("epoch_"))
+        calls.append((epoch, list(users), gcfg.run_dir))
+        layout = RunLayout(gcfg.run_dir)
+        have = {r["user"] for r in read_jsonl(layout.responses(iteration, mode))}
+        cat = dataset.catalog
+        append_jsonl(layout.responses(iteration, mode), [
+            {"user": u, "iter": iteration, "k": 0,
+             "text": answer_text(cat, dataset.users[u].items[-1]) if epoch in good_epochs else JUNK}
+            for u in users if u not in have])
+
+    return fake
+
+
+def until_better(cfg, **sprec):
+    return cfg.model_copy(update={"sprec": cfg.sprec.model_copy(update={
+        "sft_until_better": True, "evaluate_base": False, "sft_valid_users": 4, "sft_valid_k": 1, **sprec})})
+
+
+def test_sft_stops_at_the_first_epoch_whose_valid_hr_beats_the_base_and_says_why(tiny_sprec_config, monkeypatch):
+    import rlrf.generation.generate as gen
+
+    cfg = until_better(tiny_sprec_config, sft_max_epochs=4, sft_valid_users=None)
+    arm_list = arms(cfg, show_progress=False)
+    ds = arm_list[0][1].ds
+    calls = []
+    monkeypatch.setattr(gen, "run_generate", fake_validation_generate(ds, {2}, calls))
+    for arm_cfg, method in arm_list:  # the first arm trains, the others find the SFT done
+        assert method.prepare(arm_cfg) == RunLayout(cfg.run_dir).sft
+    root = RunLayout(cfg.run_dir)
+    # judged on valid users only (here all of them: sft_valid_users None), never a test user
+    valid = [u for u in ds.splits["valid"] if len(ds.users[u].items) >= 2]
+    assert len(valid) >= 3 and [c[0] for c in calls] == [None, 1, 2]  # the base once, then epoch by epoch
+    assert all(c[1] == valid for c in calls) and not set(valid) & set(ds.splits["test"])
+    # epoch 1 ties the base (same answers): not strictly better, so a second epoch; epoch 2 beats it
+    assert not (root.root / "sft" / "epoch_3").exists()
+    summary = read_json(root.sft_log)["summary"]
+    assert summary["stopped"] == "beats_base" and summary["epochs"] == 2 and "epoch 2" in summary["reason"]
+    v = summary["validation"]
+    assert v["metric"] == "hr@1" and v["split"] == "valid" and v["users"] == len(valid)
+    assert v["per_epoch"][0] == v["base"] < v["per_epoch"][1] == 1.0
+    assert [e["epoch"] for e in summary["per_epoch"]] == [1, 2] and all(e["steps"] > 0 for e in summary["per_epoch"])
+    assert summary["chosen"] == str(root.sft_epoch(2))
+    assert (root.sft / "adapter_model.safetensors").read_bytes() == (root.sft_epoch(2) / "adapter_model.safetensors").read_bytes()
+    epoch2 = read_json(root.sft_epoch_log(2))["summary"]
+    assert epoch2["start_adapter"] == str(root.sft_epoch(1))  # epoch 2 continues epoch 1's adapter
+    assert read_json(root.validation("sft__epoch_2__adapter").eval_result)["splits"] == ["valid"]
+
+    # a run killed during epoch 2 resumes there: epoch 1 is neither retrained nor re-evaluated
+    first = (root.sft_epoch(1) / "adapter_model.safetensors").stat().st_mtime_ns
+    for folder in (root.sft, root.sft_epoch(2).parent, root.validation("sft__epoch_2__adapter").root):
+        shutil.rmtree(folder)
+    calls.clear()
+    arm_cfg, method = arms(cfg, show_progress=False)[0]
+    method.prepare(arm_cfg)
+    assert [c[0] for c in calls] == [2]
+    assert (root.sft_epoch(1) / "adapter_model.safetensors").stat().st_mtime_ns == first
+    assert read_json(root.sft_log)["summary"]["stopped"] == "beats_base"
+
+
+def test_sft_stops_at_the_epoch_cap_when_valid_hr_never_beats_the_base(tiny_sprec_config, monkeypatch):
+    import rlrf.generation.generate as gen
+
+    cfg = until_better(tiny_sprec_config, sft_max_epochs=2)
+    arm_cfg, method = arms(cfg, show_progress=False)[0]
+    calls = []
+    monkeypatch.setattr(gen, "run_generate", fake_validation_generate(method.ds, set(), calls))
+    method.prepare(arm_cfg)
+    root = RunLayout(cfg.run_dir)
+    summary = read_json(root.sft_log)["summary"]
+    assert summary["stopped"] == "max_epochs" and summary["epochs"] == 2 and "sft_max_epochs = 2" in summary["reason"]
+    assert summary["validation"]["per_epoch"] == [summary["validation"]["base"]] * 2
+    assert [c[0] for c in calls] == [None, 1, 2] and not (root.root / "sft" / "epoch_3").exists()
+    first_valid = [u for u in method.ds.splits["valid"] if len(method.ds.users[u].items) >= 2][:4]
+    assert all(c[1] == first_valid for c in calls)  # a bounded subset: the first sft_valid_users
+    assert summary["chosen"] == str(root.sft_epoch(2))
+    assert (root.sft / "adapter_model.safetensors").read_bytes() == (root.sft_epoch(2) / "adapter_model.safetensors").read_bytes()
