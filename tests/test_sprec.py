@@ -5,6 +5,7 @@ seeds pooled with paired CIs, and the whole command on a tiny random policy."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -144,7 +145,7 @@ def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_
     target_user, empty_user, hopeless_user = users[0], users[1], users[2]
     calls = []
 
-    def fake_run_generate(gcfg, *, iteration, mode, dataset, users, show_progress):
+    def fake_run_generate(gcfg, *, iteration, mode, dataset, users, show_progress, **_):
         calls.append((gcfg.generate.temperature, gcfg.generate.n, list(users)))
         layout = RunLayout(gcfg.run_dir)
         prompts = gen.build_prompts(gcfg, dataset, tokenizer, mode, users=users)
@@ -159,7 +160,7 @@ def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_
                     continue
                 if p.key == hopeless_user:
                     text = answer_text(cat, target)
-                elif k == 0:
+                elif gcfg.generate.temperature == 0:
                     text = {target_user: answer_text(cat, target), empty_user: ""}.get(p.key, f"My own guess {p.key}")
                 else:
                     text = f"Sampled guess {k}"
@@ -173,13 +174,13 @@ def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_
         method.generate(arm_cfg, 0)
         stats[method.name] = method.score(arm_cfg, 0)
     assert calls[0] == (0.0, 1, users)  # greedy, one answer per user
-    assert calls[1][0] == cfg.sprec.fallback_temperature and calls[1][1] == 1 + cfg.sprec.samples
+    assert calls[1][0] == cfg.sprec.fallback_temperature and calls[1][1] == cfg.sprec.samples
     assert sorted(calls[1][2]) == sorted([target_user, empty_user, hopeless_user])
     assert len(calls) == 2  # the baselines generate nothing
     assert {s["pairs"] for s in stats.values()} == {len(users)}  # equal pair counts
     pairs = {p["user"]: p for p in read_jsonl(RunLayout(cfg.run_dir).arm("sprec").pairs(0))}
     assert pairs[users[3]]["rejected"] == f"My own guess {users[3]}" and pairs[users[3]]["rejected_sources"] == ["greedy"]
-    assert pairs[target_user]["rejected"] == "Sampled guess 1" and pairs[empty_user]["rejected_sources"] == ["sampled"]
+    assert pairs[target_user]["rejected"] == "Sampled guess 0" and pairs[empty_user]["rejected_sources"] == ["sampled"]
     assert pairs[hopeless_user]["rejected_sources"] == ["catalogue"]
     assert pairs[hopeless_user]["rejected"] != pairs[hopeless_user]["chosen"]
     assert stats["sprec"]["greedy_is_target"] == 2 and stats["sprec"]["greedy_empty"] == 1
@@ -279,11 +280,12 @@ def test_sprec_end_to_end_on_a_tiny_policy_with_two_seeds(tiny_sprec_config):
             assert log["summary"]["start_adapter"] == str(run / f"seed_{seed}" / name / "iter_0" / "sft_adapter")
         assert counts == {len(users)}  # every arm one pair per iteration user
         # self-play's rejected texts are what the policy wrote (greedy k=0, or a sampled fallback)
-        texts = {(r["user"], r["k"]): r["text"].strip()
-                 for r in read_jsonl(run / f"seed_{seed}" / "sprec" / "iter_0" / "next_item.jsonl")}
-        for p in read_jsonl(run / f"seed_{seed}" / "sprec" / "iter_0" / "pairs.jsonl"):
+        arm = RunLayout(run / f"seed_{seed}" / "sprec")
+        texts = {(r["user"], r["text"].strip()) for r in read_jsonl(arm.responses(0, "next_item"))
+                 + read_jsonl(arm.self_play_fallback.responses(0, "next_item"))}
+        for p in read_jsonl(arm.pairs(0)):
             if p["rejected_sources"] != ["catalogue"]:
-                assert p["rejected"] in {t for (u, _), t in texts.items() if u == p["user"]}
+                assert (p["user"], p["rejected"]) in texts
         assert metrics["sft"]["examples"] >= 8
     assert sorted(p.name for p in (run / "eval").iterdir()) == ["base"]  # the base model, evaluated once
     ev = metrics["seed_runs"]["1"]["sprec"]["evaluations"]["policy_1"]
@@ -318,3 +320,111 @@ def test_every_arm_draws_its_negatives_from_a_registered_sampler():
     assert set(SAMPLERS) == {"sprec", "dpo_random", "dpo_popularity"}
     assert [name for name, s in SAMPLERS.items() if s.from_policy] == ["sprec"]
     assert [name for name, s in SAMPLERS.items() if s.by_popularity] == ["dpo_popularity"]
+
+
+def test_the_fallback_generation_keeps_its_own_meta_and_leaves_the_greedy_ones_intact(tiny_sprec_config):
+    """Two negatives per pair: the greedy answer alone never suffices, so every user gets the sampled
+    fallback; the greedy generation's next_item.meta.json still describes the greedy generation."""
+    cfg = tiny_sprec_config.model_copy(update={"score": tiny_sprec_config.score.model_copy(update={"negatives": 2})})
+    arm_cfg, method = next((c, m) for c, m in arms(cfg, show_progress=False) if m.name == "sprec")
+    users = iteration_users(method.ds, arm_cfg, 0)
+    method.generate(arm_cfg, 0)
+    layout = RunLayout(arm_cfg.run_dir)
+    greedy = read_json(layout.responses_meta(0, "next_item"))
+    assert greedy["n"] == 1 and greedy["params"]["temperature"] == 0.0 and greedy["prompts"] == len(users)
+    assert greedy["records"] == len(users) and {r["k"] for r in read_jsonl(layout.responses(0, "next_item"))} == {0}
+    fallback = layout.self_play_fallback
+    sampled = read_json(fallback.responses_meta(0, "next_item"))
+    assert sampled["n"] == cfg.sprec.samples and sampled["params"]["temperature"] == cfg.sprec.fallback_temperature
+    assert sampled["prompts"] == len(users) and sampled["records"] == len(users) * cfg.sprec.samples
+    stats = method.score(arm_cfg, 0)
+    assert stats["pairs"] == len(users) and stats["predictions"] == len(users) * (1 + cfg.sprec.samples)
+    assert read_json(layout.responses_meta(0, "next_item")) == greedy  # scoring reads, never rewrites
+
+
+JUNK = "A Film Nobody Made (2031)"
+
+
+def fake_validation_generate(ds, good_epochs: set[int], calls: list):
+    """Stands in for run_generate under the SFT stopping rule: the base policy and the epochs not in
+    `good_epochs` answer the same junk title for every user, the good epochs the real next item (HR 1)."""
+    import rlrf.generation.generate as gen
+
+    def fake(gcfg, *, iteration, mode, dataset, users, show_progress, **_):
+        adapter = gcfg.llm.adapter
+        epoch = None if adapter is None else int(adapter.parent.name.removeprefix("epoch_"))
+        calls.append((epoch, list(users), gcfg.run_dir))
+        layout = RunLayout(gcfg.run_dir)
+        have = {r["user"] for r in read_jsonl(layout.responses(iteration, mode))}
+        cat = dataset.catalog
+        append_jsonl(layout.responses(iteration, mode), [
+            {"user": u, "iter": iteration, "k": 0,
+             "text": answer_text(cat, dataset.users[u].items[-1]) if epoch in good_epochs else JUNK}
+            for u in users if u not in have])
+
+    return fake
+
+
+def until_better(cfg, **sprec):
+    return cfg.model_copy(update={"sprec": cfg.sprec.model_copy(update={
+        "sft_until_better": True, "evaluate_base": False, "sft_valid_users": 4, "sft_valid_k": 1, **sprec})})
+
+
+def test_sft_stops_at_the_first_epoch_whose_valid_hr_beats_the_base_and_says_why(tiny_sprec_config, monkeypatch):
+    import rlrf.generation.generate as gen
+
+    cfg = until_better(tiny_sprec_config, sft_max_epochs=4, sft_valid_users=None)
+    arm_list = arms(cfg, show_progress=False)
+    ds = arm_list[0][1].ds
+    calls = []
+    monkeypatch.setattr(gen, "run_generate", fake_validation_generate(ds, {2}, calls))
+    for arm_cfg, method in arm_list:  # the first arm trains, the others find the SFT done
+        assert method.prepare(arm_cfg) == RunLayout(cfg.run_dir).sft
+    root = RunLayout(cfg.run_dir)
+    # judged on valid users only (here all of them: sft_valid_users None), never a test user
+    valid = [u for u in ds.splits["valid"] if len(ds.users[u].items) >= 2]
+    assert len(valid) >= 3 and [c[0] for c in calls] == [None, 1, 2]  # the base once, then epoch by epoch
+    assert all(c[1] == valid for c in calls) and not set(valid) & set(ds.splits["test"])
+    # epoch 1 ties the base (same answers): not strictly better, so a second epoch; epoch 2 beats it
+    assert not (root.root / "sft" / "epoch_3").exists()
+    summary = read_json(root.sft_log)["summary"]
+    assert summary["stopped"] == "beats_base" and summary["epochs"] == 2 and "epoch 2" in summary["reason"]
+    v = summary["validation"]
+    assert v["metric"] == "hr@1" and v["split"] == "valid" and v["users"] == len(valid)
+    assert v["per_epoch"][0] == v["base"] < v["per_epoch"][1] == 1.0
+    assert [e["epoch"] for e in summary["per_epoch"]] == [1, 2] and all(e["steps"] > 0 for e in summary["per_epoch"])
+    assert summary["chosen"] == str(root.sft_epoch(2))
+    assert (root.sft / "adapter_model.safetensors").read_bytes() == (root.sft_epoch(2) / "adapter_model.safetensors").read_bytes()
+    epoch2 = read_json(root.sft_epoch_log(2))["summary"]
+    assert epoch2["start_adapter"] == str(root.sft_epoch(1))  # epoch 2 continues epoch 1's adapter
+    assert read_json(root.validation("sft__epoch_2__adapter").eval_result)["splits"] == ["valid"]
+
+    # a run killed during epoch 2 resumes there: epoch 1 is neither retrained nor re-evaluated
+    first = (root.sft_epoch(1) / "adapter_model.safetensors").stat().st_mtime_ns
+    for folder in (root.sft, root.sft_epoch(2).parent, root.validation("sft__epoch_2__adapter").root):
+        shutil.rmtree(folder)
+    calls.clear()
+    arm_cfg, method = arms(cfg, show_progress=False)[0]
+    method.prepare(arm_cfg)
+    assert [c[0] for c in calls] == [2]
+    assert (root.sft_epoch(1) / "adapter_model.safetensors").stat().st_mtime_ns == first
+    assert read_json(root.sft_log)["summary"]["stopped"] == "beats_base"
+
+
+def test_sft_stops_at_the_epoch_cap_when_valid_hr_never_beats_the_base(tiny_sprec_config, monkeypatch):
+    import rlrf.generation.generate as gen
+
+    cfg = until_better(tiny_sprec_config, sft_max_epochs=2)
+    arm_cfg, method = arms(cfg, show_progress=False)[0]
+    calls = []
+    monkeypatch.setattr(gen, "run_generate", fake_validation_generate(method.ds, set(), calls))
+    method.prepare(arm_cfg)
+    root = RunLayout(cfg.run_dir)
+    summary = read_json(root.sft_log)["summary"]
+    assert summary["stopped"] == "max_epochs" and summary["epochs"] == 2 and "sft_max_epochs = 2" in summary["reason"]
+    assert summary["validation"]["per_epoch"] == [summary["validation"]["base"]] * 2
+    assert [c[0] for c in calls] == [None, 1, 2] and not (root.root / "sft" / "epoch_3").exists()
+    first_valid = [u for u in method.ds.splits["valid"] if len(method.ds.users[u].items) >= 2][:4]
+    assert all(c[1] == first_valid for c in calls)  # a bounded subset: the first sft_valid_users
+    assert summary["chosen"] == str(root.sft_epoch(2))
+    assert (root.sft / "adapter_model.safetensors").read_bytes() == (root.sft_epoch(2) / "adapter_model.safetensors").read_bytes()

@@ -282,6 +282,13 @@ class SPRecConfig(Section):
     methods: list[Literal["sprec", "dpo_random", "dpo_popularity"]] = Field(["sprec", "dpo_random", "dpo_popularity"], min_length=1)
     sft_windows: int = Field(8, ge=1)  # sliding-window SFT examples per train user: (history -> item) at its last N positions
     sft_max_examples: int | None = Field(4096, ge=1)  # cap on the initial SFT's examples (a seeded sample); None = all
+    # SPRec's "SFT until validation HR beats the base model": the initial SFT one epoch at a time (each continuing the
+    # last), stopping at the first epoch whose HR@sft_valid_k on VALID users is strictly above the base policy's, or at
+    # sft_max_epochs; every epoch's HR, the base's and the reason land in sft/adapter_log.json and metrics.json's "sft"
+    sft_until_better: bool = False  # false: one SFT run of sft.trainer_args.num_train_epochs
+    sft_max_epochs: int = Field(5, ge=1)  # the cap of sft_until_better
+    sft_valid_users: int | None = Field(200, ge=1)  # the first N valid users with two or more items (None = all); never test users
+    sft_valid_k: int | None = Field(None, ge=1)  # the K of the stopping rule's HR@K; None = max(ks)
     min_similarity: float = Field(0.5, ge=-1, le=1)  # nearest-title grounding below this cosine is "ungrounded"
     topk: Literal["nearest", "samples"] = "nearest"  # top-K = the K items nearest the greedy title, or K sampled titles grounded
     eval_samples: int = Field(10, ge=1)  # topk=samples: titles sampled per evaluated user

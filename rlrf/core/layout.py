@@ -169,6 +169,25 @@ class RunLayout:
     def sft_log(self) -> Path:
         return self.root / "sft" / "adapter_log.json"
 
+    def sft_epoch(self, epoch: int) -> Path:
+        """SPRec with `sprec.sft_until_better`: the initial SFT's adapter after epoch `epoch` (1-based);
+        `sft` is then a copy of the epoch the stopping rule settled on."""
+        return self.root / "sft" / f"epoch_{epoch}" / "adapter"
+
+    def sft_epoch_log(self, epoch: int) -> Path:
+        return self.root / "sft" / f"epoch_{epoch}" / "adapter_log.json"
+
+    def validation(self, label: str) -> "RunLayout":
+        """SPRec: one policy's evaluation on VALID users (the SFT stopping rule), kept apart from
+        `evaluation` (the reported held-out numbers) so neither cache overwrites the other."""
+        return RunLayout(self.root / "valid" / label)
+
+    @property
+    def self_play_fallback(self) -> "RunLayout":
+        """SPRec: the sampled fallback answers of self-play, a sub-run with its own
+        ``iter_<t>/next_item.jsonl`` and ``.meta.json`` beside the greedy generation's."""
+        return RunLayout(self.root / "fallback")
+
     def arm(self, method: str) -> "RunLayout":
         """SPRec: one method's own loop (`sprec`, `dpo_random`, ...)."""
         return RunLayout(self.root / method)

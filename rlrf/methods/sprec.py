@@ -20,13 +20,18 @@ sampling, grounding's tie-break, every reported mean popularity) counts TRAINING
 interactions only (`train_popularity`).
 
 The initial SFT sees sliding windows: for each train user, (the `max_history` items before position
-t → item t) at its last `sprec.sft_windows` positions, capped at `sprec.sft_max_examples`.
+t → item t) at its last `sprec.sft_windows` positions, capped at `sprec.sft_max_examples`. With
+`sprec.sft_until_better` it runs one epoch at a time until the SFT policy's HR@K on VALID users is
+strictly above the base policy's, or `sprec.sft_max_epochs` (`SPRec._sft_until_better`).
 
 Run layout (``<run_dir>``, or ``<run_dir>/seed_<s>`` per training seed with `sprec.seeds`; paths from
 `rlrf.core.layout.RunLayout`)::
 
     sft/adapter, sft/adapter_log.json    SFT on train users' sliding windows (policy_0 of every method)
-    <method>/iter_<t>/next_item.jsonl    self-play predictions: k=0 greedy, k>=1 sampled fallbacks (sprec only)
+    sft/epoch_<e>/adapter                sft_until_better: the adapter after each epoch (sft/adapter = the chosen one)
+    valid/<policy>/eval.json             sft_until_better: each epoch's (and, in the run root, the base's) valid HR
+    <method>/iter_<t>/next_item.jsonl    self-play's greedy predictions (k=0) and their .meta.json (sprec only)
+    <method>/fallback/iter_<t>/...       the sampled fallback answers, a sub-run with its own .meta.json
     <method>/iter_<t>/pairs.jsonl        real next item vs negatives (policy texts / sampled items)
     <method>/iter_<t>/sft_adapter        SFT on the iteration's fresh positives, continuing the one LoRA
     <method>/iter_<t>/adapter            then DPO on the pairs, reference = that SFT'd policy
@@ -38,6 +43,8 @@ Run layout (``<run_dir>``, or ``<run_dir>/seed_<s>`` per training seed with `spr
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.errors import UserError
-from rlrf.core.io import atomic_write_json, atomic_write_jsonl, read_json
-from rlrf.core.layout import RunLayout
+from rlrf.core.io import atomic_directory, atomic_write_json, atomic_write_jsonl, read_json
+from rlrf.core.layout import RunLayout, adapter_complete
 from rlrf.methods.loop import Method, with_adapter
 
 
@@ -274,10 +281,74 @@ class SPRec(Method):
         if cfg.sprec.evaluate_base:
             evaluate_policy(with_adapter(root_cfg, None), self.base_root, self.ds, self.grounder, self.show_progress,
                             self.popularity)
-        if not (self.root.sft / "adapter_config.json").exists():
+        if not adapter_complete(self.root.sft):
             records = window_records(cfg, self.ds, self.tokenizer(cfg), sft_windows(self.ds, cfg, sft_users(self.ds, cfg)))
-            run_sft(cfg, records, cfg.llm.adapter, self.root.sft, self.root.sft_log, self.show_progress)
+            if cfg.sprec.sft_until_better:
+                self._sft_until_better(cfg, records)
+            else:
+                run_sft(cfg, records, cfg.llm.adapter, self.root.sft, self.root.sft_log, self.show_progress)
         return self.root.sft
+
+    def _sft_until_better(self, cfg, records: list[dict]) -> dict:
+        """SPRec's initial SFT "until validation HR beats the base model": epoch e continues epoch e−1's
+        adapter for one more pass over `records`, then HR@K of its greedy answers on VALID users
+        (`validation_config`) is compared with the base policy's; the first epoch strictly above the
+        base, or epoch `sprec.sft_max_epochs`, becomes `sft/adapter`. Returns the log's summary.
+
+        Why one `run_sft` per epoch rather than a TrainerCallback that evaluates at epoch end: an
+        epoch's adapter is then a finished policy on disk, so the validation is the same
+        `evaluate_policy` (generation, grounding, cache) as every other policy's, and a killed run
+        skips each finished epoch (its adapter is complete, its validation cached) instead of
+        resuming a trainer whose stopping state lives in memory. What it costs: each epoch is its own
+        trainer, so the learning-rate schedule (warmup, linear decay) and AdamW's moments restart every
+        epoch. Epoch e shuffles with `data_seed` + e − 1, so the epochs see different orders, as one
+        multi-epoch run would; `sft.trainer_args.num_train_epochs` is replaced by 1.
+        """
+        from rlrf.alignment.sft import run_sft
+
+        s = cfg.sprec
+        vcfg = validation_config(cfg)
+        key = f"hr@{vcfg.sprec.ks[0]}"
+        users = evaluation_users(self.ds, vcfg)
+        if not users:
+            raise UserError("sprec.sft_until_better: no valid user with two or more items to judge the SFT on")
+        base = evaluate_policy(with_adapter(vcfg, None), self.base_root, self.ds, self.grounder, self.show_progress,
+                               self.popularity, out=RunLayout(self.base_root).validation("base"))
+        start, epochs, reason = cfg.llm.adapter, [], None
+        args = cfg.sft.trainer_args
+        for epoch in range(1, s.sft_max_epochs + 1):
+            adapter = self.root.sft_epoch(epoch)
+            epoch_cfg = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"trainer_args": {
+                **args, "num_train_epochs": 1, "data_seed": args.get("data_seed", cfg.seed) + epoch - 1}})})
+            trained = run_sft(epoch_cfg, records, start, adapter, self.root.sft_epoch_log(epoch), self.show_progress)
+            ev = evaluate_policy(with_adapter(vcfg, adapter), self.root.root, self.ds, self.grounder, self.show_progress,
+                                 self.popularity, out=self.root.validation(policy_slug(self.root.root, adapter)))
+            epochs.append({"epoch": epoch, key: ev[key], "steps": trained.get("steps"),
+                           "first_loss": trained.get("first_loss"), "last_loss": trained.get("last_loss"),
+                           "seconds": trained.get("seconds"), "adapter": str(adapter)})
+            if self.show_progress:
+                print(f"[sft] epoch {epoch}: valid {key} {ev[key]:.4f} (base {base[key]:.4f}, {len(users)} users)")
+            if ev[key] > base[key]:
+                reason = (f"epoch {epoch}: valid {key} {ev[key]:.4f} > base {base[key]:.4f}", "beats_base")
+                break
+            start = adapter
+        else:
+            reason = (f"sprec.sft_max_epochs = {s.sft_max_epochs} reached: valid {key} never above the base's "
+                      f"{base[key]:.4f} (best {max(e[key] for e in epochs):.4f})", "max_epochs")
+        summary = {
+            "examples": len(records), "epochs": len(epochs), "stopped": reason[1], "reason": reason[0],
+            "steps": sum(e["steps"] or 0 for e in epochs), "first_loss": epochs[0]["first_loss"],
+            "last_loss": epochs[-1]["last_loss"], "seconds": round(sum(e["seconds"] or 0 for e in epochs), 1),
+            "start_adapter": str(cfg.llm.adapter) if cfg.llm.adapter else None, "adapter": str(self.root.sft),
+            "chosen": epochs[-1]["adapter"],
+            "validation": {"metric": key, "split": "valid", "users": len(users), "base": base[key],
+                           "max_epochs": s.sft_max_epochs, "per_epoch": [e[key] for e in epochs]},
+            "per_epoch": epochs,
+        }
+        with atomic_directory(self.root.sft, tag=f"-{os.getpid()}") as tmp:  # complete = SFT done (rerun skips)
+            shutil.copytree(epochs[-1]["adapter"], tmp, dirs_exist_ok=True)
+            atomic_write_json(self.root.sft_log, {"summary": summary})
+        return summary
 
     def generate(self, cfg, iteration: int) -> None:
         """Self-play: the current policy's GREEDY answer for every iteration user; for users whose
@@ -291,20 +362,27 @@ class SPRec(Method):
         greedy = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"n": 1, "temperature": 0.0})})
         run_generate(greedy, iteration=iteration, mode="next_item", dataset=self.ds, users=users,
                      show_progress=self.show_progress)
-        candidates = self._candidates(cfg, iteration)
+        candidates = self._candidates(cfg, iteration, fallback=False)
         short = [u for u in users if len(self_play_negatives(
             self.grounder, self.ds.users[u].items[-1], candidates.get(u, []), cfg.score.negatives)) < cfg.score.negatives]
-        if short:
-            sampled = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={
-                "n": 1 + s.samples, "temperature": s.fallback_temperature})})
+        if short:  # its own sub-run: its records and .meta.json never touch the greedy generation's
+            sampled = cfg.model_copy(update={"run_dir": RunLayout(cfg.run_dir).self_play_fallback.root,
+                                             "generate": cfg.generate.model_copy(update={
+                                                 "n": s.samples, "temperature": s.fallback_temperature})})
             run_generate(sampled, iteration=iteration, mode="next_item", dataset=self.ds, users=short,
-                         show_progress=self.show_progress)
+                         show_progress=self.show_progress, label=f"self-play fallback iter {iteration}")
 
-    def _candidates(self, cfg, iteration: int) -> dict[str, list]:
-        """user -> [(k, text, grounding)] of this iteration's predictions, k=0 (greedy) first."""
+    def _candidates(self, cfg, iteration: int, fallback: bool = True) -> dict[str, list]:
+        """user -> [(k, text, grounding)] of this iteration's predictions, k=0 (greedy) first, then (with
+        `fallback`) the fallback sub-run's sampled answers as k = 1, 2, ... (their own k + 1)."""
         from rlrf.generation.generate import load_responses
 
-        records = sorted(load_responses(cfg.run_dir, iteration, "next_item"), key=lambda r: (r["user"], r["k"]))
+        layout = RunLayout(cfg.run_dir)
+        records = load_responses(layout.root, iteration, "next_item")
+        if fallback:
+            records += [{**r, "k": r["k"] + 1}
+                        for r in load_responses(layout.self_play_fallback.root, iteration, "next_item")]
+        records = sorted(records, key=lambda r: (r["user"], r["k"]))
         groundings = self.grounder.ground([r["text"] for r in records])
         out: dict[str, list] = {}
         for r, g in zip(records, groundings):
@@ -421,6 +499,17 @@ def evaluation_users(ds, cfg) -> list[str]:
     return users[: cfg.loop.eval_users] if cfg.loop.eval_users else users
 
 
+def validation_config(cfg):
+    """The config the SFT stopping rule evaluates under: VALID users only (`evaluation_users` then
+    returns the first `sprec.sft_valid_users` valid users with two or more items, never a test user),
+    greedy answers under the run's protocol, HR at the one K `sprec.sft_valid_k` (default max(ks))."""
+    s = cfg.sprec
+    return cfg.model_copy(update={
+        "sprec": s.model_copy(update={"eval_splits": ["valid"], "ks": [s.sft_valid_k or max(s.ks)]}),
+        "loop": cfg.loop.model_copy(update={"eval_users": s.sft_valid_users}),
+    })
+
+
 def shown_history(ds, cfg, u: str) -> list[int]:
     """The items the prompt shows: the last `data.lists.max_history` before the target."""
     return ds.users[u].items[:-1][-cfg.data.lists.max_history:]
@@ -522,12 +611,14 @@ def evaluation_histories(ds, cfg, users) -> tuple[dict, dict]:
     return (full if cfg.sprec.exclude_history else {u: [] for u in users}), full
 
 
-def evaluate_policy(cfg, root: Path, ds, grounder, show_progress: bool = True, popularity=None) -> dict:
+def evaluate_policy(cfg, root: Path, ds, grounder, show_progress: bool = True, popularity=None,
+                    out: RunLayout | None = None) -> dict:
     """HR/NDCG (per user too), bias metrics and popularity histograms of the policy named by cfg.llm on
     `evaluation_users`, under `sprec.eval_protocol`.
 
-    Cached in ``<root>/eval/<policy>/eval.json``: methods that share a policy (SFT) evaluate it once;
-    a cache of another protocol or user set is recomputed from the stored generations.
+    Cached in ``<root>/eval/<policy>/eval.json`` (or the sub-run `out`, e.g. a validation): methods that
+    share a policy (SFT) evaluate it once; a cache of another protocol or user set is recomputed from
+    the stored generations.
     """
     from rlrf.evaluation import metrics as m
     from rlrf.generation.generate import load_responses, run_generate
@@ -535,7 +626,7 @@ def evaluate_policy(cfg, root: Path, ds, grounder, show_progress: bool = True, p
     s = cfg.sprec
     popularity = train_popularity(ds) if popularity is None else np.asarray(popularity)
     slug = policy_slug(root, cfg.llm.adapter)
-    out = RunLayout(root).evaluation(slug)
+    out = RunLayout(root).evaluation(slug) if out is None else out
     out_dir = out.root
     users = evaluation_users(ds, cfg)
     cached = read_json(out.eval_result)
