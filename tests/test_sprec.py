@@ -423,6 +423,10 @@ def test_sft_stops_at_the_epoch_cap_when_valid_hr_never_beats_the_base(tiny_spre
     summary = read_json(root.sft_log)["summary"]
     assert summary["stopped"] == "max_epochs" and summary["epochs"] == 2 and "sft_max_epochs = 2" in summary["reason"]
     assert summary["validation"]["per_epoch"] == [summary["validation"]["base"]] * 2
+    from rlrf.report.sprec import markdown
+
+    report = markdown({"sft": summary, "evaluations": {}})
+    assert "SFT stopped after 2 epoch(s) (max_epochs)" in report and "sft_max_epochs = 2" in report
     assert [c[0] for c in calls] == [None, 1, 2] and not (root.root / "sft" / "epoch_3").exists()
     first_valid = [u for u in method.ds.splits["valid"] if len(method.ds.users[u].items) >= 2][:4]
     assert all(c[1] == first_valid for c in calls)  # a bounded subset: the first sft_valid_users

@@ -121,6 +121,11 @@ def markdown(metrics: dict) -> str:
         losses = " → ".join(f"{x:.3f}" for x in (sft.get("first_loss"), sft.get("last_loss")) if x is not None)
         lines += ["", f"SFT (first seed): {sft.get('examples')} sliding-window examples, {sft.get('steps')} steps, "
                       f"loss {losses}, {sft.get('seconds')} s."]
+        if sft.get("validation"):  # sprec.sft_until_better: why SFT stopped when it did
+            v = sft["validation"]
+            hrs = ", ".join(f"{x:.4f}" for x in v["per_epoch"])
+            lines += [f"SFT stopped after {sft['epochs']} epoch(s) ({sft['stopped']}): {sft['reason']}. "
+                      f"{v['metric']} on {v['users']} {v['split']} users per epoch: {hrs}; base policy {v['base']:.4f}."]
     lines += ["", "![popularity](sprec_popularity.png)", "", "![per iteration](sprec_iterations.png)", ""]
     return "\n".join(lines)
 
