@@ -193,7 +193,7 @@ def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[s
         raise UserError(f"align.method {method}: no training prompts for iteration {iteration}")
     layout = RunLayout(cfg.run_dir)
     start_adapter = previous_adapter(cfg, iteration)
-    o = cfg.online
+    o, g = cfg.online, cfg.generate
 
     def build(work_dir: Path):
         from datasets import Dataset
@@ -207,6 +207,8 @@ def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[s
         args = trainer_args(config_cls, "online", o.trainer_args, seed=cfg.seed, defaults={
             **training_precision(model), "use_cpu": param.device.type == "cpu",  # bf16 autocast over bf16 weights
             "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
+            # the summaries are sampled as `rlrf generate` samples them for DPO
+            "max_completion_length": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k,
         }, fixed={"output_dir": str(work_dir), "remove_unused_columns": False})
         count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         reward = reward_function(score, o.length_penalty, o.free_tokens, count)
