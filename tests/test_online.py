@@ -38,7 +38,7 @@ def test_a_toy_reward_rises_on_a_tiny_policy(tmp_path, tiny_model_dir, tiny_toke
     sampled = []
     real_generate = backends.TransformersBackend.generate
     monkeypatch.setattr(backends.TransformersBackend, "generate",
-                        lambda self, requests, params: sampled.append(len(requests)) or real_generate(self, requests, params))
+                        lambda self, requests, params: sampled.append((len(requests), params)) or real_generate(self, requests, params))
     cfg = RunConfig.model_validate({
         "run_dir": str(tmp_path / "run"), "seed": 0, "threads": 1, "llm": {"model": str(tiny_model_dir)},
         "align": {"method": method}, "lora": {"r": 8, "lora_alpha": 16},
@@ -62,7 +62,11 @@ def test_a_toy_reward_rises_on_a_tiny_policy(tmp_path, tiny_model_dir, tiny_toke
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert last > first + 0.1, rewards
     assert users_seen == {str(u) for u in range(8)}  # the user column reached the reward function
-    assert sampled and all(n == 2 for n in sampled)  # 8 completions per step = 2 prompts x 4, each prompt once
+    assert sampled and all(n == 2 for n, _ in sampled)  # 8 completions per step = 2 prompts x 4, each prompt once
+    # sampled as `rlrf generate` samples (the generate: section), except what trainer_args sets
+    params = sampled[0][1]
+    assert (params.temperature, params.max_new_tokens) == (1.0, 24)
+    assert (params.top_p, params.top_k) == (cfg.generate.top_p, cfg.generate.top_k) == (0.95, 50)
 
 
 def test_shared_prompts_give_trl_log_probs_entropies_and_gradients(tmp_path, tiny_model_dir, tiny_tokenizer):
