@@ -36,18 +36,13 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from rows import emit, peak_rss_mb, run_row  # bench/rows.py: python puts the script's folder on sys.path
+
 ENGINES = ["naive-fp32", "rlrf-fp32", "rlrf-bf16", "ct2-int8", "ct2-fp32", "llamacpp-q4"]
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _prompts(args, tokenizer):
@@ -155,7 +150,7 @@ def worker(args) -> dict:
     tokens = run()
     seconds = time.perf_counter() - start
     row.update({"tokens": tokens, "seconds": round(seconds, 2), "tok_per_s": round(tokens / seconds, 2),
-                "peak_rss_mb": round(_peak_rss_mb()), "load_before": round(load_before, 2),
+                "peak_rss_mb": peak_rss_mb(), "load_before": round(load_before, 2),
                 "load_after": round(os.getloadavg()[0], 2), "threads": torch.get_num_threads()})
     return row
 
@@ -195,14 +190,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.worker:
-        print("ROW " + json.dumps(worker(args)), flush=True)
+        emit(worker(args))
         return 0
 
     from rlrf.core.precision import cpu_supports_bf16
 
     engines = [e for e in args.engines.split(",") if e and not (args.skip_naive and e.startswith("naive"))]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *args.extra_path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     print(f"{args.users} users x {args.n} samples, {args.max_new_tokens} new tokens, {args.threads} threads, "
           f"CPU bf16 native: {cpu_supports_bf16()}, machine {platform.machine()} {os.cpu_count()} cores", flush=True)
     rows, skipped = [], {}
@@ -212,14 +205,11 @@ def main(argv=None) -> int:
             skipped[engine] = why
             print(f"{engine:12s} skipped: {why}", flush=True)
             continue
-        cmd = [sys.executable, __file__, "--worker", engine, *(argv if argv is not None else sys.argv[1:])]
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-        found = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
-        if proc.returncode != 0 or not found:
-            skipped[engine] = f"failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:] or ''}"
+        row, why = run_row(__file__, engine, argv if argv is not None else sys.argv[1:], args.extra_path)
+        if row is None:
+            skipped[engine] = why.splitlines()[-1] if why else why
             print(f"{engine:12s} {skipped[engine]}", flush=True)
             continue
-        row = json.loads(found[-1])
         rows.append(row)
         print(f"{engine:12s} {row['tok_per_s']:8.1f} tok/s  ({row['tokens']} tok, {row['seconds']} s, "
               f"{row['users']} users, {row['rows_per_batch']} rows/batch, {row['dtype']}, peak RSS {row['peak_rss_mb']} MB, "

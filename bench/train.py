@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from rows import emit, peak_rss_mb, run_row  # bench/rows.py: python puts the script's folder on sys.path
+
 
 CHOSEN = ("This user loves character-driven dramas and thrillers from the 1990s, especially crime stories "
           "with clever plots such as Fargo and Pulp Fiction; they rate science fiction classics highly and "
@@ -102,7 +101,7 @@ def worker(args) -> dict:
         row["sft"] = {"steps": len(steps), "examples": len(records), "tokens": tokens,
                       "step_s": round(runtime / len(steps), 2), "tok_per_s": round(tokens / runtime, 1),
                       "losses": [round(e["loss"], 4) for e in steps], "load": f"{load0:.2f}->{os.getloadavg()[0]:.2f}"}
-    row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    row["peak_rss_mb"] = peak_rss_mb()
     return row
 
 
@@ -119,20 +118,16 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print("ROW " + json.dumps(worker(args)), flush=True)
+        emit(worker(args))
         return 0
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     rows = []
     for dtype in args.dtypes.split(","):
         started = time.perf_counter()
-        cmd = [sys.executable, __file__, "--worker", dtype, *(argv if argv is not None else sys.argv[1:])]
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-        found = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
-        if proc.returncode != 0 or not found:
-            print(f"{dtype}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
+        row, why = run_row(__file__, dtype, argv if argv is not None else sys.argv[1:])
+        if row is None:
+            print(f"{dtype}: {why}", flush=True)
             continue
-        row = json.loads(found[-1])
         row["wall_s"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         print(f"{dtype}: {json.dumps(row)}", flush=True)
