@@ -69,7 +69,8 @@ class ListFeatures(nn.Module):
                  item_knowledge: torch.Tensor | None = None, adapter_out: int = 32, adapter_hidden: int = 64,
                  n_shared: int = 2, n_specific: int = 2, dropout: float = 0.1, knowledge_dropout: float = 0.1,
                  use_history: bool = True, item_prior: torch.Tensor | None = None,
-                 summary_match: bool = False, history_dropout: float = 0.0, match_rank: int = 16):
+                 summary_match: bool = False, history_dropout: float = 0.0, match_rank: int = 16,
+                 match_scale: float = 1.0):
         super().__init__()
         self.d_embed = d_embed
         self.use_history = use_history  # False (ablation): the user is known only through the summary
@@ -103,7 +104,10 @@ class ListFeatures(nn.Module):
         self.history_dropout = history_dropout  # train-time: a list's whole history hidden with this probability
         self.summary_match = bool(summary_match) and self.knowledge
         if self.summary_match:  # summary × item-text match, added straight to the score (see match_logit)
-            self.match_weight = nn.Parameter(torch.ones(()))
+            # Started at `match_scale`, not learnt up to it: AdamW moves w by about one learning rate a
+            # step, so from 1 it barely leaves 1 in a few hundred steps (1.06 after the quickstart's
+            # training), and a cosine spread of ~0.2 times that cannot lift a named item over the prior.
+            self.match_weight = nn.Parameter(torch.tensor(float(match_scale)))
             self.match_p = nn.Linear(self.d_knowledge, match_rank, bias=False)
             self.match_q = nn.Linear(self.d_knowledge, match_rank, bias=False)
             nn.init.normal_(self.match_p.weight, std=0.02)

@@ -81,6 +81,7 @@ def hyperparameters(rcfg, kind: str, knowledge: bool, list_length: int) -> dict:
         "item_prior": bool(getattr(rcfg, "item_prior", False)),
         "summary_match": bool(getattr(rcfg, "summary_match", False)) if knowledge else False,
         "history_dropout": float(getattr(rcfg, "history_dropout", 0.0)) if knowledge else 0.0,
+        "match_scale": float(getattr(rcfg, "match_scale", 1.0)),
     }
 
 
@@ -108,7 +109,8 @@ def build_reranker(hp: dict, n_items: int, genre_matrix, item_knowledge=None, it
     features = ListFeatures(n_items, gm, hp["embed_dim"], ik, hp["adapter_out"], hp["adapter_hidden"],
                             hp["shared_experts"], hp["specific_experts"], hp["dropout"], hp["knowledge_dropout"],
                             hp.get("history", True), _prior_tensor(hp, item_prior),
-                            hp.get("summary_match", False), hp.get("history_dropout", 0.0))
+                            hp.get("summary_match", False), hp.get("history_dropout", 0.0),
+                            match_scale=hp.get("match_scale", 1.0))
     if hp["kind"] == "dlcm":
         return DLCM(features, hp["hidden"])
     if hp["kind"] == "prm":

@@ -145,6 +145,7 @@ class RewardConfig(Section):
     pool_size: int = Field(4, ge=1)  # future texts per training list (TRAIN users' own future only)
     pool_noise: float = Field(0.2, ge=0, le=1)  # each title of a future text swapped for a random item with this probability
     summary_match: bool = False  # summary × item-text match term added straight to the score
+    match_scale: float = Field(1.0, gt=0)  # initial weight of that term's cosine (learnt from there)
     history_dropout: float = Field(0.0, ge=0, lt=1)  # train-time: a list's history hidden with this probability
     train_cuts: int = Field(1, ge=1)  # lists per TRAIN user at several history cuts (training only; self text; sasrec reuses <run_dir>/sasrec)
     epochs: int = Field(40, ge=1)
