@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -48,7 +49,7 @@ def _write_pairs(run_dir, tokenizer, n=4, negatives=1, iteration=0):
     return path
 
 
-ALIGN_KEYS = {"loss", "beta", "sft_weight", "rosepo_eps_max", "rosepo_tau", "precompute_ref_log_probs", "share_prompt"}
+ALIGN_KEYS = {"loss", "beta", "sft_weight", "length_alpha", "rosepo_eps_max", "rosepo_tau", "precompute_ref_log_probs", "share_prompt"}
 
 
 def _cfg(tmp_path, model_dir, **settings):
@@ -180,6 +181,24 @@ def test_user_errors(tmp_path, tiny_model_dir, tiny_tokenizer):
     bad = _cfg(tmp_path, tiny_model_dir, loss="dpoo")
     with pytest.raises(UserError, match="align.loss"):
         run_align(bad, 0, show_progress=False)
+
+
+def test_length_alpha_reaches_the_loss_and_trl_only_knobs_are_refused(tmp_path, tiny_model_dir, tiny_tokenizer):
+    # At the first step the fresh LoRA is the reference, so plain DPO's loss is exactly log 2; the
+    # pairs' chosen and rejected texts differ in length, so R-DPO's term moves it.
+    first = {}
+    for alpha in (0.0, 0.5):
+        cfg = _cfg(tmp_path / str(alpha), tiny_model_dir, length_alpha=alpha, logging_steps=1)
+        _write_pairs(cfg.run_dir, tiny_tokenizer)
+        first[alpha] = run_align(cfg, 0, show_progress=False)["first_loss"]
+    assert first[0.0] == pytest.approx(math.log(2), abs=1e-4)
+    assert abs(first[0.5] - math.log(2)) > 0.01
+    cfg = _cfg(tmp_path / "trl", tiny_model_dir, ld_alpha=0.5)
+    _write_pairs(cfg.run_dir, tiny_tokenizer)
+    with pytest.raises(UserError, match=r"^align.trainer_args.ld_alpha: shapes trl's own losses only"):
+        run_align(cfg, 0, show_progress=False)
+    with pytest.raises(UserError, match=r"^align.length_alpha: .*ld_alpha"):
+        run_align(_cfg(tmp_path / "trl", tiny_model_dir, loss="sigmoid", length_alpha=0.5), 0, show_progress=False)
 
 
 def test_shared_prompt_logps_equal_full_sequences(tmp_path, tiny_model_dir, tiny_tokenizer):

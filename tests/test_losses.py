@@ -21,6 +21,7 @@ from rlrf.alignment.losses import (
     dpo_loss,
     get_loss,
     is_multi_negative,
+    length_regularized,
     loss_names,
     rosepo_epsilon,
     rosepo_loss,
@@ -41,6 +42,20 @@ def test_dpo_closed_form():
     assert loss.item() == pytest.approx(0.1269280, abs=1e-6)
     # 1-d rejected (plain pairs) gives the same number
     assert dpo_loss(CHOSEN, REJ[:, 0], REF_CHOSEN, REF_REJ[:, 0], beta=BETA).item() == pytest.approx(0.1269280, abs=1e-6)
+
+
+def test_length_alpha_adds_alpha_times_the_length_difference_to_each_margin():
+    # R-DPO: chosen 30 tokens, negatives 20 and 40, α = 0.05 → margins 2 + 0.5 = 2.5 and ...
+    alpha, n_chosen, n_rej = 0.05, torch.tensor([30.0]), torch.tensor([[20.0, 40.0]])
+    ref_w = length_regularized(REF_CHOSEN, n_chosen, alpha=alpha, beta=BETA)
+    ref_l = length_regularized(REF_REJ, n_rej, alpha=alpha, beta=BETA)
+    # −log σ(β (r_w − r_1) + α (30 − 20)) = −log σ(2.5) = log(1 + e^−2.5) = 0.0788897
+    assert dpo_loss(CHOSEN, REJ, ref_w, ref_l, beta=BETA).item() == pytest.approx(0.0788897, abs=1e-6)
+    # S-DPO sees every negative's own difference: z_1 = −2 − 0.5, z_2 = −1.5 + 0.5
+    expected = math.log(1 + math.exp(-2.5) + math.exp(-1.0))
+    assert sdpo_loss(CHOSEN, REJ, ref_w, ref_l, beta=BETA).item() == pytest.approx(expected, abs=1e-6)
+    # α = 0 is plain DPO
+    assert torch.equal(length_regularized(REF_CHOSEN, n_chosen, alpha=0.0, beta=BETA), REF_CHOSEN)
 
 
 def test_sdpo_closed_form():

@@ -108,6 +108,25 @@ def test_match_term_is_zero_without_a_summary_and_for_padding():
     assert model.features.match_logit(items, None, None) == 0.0
 
 
+def test_match_term_starts_at_match_scale_times_the_cosine():
+    """reward.match_scale is the cosine's starting weight (AdamW moves it ~one learning rate a step)."""
+    _, uk, item_k, genres = topic_data(4)
+    items = torch.tensor([[1, 2, 3]])
+    logits = {}
+    for scale in (1.0, 5.0):
+        cfg = SimpleNamespace(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
+                              shared_experts=1, specific_experts=1, dropout=0.0, knowledge_dropout=0.0,
+                              summary_match=True, match_scale=scale)
+        hp = hyperparameters(cfg, "dlcm", True, 3)
+        assert hp["match_scale"] == scale  # saved with the model's hyperparameters
+        model = build_reranker(hp, 40, genres, item_k).eval()
+        torch.nn.init.zeros_(model.features.match_p.weight)  # the cosine part alone
+        logits[scale] = model.features.match_logit(items, uk[:1], torch.tensor([True]))
+    cos = torch.nn.functional.cosine_similarity(uk[:1].unsqueeze(1), item_k[:3].unsqueeze(0), dim=-1)
+    assert torch.allclose(logits[1.0], cos, atol=1e-6)
+    assert torch.allclose(logits[5.0], 5 * cos, atol=1e-5)
+
+
 def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys):
     from rlrf.reward import model as reward
     from rlrf.core.config import load_config

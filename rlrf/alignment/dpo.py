@@ -107,6 +107,11 @@ def _tokenize_negatives(records: list[dict], tokenizer) -> list[dict]:
     return records
 
 
+# DPOConfig fields that only trl's own loss code reads: with one of rlrf's losses they would do nothing
+TRL_LOSS_ARGS = frozenset({"ld_alpha", "label_smoothing", "use_weighting", "f_divergence_type",
+                           "f_alpha_divergence_coef", "discopop_tau", "loss_weights"})
+
+
 def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> dict:
     """Align the policy on ``iter_<t>/pairs.jsonl``; writes ``iter_<t>/adapter`` and ``align_log.json``.
 
@@ -121,6 +126,12 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
     multi = is_multi_negative(a.loss)
     if a.loss not in LOSSES and a.sft_weight > 0 and a.loss == "sft":
         raise UserError("align.sft_weight: the loss is already 'sft'")
+    if a.loss not in LOSSES and a.length_alpha > 0:
+        raise UserError(f"align.length_alpha: applies to rlrf's losses ({', '.join(LOSSES)}); "
+                        f"for trl's '{a.loss}' set align.trainer_args.ld_alpha")
+    if a.loss in LOSSES and (trl_only := sorted(TRL_LOSS_ARGS & set(a.trainer_args))):
+        raise UserError(f"align.trainer_args.{trl_only[0]}: shapes trl's own losses only, not align.loss "
+                        f"'{a.loss}' (for length: align.length_alpha)")
     start_adapter = previous_adapter(cfg, iteration)
     timer = _StepTimer()
     counts: dict = {"reference_seconds": 0.0}  # filled while the trainer is built
@@ -162,6 +173,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             peft_config=lora, callbacks=[timer], loss_name=a.loss, negatives=negatives,
             sft_weight=a.sft_weight if a.loss in LOSSES else 0.0,
             rosepo_eps_max=a.rosepo_eps_max, rosepo_tau=a.rosepo_tau, share_prompt=a.share_prompt,
+            length_alpha=a.length_alpha,
         )
         if len(trainer.train_dataset) == 0:
             raise UserError(f"align.trainer_args.max_length: {args.max_length} tokens is shorter than every prompt; no pair left")

@@ -16,6 +16,10 @@ Shapes: ``chosen`` and ``ref_chosen`` are ``(B,)``; ``rejected`` and ``ref_rejec
 the worst negative. ``mask`` (``(B, k)`` bool, optional) marks real negatives when examples have
 fewer than ``k`` (padding columns are ignored by ``sdpo``/``dmpo``).
 
+Length (R-DPO, Park et al. 2024): with ``align.length_alpha`` = α every loss above sees the implicit
+reward β r(y) + α|y| instead of β r(y), so a pair's margin gets α(|y_w| − |y_l|) and a preference that
+length alone explains no longer pushes the policy towards longer text (:func:`length_regularized`).
+
 trl's own loss types (``TRL_LOSSES``: sigmoid, hinge, ipo, robust, ...) are not re-implemented:
 `rlrf align` hands them to ``trl.DPOTrainer`` by name (``DPOConfig.loss_type``).
 """
@@ -129,6 +133,14 @@ def is_multi_negative(name: str) -> bool:
     return bool(entry and entry.multi_negative)
 
 
+def length_regularized(ref_logps: torch.Tensor, lengths: torch.Tensor, *, alpha: float, beta: float) -> torch.Tensor:
+    """Reference log-probs lowered by α|y|/β: β (log π − this) = β r(y) + α|y|, R-DPO's implicit reward.
+
+    Folding the term into the reference leaves every loss function as it is (one place for it).
+    """
+    return ref_logps - (alpha / beta) * lengths.to(ref_logps.dtype)
+
+
 def sequence_nll_per_token(chosen_logps: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
     """The SFT term per example: −log π(y_w|x) / |y_w| (mean NLL per completion token)."""
     return -chosen_logps / n_tokens.to(chosen_logps.dtype).clamp(min=1.0)
@@ -136,5 +148,5 @@ def sequence_nll_per_token(chosen_logps: torch.Tensor, n_tokens: torch.Tensor) -
 
 __all__ = [
     "LOSSES", "TRL_LOSSES", "PreferenceLoss", "dmpo_loss", "dpo_loss", "get_loss", "is_multi_negative",
-    "loss_names", "rosepo_epsilon", "rosepo_loss", "sdpo_loss", "sequence_nll_per_token",
+    "length_regularized", "loss_names", "rosepo_epsilon", "rosepo_loss", "sdpo_loss", "sequence_nll_per_token",
 ]

@@ -16,15 +16,17 @@ from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from rlrf.alignment.collator import EXTRA_KEYS
-from rlrf.alignment.losses import LOSSES, rosepo_epsilon, sequence_nll_per_token
+from rlrf.alignment.losses import LOSSES, length_regularized, rosepo_epsilon, sequence_nll_per_token
 
 
 class PreferenceTrainer(DPOTrainer):
     """DPOTrainer with our loss registry and k negatives per example; trl losses pass through."""
 
     def __init__(self, *args, loss_name: str, negatives: int, sft_weight: float,
-                 rosepo_eps_max: float, rosepo_tau: float, share_prompt: bool = True, **kwargs):
+                 rosepo_eps_max: float, rosepo_tau: float, share_prompt: bool = True, length_alpha: float = 0.0,
+                 **kwargs):
         self.share_prompt = share_prompt
+        self.length_alpha = length_alpha
         self.loss_name = loss_name
         self.n_negatives = negatives
         self.sft_weight = sft_weight
@@ -164,7 +166,12 @@ class PreferenceTrainer(DPOTrainer):
             extra["epsilon"] = rosepo_epsilon(inputs["margin"].to(logps.dtype), eps_max=self.rosepo_eps_max,
                                               tau=self.rosepo_tau)
             self._metrics[mode]["rosepo/epsilon"].append(extra["epsilon"].mean().item())
-        per_example = LOSSES[self.loss_name].fn(chosen, rejected, ref_chosen, ref_rejected,
+        loss_ref_chosen, loss_ref_rejected = ref_chosen, ref_rejected
+        if self.length_alpha > 0:  # R-DPO: the logged rewards below stay the plain β r(y)
+            n_tokens = lengths.view(1 + k, -1).T  # (B, 1 + k), as logps
+            loss_ref_chosen = length_regularized(ref_chosen, n_tokens[:, 0], alpha=self.length_alpha, beta=self.beta)
+            loss_ref_rejected = length_regularized(ref_rejected, n_tokens[:, 1:], alpha=self.length_alpha, beta=self.beta)
+        per_example = LOSSES[self.loss_name].fn(chosen, rejected, loss_ref_chosen, loss_ref_rejected,
                                                 beta=self.beta, mask=mask, **extra)
         loss = per_example.mean()
         if self.sft_weight > 0:

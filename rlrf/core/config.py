@@ -227,6 +227,9 @@ class AlignConfig(_TrainerArgs):
     rosepo_eps_max: float = Field(0.4, ge=0, lt=0.5)  # rosepo: epsilon = eps_max * exp(-margin / tau), in [0, 0.5)
     rosepo_tau: float = Field(0.1, gt=0)  # rosepo: reward-margin scale (margins are NDCG/MAP differences)
     sft_weight: float = Field(0.0, ge=0)  # + weight * per-token NLL of the chosen response (0 = off)
+    # R-DPO's alpha (rlrf's losses): each pair's margin gets alpha * (chosen - rejected tokens), so a
+    # preference that length explains does not lengthen the policy (0 = off; trl losses: use ld_alpha)
+    length_alpha: float = Field(0.0, ge=0)
     precompute_ref_log_probs: bool = True  # reference log-probs once before training (no reference forward per step)
     share_prompt: bool = True  # one forward pass per prompt, its KV cache shared by chosen + negatives (our losses)
     # trainer_args: any trl DPOConfig field (learning_rate, num_train_epochs, max_steps,
