@@ -143,6 +143,35 @@ def test_collator_layout_and_mask(tiny_tokenizer):
     assert batch["neg_mask"].tolist() == [[True, True], [True, False]]
 
 
+def test_a_completion_cut_at_the_cap_is_trained_without_the_eos_trl_appends():
+    eos = 9
+    ex = {"prompt_ids": [1, 2], "chosen_ids": [3, eos], "rejected_ids": [4, eos], "margin": 0.5,
+          "finished": [False, True]}
+    batch = PreferenceCollator(pad_token_id=0, negatives=1, eos_token_id=eos)([ex])
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 0], [1, 2, 4, eos]]
+    assert batch["completion_mask"].tolist() == [[0, 0, 1, 0], [0, 0, 1, 1]]
+    assert batch["completion_input_ids"].tolist() == [[3, 0], [4, eos]]
+    # k negatives: each keeps or loses its EOS by its own flag; pairs files without flags keep it
+    multi = {"prompt_ids": [1, 2], "chosen_ids": [3, eos], "rejected_ids": [4, eos], "margin": 0.5,
+             "negatives_full_ids": [[1, 2, 4, eos], [1, 2, 5, eos]], "finished": [True, True, False]}
+    batch = PreferenceCollator(pad_token_id=0, negatives=2, eos_token_id=eos)([multi])
+    assert batch["input_ids"].tolist() == [[1, 2, 3, eos], [1, 2, 4, eos], [1, 2, 5, 0]]
+    legacy = {k: v for k, v in ex.items() if k != "finished"}
+    assert PreferenceCollator(pad_token_id=0, negatives=1, eos_token_id=eos)([legacy])["input_ids"][0].tolist() == [1, 2, 3, eos]
+
+
+def test_the_cut_flags_of_a_pairs_file_reach_the_collator(tmp_path, tiny_model_dir, tiny_tokenizer, monkeypatch):
+    cfg = _cfg(tmp_path, tiny_model_dir)
+    path = _write_pairs(cfg.run_dir, tiny_tokenizer)
+    pairs = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**p, "chosen_finished": False}) + "\n" for p in pairs))
+    seen = []
+    call = PreferenceCollator.__call__
+    monkeypatch.setattr(PreferenceCollator, "__call__", lambda self, examples: seen.extend(examples) or call(self, examples))
+    run_align(cfg, 0, show_progress=False)
+    assert seen and all(ex["finished"] == [False, True] for ex in seen)
+
+
 def test_loss_decreases_on_a_fixed_pair(tmp_path, tiny_model_dir, tiny_tokenizer):
     cfg = _cfg(tmp_path, tiny_model_dir, max_steps=6, per_device_train_batch_size=1, learning_rate=5e-3, lr_scheduler_type="constant",
                beta=0.5)

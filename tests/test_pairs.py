@@ -17,8 +17,19 @@ def test_best_is_chosen_and_worst_rejected():
     scores = {("u1", 0): 0.2, ("u1", 1): 0.9, ("u1", 2): 0.1, ("u1", 3): 0.5}
     pairs, stats = build_pairs(rs, scores, PROMPTS, {"u1"})
     assert pairs == [{"user": "u1", "iter": 0, "prompt": "P1", "chosen": "b", "rejected": "c",
-                      "margin": 0.9 - 0.1, "chosen_k": 1, "rejected_k": 2}]
+                      "margin": 0.9 - 0.1, "chosen_k": 1, "rejected_k": 2,
+                      "chosen_finished": True, "rejected_finished": True}]
     assert stats.pairs == 1 and stats.users == 1
+
+
+def test_pairs_record_which_texts_were_cut_at_the_length_cap():
+    rs = responses("u1", ["a", "b", "c", "d"])
+    for r, finished in zip(rs, [True, False, True, False]):
+        r["finished"] = finished
+    scores = {("u1", 0): 0.2, ("u1", 1): 0.9, ("u1", 2): 0.1, ("u1", 3): 0.5}
+    (pair,), _ = build_pairs(rs, scores, PROMPTS, {"u1"}, negatives=3)
+    assert (pair["chosen_finished"], pair["rejected_finished"]) == (False, True)  # b was cut, c was not
+    assert pair["rejected_finished_list"] == [True, True, False]  # c, a, d
 
 
 def test_tied_users_are_skipped_and_counted():

@@ -18,11 +18,21 @@ class PreferenceCollator:
     Each example holds trl's ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` and, for k > 1, our
     ``negatives_full_ids`` (tokenized prompt + negative + EOS, as trl tokenizes a completion). An
     example with fewer than k negatives repeats its first one, masked out by ``neg_mask``.
+
+    trl appends EOS to every completion. A completion the policy did not finish (cut at the length
+    cap; ``finished`` False, in the order chosen, negative_1, ...) loses that EOS here: otherwise
+    alignment would teach the policy to stop mid-sentence at the cap, a text it never wrote.
     """
 
     pad_token_id: int
     negatives: int
     max_length: int | None = None
+    eos_token_id: int | None = None
+
+    def _as_written(self, completion: list[int], finished: bool) -> list[int]:
+        if not finished and self.eos_token_id is not None and completion and completion[-1] == self.eos_token_id:
+            return completion[:-1]
+        return completion
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -33,12 +43,15 @@ class PreferenceCollator:
         neg_mask = []
         for ex in examples:
             prompt = ex["prompt_ids"]
-            rows[0].append(prompt + ex["chosen_ids"])
-            masks[0].append([0] * len(prompt) + [1] * len(ex["chosen_ids"]))
+            finished = list(ex.get("finished") or []) + [True] * (k + 1)
+            chosen = self._as_written(ex["chosen_ids"], finished[0])
+            rows[0].append(prompt + chosen)
+            masks[0].append([0] * len(prompt) + [1] * len(chosen))
             if k == 1:
-                negs = [prompt + ex["rejected_ids"]]
+                negs = [prompt + self._as_written(ex["rejected_ids"], finished[1])]
             else:
-                negs = list(ex["negatives_full_ids"][:k])
+                negs = [prompt + self._as_written(seq[len(prompt):], finished[1 + j])
+                        for j, seq in enumerate(ex["negatives_full_ids"][:k])]
             neg_mask.append([True] * len(negs) + [False] * (k - len(negs)))
             negs += [negs[0]] * (k - len(negs))
             for j, seq in enumerate(negs, start=1):

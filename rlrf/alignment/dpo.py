@@ -68,9 +68,13 @@ def load_pairs(path: Path, multi_negative: bool) -> list[dict]:
         margin = pair.get("margin", 0.0)
         if not isinstance(margin, (int, float)):
             raise UserError(f"{path}: line {line}: margin must be a number")
+        negatives_finished = (pair.get("rejected_finished_list") if negatives is not None
+                              else [pair.get("rejected_finished", True)])
         records.append({
             "prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"],
             "negatives": negatives or [pair["rejected"]], "margin": float(margin),
+            "finished": [bool(pair.get("chosen_finished", True))]
+                        + [bool(f) for f in (negatives_finished or [True] * len(negatives or [0]))],
         })
     return records
 
@@ -153,7 +157,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
         device = next(model.parameters()).device
         if negatives > 1:
             records = _tokenize_negatives(records, tokenizer)
-        columns = ["prompt", "chosen", "rejected", "margin"] + (["negatives_full_ids"] if negatives > 1 else [])
+        columns = ["prompt", "chosen", "rejected", "margin", "finished"] + (["negatives_full_ids"] if negatives > 1 else [])
         dataset = Dataset.from_list([{c: r[c] for c in columns} for r in records])
         loss_type = [a.loss] if a.loss not in LOSSES else ["sigmoid"]  # trl's own type only used for pass-through
         loss_weights = None
@@ -167,7 +171,8 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             "precompute_ref_log_probs": False,  # we precompute ourselves (chosen + k negatives), see the docstring
             "remove_unused_columns": False,
         })
-        collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id, negatives=negatives, max_length=args.max_length)
+        collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id, negatives=negatives, max_length=args.max_length,
+                                      eos_token_id=tokenizer.eos_token_id)
         trainer = PreferenceTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
             peft_config=lora, callbacks=[timer], loss_name=a.loss, negatives=negatives,

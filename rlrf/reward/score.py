@@ -69,9 +69,13 @@ def build_pairs(
             "margin": margin,
             "chosen_k": best["k"],
             "rejected_k": worst["k"],
+            # a summary cut at generate.max_new_tokens: trained without the EOS it never wrote
+            "chosen_finished": best.get("finished", True),
+            "rejected_finished": worst.get("finished", True),
         }
         if negatives > 1:
             pair["rejected_list"] = [r["text"] for r in worst_first]
+            pair["rejected_finished_list"] = [r.get("finished", True) for r in worst_first]
             pair["rejected_margins"] = [scores[(user, best["k"])] - scores[(user, r["k"])] for r in worst_first]
         pairs.append(pair)
         stats.pairs += 1
