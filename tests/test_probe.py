@@ -108,6 +108,25 @@ def test_match_term_is_zero_without_a_summary_and_for_padding():
     assert model.features.match_logit(items, None, None) == 0.0
 
 
+def test_split_half_tells_a_taste_signal_from_item_matching():
+    from rlrf.reward.probe import split_half_agreement
+
+    rng = np.random.default_rng(0)
+    labels = [np.array([True] * 5 + [False] * 5) for _ in range(200)]
+    # taste: a summary raises every positive by its own amount, so it wins on any half of the list
+    taste = []
+    for y in labels:
+        lift = rng.normal(size=(4, 1))
+        taste.append(rng.normal(scale=0.1, size=(4, 10)) + lift * y)
+    # item matching: each summary raises a few items at random, whatever their label
+    matching = [rng.normal(size=(4, 10)) for _ in labels]
+    t, m = split_half_agreement(taste, labels), split_half_agreement(matching, labels)
+    assert t["within_user_corr"] > 0.9 and t["same_best"] > 0.8
+    assert abs(m["within_user_corr"]) < 0.15 and abs(m["same_best"] - m["same_best_chance"]) < 0.1
+    lo, hi = m["within_user_corr_ci95"]
+    assert lo < m["within_user_corr"] < hi and m["same_best_chance"] == 0.25
+
+
 def test_match_term_starts_at_match_scale_times_the_cosine():
     """reward.match_scale is the cosine's starting weight (AdamW moves it ~one learning rate a step)."""
     _, uk, item_k, genres = topic_data(4)
@@ -125,6 +144,11 @@ def test_match_term_starts_at_match_scale_times_the_cosine():
     cos = torch.nn.functional.cosine_similarity(uk[:1].unsqueeze(1), item_k[:3].unsqueeze(0), dim=-1)
     assert torch.allclose(logits[1.0], cos, atol=1e-6)
     assert torch.allclose(logits[5.0], 5 * cos, atol=1e-5)
+
+
+def probe_texts_of_a_policy() -> list[str]:
+    return ["Loves Comedy and Romance from the nineties.", "Prefers Sci-Fi, Action and War movies.",
+            "Enjoys Drama; dislikes Horror."]
 
 
 def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys):
@@ -151,14 +175,23 @@ def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys
     uk, hk = sampler(1)
     assert uk.shape == (len(train_lists), ctx.encoder.dim) and hk.dtype == torch.bool
     reward.train(cfg, 1, ctx=ctx)
-    out = run_probe(cfg, n_seeds=1)
+    # a policy's summaries: three per held-out user
+    held_out = ctx.ds.splits["valid"] + ctx.ds.splits["test"]
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text("".join(json.dumps({"user": u, "iter": 0, "k": k, "text": text}) + "\n"
+                                 for u in held_out for k, text in enumerate(probe_texts_of_a_policy())))
+    out = run_probe(cfg, n_seeds=1, responses=responses)
     saved = json.loads((tmp_path / "run" / "reward" / "probe.json").read_text())
     row = saved["models"]["dlcm_knowledge"][0]
     assert saved["users"] == out["users"] > 0 and 0 <= row["p_pos_gt_neg"] <= 1
     assert set(row["mean"]) == set(probe.VARIANTS)
     lo, hi = row["gap"]["ci95"]
     assert lo <= row["gap"]["mean"] <= hi
-    assert "P(pos>neg)" in capsys.readouterr().out
+    assert row["policy_summaries"]["users"] > 0
+    split = row["policy_split_half"]
+    assert 0 < split["users"] <= row["policy_summaries"]["users"] and split["same_best_chance"] == pytest.approx(1 / 3)
+    printed = capsys.readouterr().out
+    assert "P(pos>neg)" in printed and "split-half" in printed
 
 
 def test_extra_cuts_build_kar_lists_from_each_cuts_own_history(ml100k_small):

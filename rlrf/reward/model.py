@@ -493,6 +493,15 @@ class RewardScorer:
             out["margin"].append(logit_margin(scores, labels).numpy())
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
+    @torch.no_grad()
+    def item_logits(self, users: Sequence[str], texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each pair's per-item logits [P, L] and its list's labels [P, L]: for diagnostics that look
+        below the list metrics (which items a summary moves)."""
+        rows = self.rows(users)
+        user_k, has_k = encode_summaries(self.encoder, texts) if self.knowledge else (None, None)
+        logits = self.model(self.data.items[rows], self.data.hist[rows], self.data.hist_r[rows], user_k, has_k)
+        return logits, self.data.labels[rows]
+
     def score(self, users: Sequence[str], texts: Sequence[str], batch_size: int = 4096) -> dict[str, np.ndarray]:
         """Pairs (users[i], texts[i]) → {"ndcg@K": [P], "map@K": [P], "margin": [P], "empty": [P] bool}."""
         if len(users) != len(texts):

@@ -125,6 +125,44 @@ def response_spread(scorer, responses: dict[str, list[str]], metric: str) -> dic
             "mean_spread_margin": float(gspread.mean())}
 
 
+def split_half(scorer, responses: dict[str, list[str]], seed: int = 0) -> dict:
+    """Is the reward's choice among one user's summaries about the user, or about the list's items?
+
+    Scores every summary of the user on two random halves of the list (see `split_half_agreement`).
+    Users need two summaries and a list with two positives and two negatives.
+    """
+    users = [u for u in responses if u in scorer.row and len(responses[u]) >= 2]
+    labels = {u: scorer.data.labels[scorer.row[u]].numpy() > 0 for u in users}
+    users = [u for u in users if 2 <= labels[u].sum() <= len(labels[u]) - 2]
+    if not users:
+        return {"users": 0}
+    logits, _ = scorer.item_logits([u for u in users for _ in responses[u]], [t for u in users for t in responses[u]])
+    bounds = np.cumsum([0] + [len(responses[u]) for u in users])
+    per_user = [logits[a:b].numpy() for a, b in zip(bounds[:-1], bounds[1:])]
+    return split_half_agreement(per_user, [labels[u] for u in users], seed)
+
+
+def split_half_agreement(logits: Sequence[np.ndarray], labels: Sequence[np.ndarray], seed: int = 0) -> dict:
+    """Per user, `logits` [n summaries, L] and `labels` [L] bool. Each list's positives and negatives
+    are split at random into two halves and every summary gets a margin (mean positive − mean
+    negative logit) on each. A summary that wins because it describes the user's taste wins on both
+    halves (within-user correlation of the halves' margins near 1); one that wins by matching
+    particular items does not (near 0). `same_best_chance`: agreement on the best summary by chance."""
+    rng = np.random.default_rng(seed)
+    corrs, same, chance = [], [], []
+    for s, y in zip(logits, labels):
+        pos, neg = rng.permutation(np.flatnonzero(y)), rng.permutation(np.flatnonzero(~y))
+        halves = np.array([[s[i, p].mean() - s[i, q].mean() for p, q in ((pos[::2], neg[::2]), (pos[1::2], neg[1::2]))]
+                           for i in range(len(s))])
+        if halves[:, 0].std() > 0 and halves[:, 1].std() > 0:
+            corrs.append(float(np.corrcoef(halves[:, 0], halves[:, 1])[0, 1]))
+        same.append(bool(halves[:, 0].argmax() == halves[:, 1].argmax()))
+        chance.append(1 / len(s))
+    return {"users": len(logits), "within_user_corr": float(np.mean(corrs)) if corrs else float("nan"),
+            "within_user_corr_ci95": paired_ci(np.array(corrs), seed), "same_best": float(np.mean(same)),
+            "same_best_chance": float(np.mean(chance))}
+
+
 def read_responses(path: Path, known_users) -> dict[str, list[str]]:
     """responses.jsonl → {user: [text, ...]} from each user's latest `iter`, in `k` order."""
     import json
@@ -189,6 +227,7 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
             row = {"seed": seed, **summarize(scores, metric, seed=cfg.seed)}
             if policy is not None:
                 row["policy_summaries"] = response_spread(scorer, policy, metric)
+                row["policy_split_half"] = split_half(scorer, policy, seed=cfg.seed)
             per_seed.append(row)
             mm = row["mean"]
             table.add_row(name.replace("_knowledge", " +knowledge"), str(seed), f"{row['p_pos_gt_neg']:.3f}",
@@ -205,6 +244,12 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
                               f"({ps['summaries']} texts): mean {metric.upper()} {ps[f'mean_{metric}']:.4f}, "
                               f"mean spread {ps[f'mean_spread_{metric}']:.4f}, users with any change "
                               f"{ps['users_with_any_change']:.3f}, margin spread {ps['mean_spread_margin']:.4f}")
+            sh = row.get("policy_split_half")
+            if sh and sh.get("users"):
+                lo, hi = sh["within_user_corr_ci95"]
+                console.print(f"{name} seed {row['seed']}: split-half, {sh['users']} users: within-user correlation of "
+                              f"the halves' margins {sh['within_user_corr']:+.3f} [{lo:+.3f}, {hi:+.3f}], same best "
+                              f"summary on both halves {sh['same_best']:.3f} (chance {sh['same_best_chance']:.3f})")
     path = Path(out) if out else RunLayout(cfg.run_dir).reward_probe
     atomic_write_json(path, result)
     console.print(f"written {path}")
