@@ -68,13 +68,15 @@ def load_pairs(path: Path, multi_negative: bool) -> list[dict]:
         margin = pair.get("margin", 0.0)
         if not isinstance(margin, (int, float)):
             raise UserError(f"{path}: line {line}: margin must be a number")
-        negatives_finished = (pair.get("rejected_finished_list") if negatives is not None
-                              else [pair.get("rejected_finished", True)])
+        # which texts were cut at the length cap (files written before the flags existed: none)
+        if negatives is None:
+            negatives, rejected_finished = [pair["rejected"]], [pair.get("rejected_finished", True)]
+        else:
+            rejected_finished = pair.get("rejected_finished_list") or [True] * len(negatives)
         records.append({
             "prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"],
-            "negatives": negatives or [pair["rejected"]], "margin": float(margin),
-            "finished": [bool(pair.get("chosen_finished", True))]
-                        + [bool(f) for f in (negatives_finished or [True] * len(negatives or [0]))],
+            "negatives": negatives, "margin": float(margin),
+            "finished": [bool(pair.get("chosen_finished", True))] + [bool(f) for f in rejected_finished],
         })
     return records
 

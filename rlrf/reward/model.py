@@ -485,7 +485,7 @@ class RewardScorer:
             uk = hk = None
             if self.knowledge and user_k is not None:
                 uk, hk = user_k[start: start + batch_size], has_k[start: start + batch_size] if has_k is not None else None
-            scores = self.model(self.data.items[r], self.data.hist[r], self.data.hist_r[r], uk, hk)
+            scores = self._logits(r, uk, hk)
             labels = self.data.labels[r]
             for k in self.ks:
                 out[f"ndcg@{k}"].append(ndcg_at_k(scores, labels, k))
@@ -493,14 +493,15 @@ class RewardScorer:
             out["margin"].append(logit_margin(scores, labels).numpy())
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
+    def _logits(self, rows: torch.Tensor, user_k, has_k) -> torch.Tensor:
+        return self.model(self.data.items[rows], self.data.hist[rows], self.data.hist_r[rows], user_k, has_k)
+
     @torch.no_grad()
-    def item_logits(self, users: Sequence[str], texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each pair's per-item logits [P, L] and its list's labels [P, L]: for diagnostics that look
-        below the list metrics (which items a summary moves)."""
-        rows = self.rows(users)
+    def item_logits(self, users: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
+        """Each pair's per-item logits [P, L]: for diagnostics that look below the list metrics
+        (which items a summary moves)."""
         user_k, has_k = encode_summaries(self.encoder, texts) if self.knowledge else (None, None)
-        logits = self.model(self.data.items[rows], self.data.hist[rows], self.data.hist_r[rows], user_k, has_k)
-        return logits, self.data.labels[rows]
+        return self._logits(self.rows(users), user_k, has_k)
 
     def score(self, users: Sequence[str], texts: Sequence[str], batch_size: int = 4096) -> dict[str, np.ndarray]:
         """Pairs (users[i], texts[i]) → {"ndcg@K": [P], "map@K": [P], "margin": [P], "empty": [P] bool}."""

@@ -136,7 +136,7 @@ def split_half(scorer, responses: dict[str, list[str]], seed: int = 0) -> dict:
     users = [u for u in users if 2 <= labels[u].sum() <= len(labels[u]) - 2]
     if not users:
         return {"users": 0}
-    logits, _ = scorer.item_logits([u for u in users for _ in responses[u]], [t for u in users for t in responses[u]])
+    logits = scorer.item_logits([u for u in users for _ in responses[u]], [t for u in users for t in responses[u]])
     bounds = np.cumsum([0] + [len(responses[u]) for u in users])
     per_user = [logits[a:b].numpy() for a, b in zip(bounds[:-1], bounds[1:])]
     return split_half_agreement(per_user, [labels[u] for u in users], seed)
