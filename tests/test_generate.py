@@ -125,6 +125,24 @@ def test_shared_prefix_attention_equals_plain_attention(tiny_policy):
         model.generation_config.eos_token_id = 2
 
 
+def test_prefill_hands_the_lm_head_a_contiguous_input(tiny_policy):
+    """torch's CPU linear on the strided view hidden[:, -1:, :] with a weight that does not require
+    grad (a merged adapter) took seconds and gigabytes at real sizes: the prefill asks for its last
+    position by index, so the LM head always gets a contiguous input."""
+    model, tok = tiny_policy.model, tiny_policy.tokenizer
+    seen = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        _run(TransformersBackend(model, tok, batch_size=8), _requests(tok, TEXTS[:3], n=2), SamplingParams(max_new_tokens=3))
+    finally:
+        hook.remove()
+        for p in model.parameters():
+            p.requires_grad_(True)
+    assert len(seen) == 3 and all(seen)  # one prefill and two decoding steps
+
+
 def test_batched_loop_matches_transformers_generate(tiny_policy):
     """Greedy decoding through the padded, prefill-once, preallocated-cache loop equals model.generate."""
     model, tok = tiny_policy.model, tiny_policy.tokenizer

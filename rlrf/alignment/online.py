@@ -92,13 +92,15 @@ def shared_prompt_trainer(trainer_cls):
             return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
         def _shared_prompt_chunk(self, model, ids, mask, prompt_len):
+            from rlrf.generation.backends import last_position
+
             key = torch.cat([ids[:, :prompt_len], mask[:, :prompt_len]], 1)
             _, first, inverse = _first_rows(key)
             head = prompt_len - 1  # the cached part; the prompt's last token goes with the completion
             with self.accelerator.autocast():
                 cache = DynamicCache()
                 model(input_ids=ids[first, :head], attention_mask=mask[first, :head], past_key_values=cache,
-                      use_cache=True, logits_to_keep=1)
+                      use_cache=True, logits_to_keep=last_position(head, ids.device))
                 cache.batch_select_indices(inverse)  # distinct prompts -> rows (gradients flow back)
                 tail = ids[:, head:]
                 labels = tail.masked_fill(mask[:, head:] == 0, -100)
