@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rlrf.core.config import DataConfig, ListsConfig
-from rlrf.data.dataset import build_lists, history_cut, load_dataset, split_users
+from rlrf.data.dataset import build_lists, history_cut, load_dataset, split_users, visible_popularity
 from rlrf.core.errors import UserError
 
 
@@ -113,6 +113,41 @@ def test_kar_lists_follow_the_history_cut():
                 assert label == int(future[item] >= 4)
             else:  # padding: an item the user never rated
                 assert label == 0 and item not in user.items
+
+
+def test_future_lists_put_what_the_user_watched_next_against_unseen_items_of_matched_popularity():
+    ds = load_dataset(DataConfig(), seed=0)
+    lists = build_lists(ds, ListsConfig(source="future", length=40, max_history=30), seed=0)
+    popularity = visible_popularity(ds, 30)
+    drawn, watched = [], []
+    for uid, lst in lists.items():
+        user = ds.users[uid]
+        cut = history_cut(len(user.items), 30)
+        assert lst.history == user.items[:cut]
+        assert len(lst.items) == 40 and len(set(lst.items)) == 40
+        positives = {i for i, y in zip(lst.items, lst.labels) if y}
+        assert positives == set(user.items[cut: cut + 20])
+        watched += list(positives)
+        negatives = [i for i, y in zip(lst.items, lst.labels) if not y]
+        assert not set(negatives) & set(user.items)
+        drawn += negatives
+    # negatives as popular as what users watch (within 30 %), far more than a uniform catalog draw
+    assert 0.7 < popularity[drawn].mean() / popularity[watched].mean() < 1.3
+    assert popularity[drawn].mean() > 2 * popularity.mean()
+
+
+def test_future_lists_popularity_never_counts_a_held_out_future():
+    ds = load_dataset(DataConfig(max_users=60), seed=0)
+    counts = visible_popularity(ds, 30)
+    held_out = ds.splits["valid"] + ds.splits["test"]
+    assert counts.sum() == sum(len(ds.users[u].items) for u in ds.splits["train"]) + sum(
+        history_cut(len(ds.users[u].items), 30) for u in held_out)
+
+
+def test_future_lists_too_long_for_the_catalog_is_one_clear_error():
+    ds = load_dataset(DataConfig(max_users=20), seed=0)
+    with pytest.raises(UserError, match="data.lists.length: 5000 needs"):
+        build_lists(ds, ListsConfig(source="future", length=5000), seed=0)
 
 
 def test_history_cut_is_half_capped():

@@ -38,9 +38,11 @@ class SplitConfig(Section):
 
 
 class ListsConfig(Section):
-    """Reranking lists (docs/architecture.md "Record formats"): KAR-style history cut, or SASRec's top-M."""
+    """Reranking lists (docs/architecture.md "Record formats"): after KAR's history cut, the next items
+    labelled by rating (kar), the next items against unseen items of matched popularity (future), or
+    SASRec's top-M labelled by what was watched after the cut (sasrec)."""
 
-    source: Literal["kar", "sasrec"] = "kar"
+    source: Literal["kar", "future", "sasrec"] = "kar"
     length: int = Field(10, ge=2)
     max_history: int = Field(30, ge=1)
 

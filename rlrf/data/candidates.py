@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.config import SASRecConfig
-from rlrf.data.dataset import Dataset, history_cut
+from rlrf.data.dataset import Dataset, history_cut, visible_sequences
 
 
 @dataclass
@@ -25,22 +25,13 @@ class Candidates:
     valid_ndcg10: float
 
 
-def training_sequences(ds: Dataset, max_history: int) -> dict[str, list[int]]:
-    """Full sequences for train users; only the visible history for valid/test users."""
-    held_out = set(ds.splits["valid"]) | set(ds.splits["test"])
-    return {
-        uid: (user.items[: history_cut(len(user.items), max_history)] if uid in held_out else user.items)
-        for uid, user in ds.users.items()
-    }
-
-
 def generate_candidates(ds: Dataset, cfg: SASRecConfig, max_history: int, out_dir: Path, seed: int = 0) -> Candidates:
     """Train/reuse SASRec, then top-M for every user from the history before the list cut."""
     from recmodels.sequential import score_histories, top_m, train_sasrec
     from rlrf.evaluation.metrics import hit_ndcg_at_k, target_ranks
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, dataset = train_sasrec(training_sequences(ds, max_history), cfg, out_dir, seed)
+    model, dataset = train_sasrec(visible_sequences(ds, max_history), cfg, out_dir, seed)
     cuts = {uid: history_cut(len(u.items), max_history) for uid, u in ds.users.items()}
     histories = {uid: u.items[: cuts[uid]] for uid, u in ds.users.items()}
     users, scores = score_histories(model, dataset, len(ds.catalog), histories)

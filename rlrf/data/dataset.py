@@ -444,6 +444,56 @@ def kar_lists(ds: Dataset, cfg: ListsConfig, positive_rating: float, seed: int) 
     return lists
 
 
+def visible_sequences(ds: Dataset, max_history: int) -> dict[str, list[int]]:
+    """What a model may train on: train users' full sequences, only the history before the cut for valid/test users."""
+    held_out = set(ds.splits["valid"]) | set(ds.splits["test"])
+    return {
+        uid: (user.items[: history_cut(len(user.items), max_history)] if uid in held_out else user.items)
+        for uid, user in ds.users.items()
+    }
+
+
+def visible_popularity(ds: Dataset, max_history: int) -> np.ndarray:
+    """Interaction counts per catalog item over `visible_sequences` (no held-out future is counted)."""
+    counts = np.zeros(len(ds.catalog))
+    for items in visible_sequences(ds, max_history).values():
+        np.add.at(counts, items, 1.0)
+    return counts
+
+
+def future_list_at(ds: Dataset, uid: str, cut: int, length: int, popularity: np.ndarray,
+                   rng: np.random.Generator) -> RerankList:
+    """The user's next `length // 2` items after `cut` (label 1) and unseen items drawn in proportion to
+    popularity + 1 (label 0) up to `length`, shuffled."""
+    user = ds.users[uid]
+    positives = user.items[cut: cut + length // 2]
+    weights = popularity + 1.0
+    weights[user.items] = 0.0
+    need = length - len(positives)
+    if np.count_nonzero(weights) < need:
+        raise UserError(f"data.lists.length: {length} needs {need} items user '{uid}' has not seen; "
+                        f"the catalog has {int(np.count_nonzero(weights))}")
+    negatives = rng.choice(len(weights), size=need, replace=False, p=weights / weights.sum()).tolist()
+    items, labels = positives + negatives, [1] * len(positives) + [0] * need
+    order = rng.permutation(length)
+    return RerankList(uid, user.items[:cut], user.ratings[:cut], [items[i] for i in order], [labels[i] for i in order])
+
+
+def future_lists(ds: Dataset, cfg: ListsConfig, seed: int) -> dict[str, RerankList]:
+    """Per user: what they went on to watch after the cut against unseen items of matched popularity.
+
+    Why this source exists (issue 12, docs/reward.md): a KAR list labels the rating of items the
+    user did watch, which is mostly item quality, and with 10 items a summary's reward depends on
+    which items happen to be in the list, not on the user. Here the label is the user's taste
+    (watched vs. equally popular, unwatched) and the list is long, so a summary that describes the
+    user wins on any half of it.
+    """
+    rng = np.random.default_rng(seed)
+    popularity = visible_popularity(ds, cfg.max_history)
+    return {uid: future_list_at(ds, uid, history_cut(len(user.items), cfg.max_history), cfg.length, popularity, rng)
+            for uid, user in ds.users.items()}
+
+
 def candidate_lists(ds: Dataset, cfg: ListsConfig, candidates: dict[str, list[int]]) -> dict[str, RerankList]:
     """Per user: SASRec's top-L for the history before the cut; label 1 = a held-out future item."""
     lists = {}
@@ -477,6 +527,8 @@ def build_lists(
 ) -> dict[str, RerankList]:
     if cfg.source == "kar":
         return kar_lists(ds, cfg, positive_rating, seed)
+    if cfg.source == "future":
+        return future_lists(ds, cfg, seed)
     if candidates is None:
         raise UserError("data.lists.source is 'sasrec' but no SASRec candidates were given")
     return candidate_lists(ds, cfg, candidates)

@@ -1,4 +1,4 @@
-"""More training lists per TRAIN user at several history cuts (`reward.train_cuts`): KAR or SASRec lists.
+"""More training lists per TRAIN user at several history cuts (`reward.train_cuts`): KAR, future or SASRec lists.
 
 The run's lists (one per user, cut `history_cut(n, max_history)`) stay as they are for validation,
 test and scoring. For training only, each TRAIN user with enough interactions also gets lists at
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlrf.data.dataset import RerankList, history_cut
+from rlrf.data.dataset import RerankList, future_list_at, history_cut, visible_popularity
 
 
 def extra_cuts(n: int, main: int, length: int, count: int) -> list[int]:
@@ -42,14 +42,16 @@ def kar_list_at(ds, uid: str, cut: int, length: int, positive_rating: float, rng
 
 
 def extra_train_lists(ds, users, lists_cfg, positive_rating: float, train_cuts: int, seed: int) -> list[RerankList]:
-    """(train_cuts − 1) more KAR lists per user of `users` (TRAIN users only: they read the users' future)."""
+    """(train_cuts − 1) more KAR or future lists per user of `users` (TRAIN users only: they read the users' future)."""
     rng = np.random.default_rng(seed + 7919)
+    popularity = visible_popularity(ds, lists_cfg.max_history) if lists_cfg.source == "future" else None
     out = []
     for uid in users:
         n = len(ds.users[uid].items)
         main = history_cut(n, lists_cfg.max_history)
         for cut in extra_cuts(n, main, lists_cfg.length, train_cuts - 1):
-            out.append(kar_list_at(ds, uid, cut, lists_cfg.length, positive_rating, rng))
+            out.append(kar_list_at(ds, uid, cut, lists_cfg.length, positive_rating, rng) if popularity is None
+                       else future_list_at(ds, uid, cut, lists_cfg.length, popularity, rng))
     return out
 
 
@@ -60,9 +62,9 @@ def extra_sasrec_train_lists(cfg, ds, users, train_cuts: int) -> list[RerankList
     """
     from recmodels.sequential import score_histories, top_m, train_sasrec
     from rlrf.core.layout import RunLayout
-    from rlrf.data.candidates import training_sequences
+    from rlrf.data.dataset import visible_sequences
 
-    model, dataset = train_sasrec(training_sequences(ds, cfg.data.lists.max_history), cfg.sasrec,
+    model, dataset = train_sasrec(visible_sequences(ds, cfg.data.lists.max_history), cfg.sasrec,
                                   RunLayout(cfg.run_dir).sasrec, cfg.seed)
     length = cfg.data.lists.length
     keys, histories, futures = [], {}, {}

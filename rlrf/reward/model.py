@@ -268,7 +268,7 @@ def _more_cuts(ctx: Context, train_lists: list) -> tuple[list, ListTensors, tupl
     if cfg.reward.user_knowledge != "self":
         raise UserError("reward.train_cuts > 1 needs reward.user_knowledge: self (texts from each cut's own history)")
     users = [lst.user for lst in train_lists]
-    if cfg.data.lists.source == "kar":
+    if cfg.data.lists.source in ("kar", "future"):
         extra = extra_train_lists(ctx.ds, users, cfg.data.lists, cfg.data.positive_rating, cfg.reward.train_cuts, cfg.seed)
     else:
         extra = extra_sasrec_train_lists(cfg, ctx.ds, users, cfg.reward.train_cuts)
