@@ -31,7 +31,7 @@ def test_data_end_to_end_on_quickstart(tmp_path):
     assert summary["stats"]["users"] == 120
     assert 0.0 <= summary["sasrec"]["valid_hr@10"] <= 1.0
     lists = load_lists(run / "lists.jsonl")
-    assert len(lists) == 120 and all(len(lst.items) == 10 for lst in lists.values())
+    assert len(lists) == 120 and all(len(lst.items) == 40 for lst in lists.values())
     candidates = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
     assert len(candidates) == 120 and all(len(c["items"]) == 20 for c in candidates)
     assert (run / "config.yaml").exists() and (run / "sasrec" / "sasrec.safetensors").exists()

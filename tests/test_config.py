@@ -11,7 +11,7 @@ from rlrf.core.errors import UserError
 def test_bundled_quickstart_loads_by_name_and_by_path():
     by_name = load_config("quickstart")
     assert isinstance(by_name, RunConfig)
-    assert by_name.data.lists.length == 10
+    assert (by_name.data.lists.source, by_name.data.lists.length) == ("future", 40)
     assert load_config("configs/quickstart.yaml") == by_name
 
 

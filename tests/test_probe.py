@@ -168,9 +168,11 @@ def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys
     sampler = PoolSampler(ctx, train_lists, seed=0)
     assert len(sampler.texts) == len(train_lists) * cfg.reward.pool_size
     for n, lst in enumerate(train_lists[:20]):
-        liked = future_liked(ctx.ds, lst, "kar", 4.0)
         user = ctx.ds.users[lst.user]
-        assert set(liked) <= set(user.items[len(lst.history):])  # the user's own future only
+        future = user.items[len(lst.history):]
+        assert set(future_liked(ctx.ds, lst, "future", 4.0)) <= set(future)  # the user's own future only
+        liked = future_liked(ctx.ds, lst, "kar", 4.0)  # KAR lists: liked = rated >= 4
+        assert set(liked) <= set(future)
         assert all(i in lst.items or user.ratings[user.items.index(i)] >= 4 for i in liked)
     uk, hk = sampler(1)
     assert uk.shape == (len(train_lists), ctx.encoder.dim) and hk.dtype == torch.bool
