@@ -52,6 +52,7 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
         assert 0.0 <= ev["ndcg@5"] <= 1.0
         assert len(ev["per_user"]["users"]) == ev["users"] == 3
         assert len(ev["per_user"]["independent_ndcg@5"]) == 3  # the same greedy summaries, another reranker
+        assert all(0.0 <= c <= 1.0 for c in ev["per_user"]["copied"])  # share of the greedy summary copied from its prompt
     test_users = {r["user"] for r in read_jsonl(run / "eval" / "policy_0" / "iter_0" / "responses.jsonl")}
 
     lists = {r["user"]: r["labels"] for r in read_jsonl(run / "lists.jsonl")}

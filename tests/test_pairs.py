@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from rlrf.reward.score import build_pairs
+import pytest
+
+from rlrf.evaluation.copying import copied_share
+from rlrf.reward.score import build_pairs, pair_rewards
 
 
 def responses(user: str, texts: list[str]) -> list[dict]:
@@ -79,3 +82,24 @@ def test_equal_rewards_keep_the_lower_sample_index_first():
     scores = {("u1", 0): 0.4, ("u1", 1): 0.9, ("u1", 2): 0.4}
     (pair,), _ = build_pairs(rs, scores, PROMPTS, {"u1"})
     assert (pair["chosen"], pair["rejected"]) == ("b", "c")
+
+
+def test_copy_penalty_turns_a_pair_against_the_summary_that_restates_its_prompt():
+    prompt = "Movies this user watched:\n- Conspiracy Theory (1997); Action, Mystery, Romance, Thriller | rated 3"
+    copy = "- Conspiracy Theory (1997); Action, Mystery, Romance, Thriller | rated 3"
+    own = "Likes tense thrillers with a romantic subplot, mostly late-nineties studio films."
+    responses = [{"user": "u", "iter": 0, "k": 0, "text": copy}, {"user": "u", "iter": 0, "k": 1, "text": own}]
+    scored = {("u", 0): {"margin": 1.2}, ("u", 1): {"margin": 1.0}}
+    assert copied_share(copy, prompt) == 1.0 and copied_share(own, prompt) == 0.0
+    plain = pair_rewards(responses, scored, {"u": prompt}, "margin")
+    assert plain == {("u", 0): 1.2, ("u", 1): 1.0}
+    guarded = pair_rewards(responses, scored, {"u": prompt}, "margin", copy_penalty=0.5)
+    assert guarded == {("u", 0): pytest.approx(0.7), ("u", 1): 1.0}
+    pairs, _ = build_pairs(responses, guarded, {"u": prompt}, {"u"})
+    assert (pairs[0]["chosen"], pairs[0]["rejected"]) == (own, copy)
+
+
+def test_copied_share_counts_word_five_grams_found_in_the_prompt():
+    prompt = "Describe this user's preferences in a short paragraph."
+    assert copied_share("Describe this user's preferences in a short paragraph: loves noir.", prompt) == pytest.approx(5 / 7)
+    assert copied_share("too short", prompt) == 0.0

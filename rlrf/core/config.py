@@ -165,6 +165,7 @@ class ScoreConfig(Section):
     min_margin: float = Field(0.0, ge=0)  # skip users whose best − worst reward is below this (ties always skipped)
     negatives: int = Field(1, ge=1)  # rejected responses per pair (k > 1 for sdpo / dmpo)
     batch_size: int = Field(256, ge=1)  # (user, response) pairs scored per forward pass
+    copy_penalty: float = Field(0.0, ge=0)  # pairs rank by reward − this × share of the summary's word 5-grams copied from its prompt (rlrf/evaluation/copying.py)
 
 
 class LoopConfig(Section):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.layout import RunLayout
+from rlrf.evaluation.copying import copied_share
 from rlrf.methods.loop import Method
 
 
@@ -106,7 +107,7 @@ class RLRF4Rec(Method):
         """Every test user (or the first `loop.eval_users`): N sampled summaries for the mean and
         best-of-N reward, and one greedy summary for the reranking metrics, scored by the reward
         model and, when there is one, by the independent evaluator (see `prepare`)."""
-        from rlrf.generation.generate import run_generate
+        from rlrf.generation.generate import load_prompts, run_generate
         from rlrf.reward.score import score_responses
 
         sub = RunLayout(cfg.run_dir).evaluation(label)
@@ -122,7 +123,8 @@ class RLRF4Rec(Method):
         independent = None
         if self.evaluator is not None:
             independent = self.evaluator.score([r["user"] for r in firsts], [r["text"] for r in firsts])
-        return summarize_rewards(responses, scored, firsts, first_scored, independent, cfg.score.metric)
+        prompts = {u: r["prompt"] for u, r in load_prompts(greedy.run_dir, 0).items()}
+        return summarize_rewards(responses, scored, firsts, first_scored, independent, cfg.score.metric, prompts)
 
 
 def independent_evaluator(cfg, ds, scorer):
@@ -138,13 +140,13 @@ def independent_evaluator(cfg, ds, scorer):
 
 
 def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], greedy_scored: dict,
-                      independent: dict | None, metric: str) -> dict:
+                      independent: dict | None, metric: str, prompts: dict[str, str] | None = None) -> dict:
     """Means over users, and the per-user values the report pairs with policy_0 for its CIs.
 
     reward_mean / reward_best: the user's N sampled summaries under the reward model; ndcg@5 /
     map@5: the greedy summary as the user's knowledge; independent_*: the same greedy summary under
-    the independent evaluator; tokens: the greedy summary's length (a policy gaming the reward with
-    length shows here)."""
+    the independent evaluator; tokens: the greedy summary's length, copied: the share of it copied
+    from its prompt (a policy gaming the reward with length or by restating its prompt shows here)."""
     by_user: dict[str, list[float]] = {}
     for r in responses:
         by_user.setdefault(r["user"], []).append(scored[(r["user"], r["k"])][metric])
@@ -158,6 +160,8 @@ def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], g
         "map@5": [float(greedy_scored[(u, 0)]["map@5"]) for u in users],
         "tokens": [int(first[u]["n_tokens"]) for u in users],
     }
+    if prompts is not None:
+        per_user["copied"] = [copied_share(first[u]["text"], prompts[u]) for u in users]
     if independent is not None:
         row = {r["user"]: i for i, r in enumerate(greedy)}
         for m in ("ndcg@5", "map@5"):

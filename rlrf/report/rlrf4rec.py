@@ -2,8 +2,8 @@
 
 Every policy is evaluated on the same test users, so each number after policy_0 is shown as a
 paired difference with its 95% bootstrap CI over users. The reward model's numbers sit beside the
-independent evaluator's (a reranker the loop never optimised), and the summary length beside both,
-so a policy that games the reward shows as a gap between them.
+independent evaluator's (a reranker the loop never optimised), and the summary's length and the
+share of it copied from its prompt beside both, so a policy that games the reward shows.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ MEASURES = [
     ("independent_ndcg@5", "NDCG@5, independent evaluator"),
     ("independent_map@5", "MAP@5, independent evaluator"),
     ("tokens", "summary tokens"),
+    ("copied", "copied from prompt"),
 ]
 
 

@@ -3,7 +3,8 @@
 Every (user, k) response of an iteration is scored by the reward model: NDCG@K / MAP@K of the user's
 reranked list when that response is the user's knowledge. Scores are appended to scores.jsonl in
 batches (resumable like generate). Pairs are then derived from all scores at once: chosen = the
-best response, rejected = the worst (or the `score.negatives` worst). Only training users make
+best response, rejected = the worst (or the `score.negatives` worst), ranked by the reward less
+`score.copy_penalty` × the share of the response copied from its prompt. Only training users make
 pairs, so validation and test users stay unseen by alignment.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlrf.core.errors import UserError
+from rlrf.evaluation.copying import copied_share
 from rlrf.core.io import JsonlLog, atomic_write_json, atomic_write_jsonl, read_jsonl
 from rlrf.core.layout import RunLayout
 from rlrf.core.progress import progress_bar
@@ -82,6 +84,17 @@ def build_pairs(
     return pairs, stats
 
 
+def pair_rewards(responses: list[dict], scored: dict, prompts: dict[str, str], metric: str,
+                 copy_penalty: float = 0.0) -> dict[tuple[str, int], float]:
+    """What the pairs rank by: the reward, less `copy_penalty` × the share of the response copied
+    from its user's prompt (restating the history is how the policy gamed the reward)."""
+    rewards = {key: s[metric] for key, s in scored.items()}
+    if copy_penalty:
+        text = {(r["user"], r["k"]): r["text"] for r in responses}
+        rewards = {key: v - copy_penalty * copied_share(text[key], prompts[key[0]]) for key, v in rewards.items()}
+    return rewards
+
+
 def score_responses(cfg, iteration: int, scorer, show_progress: bool = True,
                     label: str | None = None) -> tuple[list[dict], dict[tuple[str, int], dict]]:
     """Score every response of the iteration not yet in scores.jsonl; returns (responses, scores by (user, k))."""
@@ -123,12 +136,12 @@ def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress:
     scorer = scorer if scorer is not None else RewardScorer.from_run(cfg, ds=ds, progress=show_progress)
     responses, scored = score_responses(cfg, iteration, scorer, show_progress)
     metric = cfg.score.metric
-    rewards = {key: s[metric] for key, s in scored.items()}
     prompts = {u: r["prompt"] for u, r in load_prompts(cfg.run_dir, iteration).items()}
+    rewards = pair_rewards(responses, scored, prompts, metric, cfg.score.copy_penalty)
     pairs, stats = build_pairs(
         responses, rewards, prompts, set(ds.splits["train"]), cfg.score.negatives, cfg.score.min_margin
     )
     layout = RunLayout(cfg.run_dir)
     atomic_write_jsonl(layout.pairs(iteration), pairs)
-    atomic_write_json(layout.pairs_meta(iteration), {"metric": metric, **asdict(stats)})
+    atomic_write_json(layout.pairs_meta(iteration), {"metric": metric, "copy_penalty": cfg.score.copy_penalty, **asdict(stats)})
     return stats
