@@ -13,16 +13,16 @@ import re
 WORD = re.compile(r"\w+")
 
 
-def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i: i + n]) for i in range(len(words) - n + 1)}
+def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    words = WORD.findall(text.lower())
+    return [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
 
 
 def copied_share(text: str, prompt: str, n: int = 5) -> float:
     """Share of the text's word n-grams (lower-cased) that also occur in the prompt; 0 for a text
     shorter than n words."""
-    words = WORD.findall(text.lower())
-    if len(words) < n:
+    grams = _ngrams(text, n)
+    if not grams:
         return 0.0
-    grams = [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
-    source = _ngrams(WORD.findall(prompt.lower()), n)
+    source = set(_ngrams(prompt, n))
     return sum(g in source for g in grams) / len(grams)

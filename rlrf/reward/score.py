@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlrf.core.errors import UserError
-from rlrf.evaluation.copying import copied_share
 from rlrf.core.io import JsonlLog, atomic_write_json, atomic_write_jsonl, read_jsonl
 from rlrf.core.layout import RunLayout
 from rlrf.core.progress import progress_bar
+from rlrf.evaluation.copying import copied_share
 
 
 @dataclass
