@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlrf.evaluation.copying import copied_share
-from rlrf.reward.score import build_pairs, pair_rewards
+from rlrf.reward.score import build_pairs, guard_changes, pair_rewards
 
 
 def responses(user: str, texts: list[str]) -> list[dict]:
@@ -97,6 +97,9 @@ def test_copy_penalty_turns_a_pair_against_the_summary_that_restates_its_prompt(
     assert guarded == {("u", 0): pytest.approx(0.7), ("u", 1): 1.0}
     pairs, _ = build_pairs(responses, guarded, {"u": prompt}, {"u"})
     assert (pairs[0]["chosen"], pairs[0]["rejected"]) == (own, copy)
+    unguarded, _ = build_pairs(responses, plain, {"u": prompt}, {"u"})
+    assert guard_changes(pairs, unguarded) == {"chosen": 1, "rejected": 1}
+    assert guard_changes(unguarded, unguarded) == {"chosen": 0, "rejected": 0}
 
 
 def test_copied_share_counts_word_five_grams_found_in_the_prompt():

@@ -95,6 +95,15 @@ def pair_rewards(responses: list[dict], scored: dict, prompts: dict[str, str], m
     return rewards
 
 
+def guard_changes(guarded: list[dict], plain: list[dict]) -> dict[str, int]:
+    """How many users' chosen / rejected sample the copy penalty changed: a penalty comparable to the
+    reward's spread picks pairs by copying more than by reward (README, the quickstart)."""
+    plain_by_user = {p["user"]: p for p in plain}
+    both = [(p, plain_by_user[p["user"]]) for p in guarded if p["user"] in plain_by_user]
+    return {"chosen": sum(g["chosen_k"] != q["chosen_k"] for g, q in both),
+            "rejected": sum(g["rejected_k"] != q["rejected_k"] for g, q in both)}
+
+
 def score_responses(cfg, iteration: int, scorer, show_progress: bool = True,
                     label: str | None = None) -> tuple[list[dict], dict[tuple[str, int], dict]]:
     """Score every response of the iteration not yet in scores.jsonl; returns (responses, scores by (user, k))."""
@@ -141,7 +150,12 @@ def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress:
     pairs, stats = build_pairs(
         responses, rewards, prompts, set(ds.splits["train"]), cfg.score.negatives, cfg.score.min_margin
     )
+    meta = {"metric": metric, "copy_penalty": cfg.score.copy_penalty, **asdict(stats)}
+    if cfg.score.copy_penalty:
+        plain, _ = build_pairs(responses, pair_rewards(responses, scored, prompts, metric), prompts,
+                               set(ds.splits["train"]), cfg.score.negatives, cfg.score.min_margin)
+        meta["changed_by_copy_penalty"] = guard_changes(pairs, plain)
     layout = RunLayout(cfg.run_dir)
     atomic_write_jsonl(layout.pairs(iteration), pairs)
-    atomic_write_json(layout.pairs_meta(iteration), {"metric": metric, "copy_penalty": cfg.score.copy_penalty, **asdict(stats)})
+    atomic_write_json(layout.pairs_meta(iteration), meta)
     return stats
