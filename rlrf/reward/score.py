@@ -96,8 +96,8 @@ def pair_rewards(responses: list[dict], scored: dict, prompts: dict[str, str], m
 
 
 def guard_changes(guarded: list[dict], plain: list[dict]) -> dict[str, int]:
-    """How many users' chosen / rejected sample the copy penalty changed: a penalty comparable to the
-    reward's spread picks pairs by copying more than by reward (README, the quickstart)."""
+    """How many users' chosen / rejected sample the copy penalty changed: on the scale of the reward's
+    spread, the penalty decides some pairs by copying instead of by reward (README, the quickstart)."""
     plain_by_user = {p["user"]: p for p in plain}
     both = [(p, plain_by_user[p["user"]]) for p in guarded if p["user"] in plain_by_user]
     return {"chosen": sum(g["chosen_k"] != q["chosen_k"] for g, q in both),
