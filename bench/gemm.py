@@ -58,8 +58,8 @@ def main() -> None:
             t = {"fp32": seconds_per_call(fp32, x), "bf16": seconds_per_call(bf16, x.bfloat16()),
                  "int8": seconds_per_call(int8, x)}
             exact = fp32(x)
-            error = {"bf16": float((bf16(x.bfloat16()).float() - exact).abs().mean() / exact.abs().mean()),
-                     "int8": float((int8(x) - exact).abs().mean() / exact.abs().mean())}
+            error = {d: float((y.float() - exact).abs().mean() / exact.abs().mean())
+                     for d, y in (("bf16", bf16(x.bfloat16())), ("int8", int8(x)))}
             row = {"gemm": name, "shape": [args.rows, k, n],
                    **{f"{d}_gflops": round(flops / s / 1e9, 1) for d, s in t.items()},
                    "int8_vs_bf16": round(t["bf16"] / t["int8"], 2),

@@ -146,15 +146,16 @@ def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress:
     responses, scored = score_responses(cfg, iteration, scorer, show_progress)
     metric = cfg.score.metric
     prompts = {u: r["prompt"] for u, r in load_prompts(cfg.run_dir, iteration).items()}
-    rewards = pair_rewards(responses, scored, prompts, metric, cfg.score.copy_penalty)
-    pairs, stats = build_pairs(
-        responses, rewards, prompts, set(ds.splits["train"]), cfg.score.negatives, cfg.score.min_margin
-    )
+    train_users = set(ds.splits["train"])
+
+    def pairs_by(copy_penalty: float) -> tuple[list[dict], PairStats]:
+        rewards = pair_rewards(responses, scored, prompts, metric, copy_penalty)
+        return build_pairs(responses, rewards, prompts, train_users, cfg.score.negatives, cfg.score.min_margin)
+
+    pairs, stats = pairs_by(cfg.score.copy_penalty)
     meta = {"metric": metric, "copy_penalty": cfg.score.copy_penalty, **asdict(stats)}
     if cfg.score.copy_penalty:
-        plain, _ = build_pairs(responses, pair_rewards(responses, scored, prompts, metric), prompts,
-                               set(ds.splits["train"]), cfg.score.negatives, cfg.score.min_margin)
-        meta["changed_by_copy_penalty"] = guard_changes(pairs, plain)
+        meta["changed_by_copy_penalty"] = guard_changes(pairs, pairs_by(0.0)[0])
     layout = RunLayout(cfg.run_dir)
     atomic_write_jsonl(layout.pairs(iteration), pairs)
     atomic_write_json(layout.pairs_meta(iteration), meta)
