@@ -59,6 +59,22 @@ def test_p_greater_counts_ties_half_and_ci_brackets_the_mean():
     assert lo <= d.mean() <= hi
 
 
+def test_ties_at_the_top_k_ceiling_are_reported_and_the_whole_list_breaks_them():
+    """Both summaries fill the top K with positives (NDCG@K 1.0 each) for user 0: a tie at the ceiling,
+    though the whole list's NDCG still ranks the positives-summary first."""
+    def variant(at_k, whole, margin):
+        return {"ndcg@5": np.array(at_k), "ndcg@40": np.array(whole), "margin": np.array(margin)}
+    pos = variant([1.0, 0.8, 0.5, 0.6], [0.95, 0.8, 0.6, 0.5], [0.9, 0.5, 0.4, 0.1])
+    neg = variant([1.0, 0.8, 0.3, 0.7], [0.90, 0.7, 0.4, 0.6], [0.2, 0.1, 0.3, 0.2])
+    scores = {v: pos if v != "negatives" else neg for v in probe.VARIANTS}
+    row = probe.summarize(scores, "ndcg@5", list_metric="ndcg@40")
+    assert row["ties_pos_neg"] == pytest.approx(0.5) and row["ties_at_ceiling"] == pytest.approx(0.25)
+    assert row["losses_pos_neg"] == pytest.approx(0.25)
+    assert row["p_pos_gt_neg"] == pytest.approx(0.5)  # 1 win + 2 ties × ½ of 4
+    assert row["p_pos_gt_neg_list"] == pytest.approx(0.75)  # 3 wins, 1 loss
+    assert row["p_pos_gt_neg_margin"] == pytest.approx(0.75)
+
+
 def topic_data(n_lists, n_items=40, length=8, d_k=16, seed=0, item_k=None):
     """Label depends ONLY on the summary: items belong to one of 2 topics; label 1 iff item topic = summary topic."""
     g = torch.Generator().manual_seed(seed)
@@ -186,6 +202,7 @@ def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys
     saved = json.loads((tmp_path / "run" / "reward" / "probe.json").read_text())
     row = saved["models"]["dlcm_knowledge"][0]
     assert saved["users"] == out["users"] > 0 and 0 <= row["p_pos_gt_neg"] <= 1
+    assert saved["list_metric"] == f"ndcg@{cfg.data.lists.length}" and 0 <= row["p_pos_gt_neg_list"] <= 1
     assert set(row["mean"]) == set(probe.VARIANTS)
     lo, hi = row["gap"]["ci95"]
     assert lo <= row["gap"]["mean"] <= hi

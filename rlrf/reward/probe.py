@@ -16,6 +16,11 @@ positives − negatives with a percentile-bootstrap 95% CI over users. With `--r
 policy summaries (a responses.jsonl, latest iteration per user): mean reward and the spread
 (max − min over each user's N summaries) of NDCG@K and of the logit margin.
 
+P is also reported on the NDCG of the whole reranked list (`p_pos_gt_neg_list`) and on the logit
+margin. Why: on future lists half the list is positive, so for many users both summaries fill the
+top K with positives and NDCG@K ties at 1.0 — the ranking cannot improve, which says nothing about
+whether the model reads the summary. `ties_at_ceiling` counts those ties.
+
 The probe summaries are built from the list's labels, i.e. from the users' future: they are a
 diagnostic only, on held-out users, never a training input (training summaries come from TRAIN
 users only, see `rlrf.reward.model`).
@@ -92,14 +97,22 @@ def p_greater(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a > b) + 0.5 * (a == b)).mean()) if len(a) else float("nan")
 
 
-def summarize(scores: dict[str, dict[str, np.ndarray]], metric: str, seed: int = 0) -> dict:
-    """scores[variant][metric] arrays over users → the probe's numbers for one model."""
+def summarize(scores: dict[str, dict[str, np.ndarray]], metric: str, seed: int = 0,
+              list_metric: str | None = None) -> dict:
+    """scores[variant][metric] arrays over users → the probe's numbers for one model.
+
+    `list_metric`: the NDCG of the whole list (NDCG@L, L ≥ the list length), if scored."""
     pos, neg = scores["positives"][metric], scores["negatives"][metric]
-    out = {"p_pos_gt_neg": p_greater(pos, neg), "ties_pos_neg": float(np.mean(pos == neg)),
+    tie = pos == neg
+    out = {"p_pos_gt_neg": p_greater(pos, neg), "ties_pos_neg": float(np.mean(tie)),
+           "ties_at_ceiling": float(np.mean(tie & (pos >= 1.0 - 1e-9))),
+           "losses_pos_neg": float(np.mean(pos < neg)),
            "p_pos_gt_neg_margin": p_greater(scores["positives"]["margin"], scores["negatives"]["margin"]),
            "p_pos_gt_other": p_greater(pos, scores["other user"][metric]),
            "mean": {v: float(np.mean(s[metric])) for v, s in scores.items()},
            "mean_margin": {v: float(np.mean(s["margin"])) for v, s in scores.items()}}
+    if list_metric:
+        out["p_pos_gt_neg_list"] = p_greater(scores["positives"][list_metric], scores["negatives"][list_metric])
     diff = pos - neg
     out["gap"] = {"mean": float(diff.mean()), "ci95": paired_ci(diff, seed)}
     d2 = pos - scores["other user"][metric]
@@ -205,16 +218,18 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
     users = probe_users(ds, lists)
     if not users:
         raise UserError("no validation/test user has a list with both positives and negatives")
+    whole = max((len(lists[u].items) for u in users))  # NDCG@whole = the NDCG of each whole list
+    list_metric = f"ndcg@{whole}"
     texts = probe_texts(ds, lists, users, cfg.data.positive_rating)
     encoder = kn.load_encoder(cfg.encoder, progress=False)
     policy = read_responses(responses, set(ds.splits["valid"]) | set(ds.splits["test"])) if responses else None
     result = {"dataset": ds.name, "lists": cfg.data.lists.model_dump(mode="json"), "users": len(users),
-              "splits": ["valid", "test"], "metric": metric, "seeds": seeds,
+              "splits": ["valid", "test"], "metric": metric, "list_metric": list_metric, "seeds": seeds,
               "ties": "P(pos > neg) counts a tie as 1/2",
               "ci": "paired percentile bootstrap over users, 2000 resamples, 95%",
               "template": items_summary(ds.catalog, lists[users[0]].items[:2]), "models": {}}
     table = Table(title=f"reward probe: {len(users)} valid+test users with positives and negatives, {metric.upper()}")
-    for col in ("model", "seed", "P(pos>neg)", "ties", "P margin", "pos", "neg", "other", "empty", "history", "gap pos−neg [95% CI]"):
+    for col in ("model", "seed", "P(pos>neg)", "ties (at 1.0)", f"P {list_metric.upper()}", "P margin", "pos", "neg", "other", "empty", "history", "gap pos−neg [95% CI]"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for kind in kinds:
         name = model_name(kind, True)
@@ -222,16 +237,17 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
         for seed in seeds:
             model, _ = load_reranker(RunLayout(cfg.run_dir).reward_model(name), ds.name, encoder.key, len(ds.catalog),
                                      ds.catalog.genre_matrix(), name=f"seed_{seed}.pt")
-            scorer = RewardScorer(model, lists, encoder, cfg.data.lists.max_history, cfg.data.positive_rating, ks=(k,))
+            scorer = RewardScorer(model, lists, encoder, cfg.data.lists.max_history, cfg.data.positive_rating, ks=(k, whole))
             scores = {v: scorer.score(users, t) for v, t in texts.items()}
-            row = {"seed": seed, **summarize(scores, metric, seed=cfg.seed)}
+            row = {"seed": seed, **summarize(scores, metric, seed=cfg.seed, list_metric=list_metric)}
             if policy is not None:
                 row["policy_summaries"] = response_spread(scorer, policy, metric)
                 row["policy_split_half"] = split_half(scorer, policy, seed=cfg.seed)
             per_seed.append(row)
             mm = row["mean"]
             table.add_row(name.replace("_knowledge", " +knowledge"), str(seed), f"{row['p_pos_gt_neg']:.3f}",
-                          f"{row['ties_pos_neg']:.3f}", f"{row['p_pos_gt_neg_margin']:.3f}",
+                          f"{row['ties_pos_neg']:.3f} ({row['ties_at_ceiling']:.3f})",
+                          f"{row['p_pos_gt_neg_list']:.3f}", f"{row['p_pos_gt_neg_margin']:.3f}",
                           *[f"{mm[v]:.4f}" for v in ("positives", "negatives", "other user", "empty", "history")],
                           f"{row['gap']['mean']:+.4f} [{row['gap']['ci95'][0]:+.4f}, {row['gap']['ci95'][1]:+.4f}]")
         result["models"][name] = per_seed
