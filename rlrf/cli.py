@@ -159,7 +159,7 @@ def config_show(config: ConfigOption = None, run_dir: RunDirOption = None, overr
 @app.command()
 @user_errors
 def data(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None) -> None:
-    """Dataset statistics; train SASRec; write candidates and reranking lists into the run directory."""
+    """Dataset statistics; train SASRec (unless sasrec.enabled is false); write candidates and reranking lists into the run directory."""
     from rich.console import Console
     from rich.table import Table
 
@@ -184,15 +184,17 @@ def data(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: O
         (f"lists ({lists['source']}, length {lists['length']})", lists["count"]),
         ("mean positives per list", f"{lists['mean_positives']:.2f}"),
         ("lists without a positive", lists["without_positive"]),
-        ("SASRec valid HR@10", f"{sasrec['valid_hr@10']:.4f}"),
-        ("SASRec valid NDCG@10", f"{sasrec['valid_ndcg@10']:.4f}"),
     ]
+    if sasrec is not None:
+        rows += [("SASRec valid HR@10", f"{sasrec['valid_hr@10']:.4f}"), ("SASRec valid NDCG@10", f"{sasrec['valid_ndcg@10']:.4f}")]
+    else:
+        rows.append(("SASRec", "not trained (sasrec.enabled: false)"))
     if stats["users_kept_by_max_users"] is not None:
         rows.insert(1, ("users kept (data.max_users)", stats["users_kept_by_max_users"]))
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
-    print(f"wrote {cfg.run_dir}/lists.jsonl, candidates.jsonl, data.json")
+    print(f"wrote {cfg.run_dir}/lists.jsonl, {'candidates.jsonl, ' if sasrec is not None else ''}data.json")
 
 
 # --- reward model -------------------------------------------------------------------------------

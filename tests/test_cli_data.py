@@ -19,7 +19,7 @@ def test_data_end_to_end_on_quickstart(tmp_path):
     config = yaml.safe_load(open("configs/quickstart.yaml"))
     config["run_dir"] = str(tmp_path / "run")
     config["data"]["max_users"] = 120
-    config["sasrec"].update(epochs=1, show_progress=False)
+    config["sasrec"].update(enabled=True, epochs=1, show_progress=False)
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(config))
 
@@ -36,6 +36,27 @@ def test_data_end_to_end_on_quickstart(tmp_path):
     assert len(candidates) == 120 and all(len(c["items"]) == 20 for c in candidates)
     assert (run / "config.yaml").exists() and (run / "sasrec" / "sasrec.safetensors").exists()
     assert sorted(p.name for p in (run / "sasrec").iterdir()) == ["sasrec.json", "sasrec.safetensors"]
+
+    # Future lists never read SASRec: without it, the same lists and no candidates
+    config["run_dir"], config["sasrec"]["enabled"] = str(tmp_path / "no_sasrec"), False
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli("data", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "not trained (sasrec.enabled: false)" in result.stdout
+    bare = tmp_path / "no_sasrec"
+    assert (bare / "lists.jsonl").read_bytes() == (run / "lists.jsonl").read_bytes()
+    assert json.loads((bare / "data.json").read_text())["sasrec"] is None
+    assert not (bare / "candidates.jsonl").exists() and not (bare / "sasrec").exists()
+
+
+def test_sasrec_lists_without_sasrec_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  lists: {{source: sasrec}}\nsasrec:\n  enabled: false\n")
+    result = run_cli("data", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: {path}: data.lists.source 'sasrec' "
+                                     "reads SASRec's candidates, but sasrec.enabled is false")
+    assert not (tmp_path / "run").exists()
 
 
 def test_yaml_typo_is_one_line_exit_2_nothing_written(tmp_path):

@@ -60,6 +60,7 @@ class DataConfig(Section):
 class SASRecConfig(Section):
     """RecBole SASRec, the candidate generator. Defaults train in a few minutes on 2 cores."""
 
+    enabled: bool = True  # false: `rlrf data` skips SASRec (no candidates.jsonl); kar and future lists never read it
     epochs: int = Field(5, ge=1)
     hidden_size: int = Field(64, ge=1)
     n_layers: int = Field(2, ge=1)
@@ -347,6 +348,12 @@ class RunConfig(Section):
     loop: LoopConfig = LoopConfig()
     sprec: SPRecConfig = SPRecConfig()
 
+    @model_validator(mode="after")
+    def _sasrec_lists_need_sasrec(self) -> "RunConfig":
+        if self.data.lists.source == "sasrec" and not self.sasrec.enabled:
+            raise ValueError("data.lists.source 'sasrec' reads SASRec's candidates, but sasrec.enabled is false")
+        return self
+
 
 def resolve_config_path(name: str | Path) -> Path:
     """A path as given, or the name of a bundled config (`quickstart` or `quickstart.yaml`)."""
@@ -361,7 +368,9 @@ def resolve_config_path(name: str | Path) -> Path:
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in first["loc"])
+    if not key:  # a check across sections names its keys itself
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
     return f"{source}: key '{key}': {first['msg']}"

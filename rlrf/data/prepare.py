@@ -1,4 +1,4 @@
-"""The `rlrf data` stage: dataset statistics, SASRec candidates and reranking lists in the run directory."""
+"""The `rlrf data` stage: dataset statistics, SASRec candidates (`sasrec.enabled`) and reranking lists in the run directory."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rlrf.core.layout import RunLayout
 @dataclass
 class PreparedData:
     dataset: Dataset
-    summary: dict  # what data.json holds: statistics, list statistics, SASRec validation metrics
+    summary: dict  # what data.json holds: statistics, list statistics, SASRec validation metrics (None if skipped)
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
@@ -21,13 +21,15 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
 
     layout = RunLayout(cfg.run_dir)
     ds = load_dataset(cfg.data, seed=cfg.seed)
-    candidates = generate_candidates(ds, cfg.sasrec, cfg.data.lists.max_history, layout.sasrec, cfg.seed)
-    lists = build_lists(ds, cfg.data.lists, cfg.seed, cfg.data.positive_rating, candidates.items)
+    candidates = (generate_candidates(ds, cfg.sasrec, cfg.data.lists.max_history, layout.sasrec, cfg.seed)
+                  if cfg.sasrec.enabled else None)
+    lists = build_lists(ds, cfg.data.lists, cfg.seed, cfg.data.positive_rating, candidates and candidates.items)
 
     layout.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, layout.config)
-    atomic_write_jsonl(layout.candidates, (
-        {"user": u, "items": [ds.catalog.ids[i] for i in items]} for u, items in candidates.items.items()))
+    if candidates is not None:
+        atomic_write_jsonl(layout.candidates, (
+            {"user": u, "items": [ds.catalog.ids[i] for i in items]} for u, items in candidates.items.items()))
     save_lists(lists, layout.lists)
     positives = [sum(lst.labels) for lst in lists.values()]
     summary = {
@@ -41,7 +43,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
             "mean_positives": sum(positives) / max(1, len(positives)),
             "without_positive": sum(p == 0 for p in positives),
         },
-        "sasrec": {"valid_hr@10": candidates.valid_hr10, "valid_ndcg@10": candidates.valid_ndcg10},
+        "sasrec": {"valid_hr@10": candidates.valid_hr10, "valid_ndcg@10": candidates.valid_ndcg10} if candidates else None,
     }
     atomic_write_json(layout.data_summary, summary)
     return PreparedData(ds, summary)
