@@ -340,6 +340,30 @@ def report(config: ConfigOption = None, run_dir: RunDirOption = None, overrides:
     print(f"wrote {write_report(layout.root, metrics)}")
 
 
+@app.command()
+@user_errors
+def pool(run_dirs: Annotated[list[Path], typer.Argument(help="RLRF4Rec run directories of one config, different seeds.")],
+         out: Annotated[Path | None, typer.Option("--out", help="Also write the table here (markdown).")] = None) -> None:
+    """The change against policy_0 in each run and pooled over the runs' test users (several seeds, one table)."""
+    from rlrf.core.io import atomic_write_text, read_json
+    from rlrf.core.layout import RunLayout
+    from rlrf.report.rlrf4rec import pooled_markdown
+
+    runs = {}
+    for d in run_dirs:
+        metrics = read_json(RunLayout(d).metrics)
+        if metrics is None or metrics.get("method") != "rlrf4rec":
+            raise UserError(f"{RunLayout(d).metrics}: no RLRF4Rec metrics; run `rlrf run` there first")
+        if len(metrics.get("evaluations", {})) < 2:
+            raise UserError(f"{RunLayout(d).metrics}: no aligned policy evaluated yet")
+        runs[str(d)] = metrics
+    table = pooled_markdown(runs)
+    print(table, end="")
+    if out is not None:
+        atomic_write_text(out, table)
+        print(f"wrote {out}")
+
+
 # --- knowledge for conventional recommenders ----------------------------------------------------
 experiment_app = typer.Typer(no_args_is_help=True, help="Offline experiments: does the LLM's knowledge help conventional recommenders?")
 app.add_typer(experiment_app, name="experiment")

@@ -40,3 +40,25 @@ def paired_difference(base: dict, other: dict, key: str, seed: int = 0, n_boot: 
     mean, ci = bootstrap_ci(diff, seed=seed, n_boot=n_boot)
     return {"mean": mean, "ci95": ci, "users": len(users),
             "better": int((diff > 1e-12).sum()), "worse": int((diff < -1e-12).sum())}
+
+
+def pooled_difference(pairs: Sequence[tuple[dict, dict]], key: str, seed: int = 0, n_boot: int = 2000) -> dict | None:
+    """`other` − `base` pooled over several runs (seeds), from one (base, other) pair of per-user tables
+    per run: the mean over every (run, user) unit, and its 95% CI by a bootstrap that resamples users
+    within each run (stratified), so every run keeps its own size and a run is never dropped."""
+    diffs = []
+    for base, other in pairs:
+        if key not in base or key not in other:
+            return None
+        a, b = dict(zip(base["users"], base[key])), dict(zip(other["users"], other[key]))
+        users = sorted(set(a) & set(b))
+        if not users:
+            return None
+        diffs.append(np.array([b[u] - a[u] for u in users], dtype=float))
+    if not diffs:
+        return None
+    rng = np.random.default_rng(seed)
+    total = sum(len(d) for d in diffs)
+    boots = sum(d[rng.integers(0, len(d), size=(n_boot, len(d)))].sum(1) for d in diffs) / total
+    return {"mean": float(np.concatenate(diffs).mean()), "ci95": [float(np.quantile(boots, 0.025)),
+            float(np.quantile(boots, 0.975))], "runs": len(diffs), "users": total}

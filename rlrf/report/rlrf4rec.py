@@ -9,7 +9,7 @@ share of it copied from its prompt beside both, so a policy that games the rewar
 from __future__ import annotations
 
 from rlrf.core.io import read_json
-from rlrf.evaluation.stats import paired_difference
+from rlrf.evaluation.stats import paired_difference, pooled_difference
 from rlrf.report import save_figure
 
 # (per-user key, column title); the first four are what the loop optimises or reads
@@ -84,6 +84,27 @@ def markdown(metrics: dict) -> str:
     lines += ["", "![change against policy_0](improvement.png)", "", "![reward distribution](reward_distribution.png)",
               "", "![training loss](training_loss.png)", ""]
     return "\n".join(lines)
+
+
+def pooled_markdown(runs: dict[str, dict]) -> str:
+    """One table over runs of the same config with different seeds ({run name: metrics}): each run's
+    change against its own policy_0, and the change pooled over all runs' test users."""
+    policies = sorted(set.intersection(*(set(m["evaluations"]) for m in runs.values())) - {"policy_0"},
+                      key=lambda p: int(p.rsplit("_", 1)[-1]))
+    shown = [(key, title) for key, title in MEASURES
+             if all(key in m["evaluations"][p].get("per_user", {}) for m in runs.values() for p in ["policy_0", *policies])]
+    lines = [f"Change against policy_0 over {len(runs)} runs: each run on its own test users, then pooled over",
+             "every (run, user): mean [95% bootstrap CI, users resampled within each run].", "",
+             "| policy | run | " + " | ".join(title for _, title in shown) + " |", "|---|---|" + "---:|" * len(shown)]
+    for policy in policies:
+        for name, m in runs.items():
+            base, other = m["evaluations"]["policy_0"]["per_user"], m["evaluations"][policy]["per_user"]
+            lines.append(f"| {policy} | {name} | " + " | ".join(_delta(paired_difference(base, other, key), key)
+                                                               for key, _ in shown) + " |")
+        pairs = [(m["evaluations"]["policy_0"]["per_user"], m["evaluations"][policy]["per_user"]) for m in runs.values()]
+        lines.append(f"| {policy} | **pooled** | " + " | ".join(_delta(pooled_difference(pairs, key), key)
+                                                                 for key, _ in shown) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(metrics: dict, layout) -> None:
