@@ -351,11 +351,12 @@ def pool(run_dirs: Annotated[list[Path], typer.Argument(help="RLRF4Rec run direc
 
     runs = {}
     for d in run_dirs:
-        metrics = read_json(RunLayout(d).metrics)
+        path = RunLayout(d).metrics
+        metrics = read_json(path)
         if metrics is None or metrics.get("method") != "rlrf4rec":
-            raise UserError(f"{RunLayout(d).metrics}: no RLRF4Rec metrics; run `rlrf run` there first")
+            raise UserError(f"{path}: no RLRF4Rec metrics; run `rlrf run` there first")
         if len(metrics.get("evaluations", {})) < 2:
-            raise UserError(f"{RunLayout(d).metrics}: no aligned policy evaluated yet")
+            raise UserError(f"{path}: no aligned policy evaluated yet")
         runs[str(d)] = metrics
     table = pooled_markdown(runs)
     print(table, end="")

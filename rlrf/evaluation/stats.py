@@ -26,19 +26,24 @@ def bootstrap_ci(per_unit: Sequence[float], seed: int = 0, n_boot: int = 2000) -
     return float(values.mean()), [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
 
 
+def user_differences(base: dict, other: dict, key: str) -> np.ndarray | None:
+    """`other` − `base` per user both per-user tables ({"users": [...], key: [...]}) hold, in user
+    order; None if either lacks `key` or they share no user."""
+    if key not in base or key not in other:
+        return None
+    a, b = dict(zip(base["users"], base[key])), dict(zip(other["users"], other[key]))
+    users = sorted(set(a) & set(b))
+    return np.array([b[u] - a[u] for u in users], dtype=float) if users else None
+
+
 def paired_difference(base: dict, other: dict, key: str, seed: int = 0, n_boot: int = 2000) -> dict | None:
     """`other` − `base` on the users both evaluated, from two per-user tables ({"users": [...], key:
     [...]}): mean difference, its 95% bootstrap CI over users, and how many users got better / worse."""
-    if key not in base or key not in other:
+    diff = user_differences(base, other, key)
+    if diff is None:
         return None
-    a = dict(zip(base["users"], base[key]))
-    b = dict(zip(other["users"], other[key]))
-    users = sorted(set(a) & set(b))
-    if not users:
-        return None
-    diff = np.array([b[u] - a[u] for u in users], dtype=float)
     mean, ci = bootstrap_ci(diff, seed=seed, n_boot=n_boot)
-    return {"mean": mean, "ci95": ci, "users": len(users),
+    return {"mean": mean, "ci95": ci, "users": len(diff),
             "better": int((diff > 1e-12).sum()), "worse": int((diff < -1e-12).sum())}
 
 
@@ -46,16 +51,8 @@ def pooled_difference(pairs: Sequence[tuple[dict, dict]], key: str, seed: int = 
     """`other` − `base` pooled over several runs (seeds), from one (base, other) pair of per-user tables
     per run: the mean over every (run, user) unit, and its 95% CI by a bootstrap that resamples users
     within each run (stratified), so every run keeps its own size and a run is never dropped."""
-    diffs = []
-    for base, other in pairs:
-        if key not in base or key not in other:
-            return None
-        a, b = dict(zip(base["users"], base[key])), dict(zip(other["users"], other[key]))
-        users = sorted(set(a) & set(b))
-        if not users:
-            return None
-        diffs.append(np.array([b[u] - a[u] for u in users], dtype=float))
-    if not diffs:
+    diffs = [user_differences(base, other, key) for base, other in pairs]
+    if not diffs or any(d is None for d in diffs):
         return None
     rng = np.random.default_rng(seed)
     total = sum(len(d) for d in diffs)

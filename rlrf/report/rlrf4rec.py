@@ -97,11 +97,10 @@ def pooled_markdown(runs: dict[str, dict]) -> str:
              "every (run, user): mean [95% bootstrap CI, users resampled within each run].", "",
              "| policy | run | " + " | ".join(title for _, title in shown) + " |", "|---|---|" + "---:|" * len(shown)]
     for policy in policies:
-        for name, m in runs.items():
-            base, other = m["evaluations"]["policy_0"]["per_user"], m["evaluations"][policy]["per_user"]
+        pairs = [(m["evaluations"]["policy_0"]["per_user"], m["evaluations"][policy]["per_user"]) for m in runs.values()]
+        for name, (base, other) in zip(runs, pairs):
             lines.append(f"| {policy} | {name} | " + " | ".join(_delta(paired_difference(base, other, key), key)
                                                                for key, _ in shown) + " |")
-        pairs = [(m["evaluations"]["policy_0"]["per_user"], m["evaluations"][policy]["per_user"]) for m in runs.values()]
         lines.append(f"| {policy} | **pooled** | " + " | ".join(_delta(pooled_difference(pairs, key), key)
                                                                  for key, _ in shown) + " |")
     return "\n".join(lines) + "\n"

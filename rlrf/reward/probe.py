@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rlrf.evaluation.stats import bootstrap_ci
+
 VARIANTS = ("positives", "negatives", "other user", "empty", "history")
 
 
@@ -83,12 +85,7 @@ def probe_texts(ds, lists, users: Sequence[str], positive_rating: float = 4.0) -
 
 def paired_ci(diff: np.ndarray, seed: int = 0, n_boot: int = 2000) -> list[float]:
     """Percentile-bootstrap 95% CI of the mean of paired differences."""
-    diff = np.asarray(diff, dtype=float)
-    if len(diff) == 0:
-        return [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(1)
-    return [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
+    return bootstrap_ci(diff, seed, n_boot)[1] if len(diff) else [float("nan"), float("nan")]
 
 
 def p_greater(a: np.ndarray, b: np.ndarray) -> float:
@@ -218,7 +215,7 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
     users = probe_users(ds, lists)
     if not users:
         raise UserError("no validation/test user has a list with both positives and negatives")
-    whole = max((len(lists[u].items) for u in users))  # NDCG@whole = the NDCG of each whole list
+    whole = max(len(lists[u].items) for u in users)  # NDCG@whole = the NDCG of each whole list
     list_metric = f"ndcg@{whole}"
     texts = probe_texts(ds, lists, users, cfg.data.positive_rating)
     encoder = kn.load_encoder(cfg.encoder, progress=False)
