@@ -18,8 +18,12 @@ floating-point differences between batched and unbatched matmuls, which move a p
 The transformers backend (default)
 ----------------------------------
 * prompts sorted by length and cut into batches of ``batch_size`` rows (sequences), left padded;
-* each prompt is prefilled ONCE, then its KV cache is copied to its N sample rows;
+* each prompt is prefilled ONCE; its keys/values are kept once and read by its N sample rows
+  (shared-prefix decode attention), the generated tokens' keys/values per row;
 * the KV cache is preallocated (no per-step ``torch.cat`` of the whole cache);
+* in bf16 on CPUs with AVX-512 BF16, the prefill and decode attention run in fused kernels
+  (cpu_attention.py) and the decoding steps' linear layers on weights packed once
+  (cpu_linear.py); elsewhere torch's ops do the same math;
 * rows that emitted EOS are dropped from the batch as they finish, so the batch shrinks instead
   of computing padding for the slowest sample;
 * logits are computed for the last position only.
@@ -40,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
+from rlrf.generation import cpu_attention, cpu_linear
 
 
 @dataclass(frozen=True)
@@ -206,51 +212,80 @@ class SharedPrefixKV:
     """What a shared-prefix cache layer hands to the attention function (not a tensor)."""
 
     __slots__ = ("prefix_k", "prefix_v", "prefix_mask", "prefix_bias", "suffix_k", "suffix_v", "length", "pidx", "slot",
-                 "slots")
+                 "slots", "kernel", "start", "offsets")
 
     def __init__(self, **kw):
         for k, v in kw.items():
             setattr(self, k, v)
 
 
-def _shared_prefix_layer(prefix_k, prefix_v, prefix_mask, rows: int, capacity: int, pidx, slot, slots: int):
+def _shared_prefix_layer(prefix_k, prefix_v, prefix_mask, rows: int, capacity: int, pidx, slot, slots: int,
+                         kernel: bool):
     """A decode-time KV layer: the prompt's keys/values once per PROMPT (P, Hkv, Lp, D) plus the
-    generated tokens' keys/values per ROW (R, Hkv, capacity, D), filled in place."""
+    generated tokens' keys/values per ROW (R, Hkv, capacity, D), filled in place.
+
+    Where the bf16 CPU kernel runs (cpu_attention.py), keys are kept in its pair-interleaved layout
+    (P or R, Hkv, D/2, positions, 2) instead, and the torch path's score bias is not needed."""
     from transformers.cache_utils import DynamicLayer
+
+    n_prompts, hkv, lp, dim = prefix_k.shape
 
     class SharedPrefixLayer(DynamicLayer):
         def __init__(self):
             super().__init__()
-            self.prefix_k, self.prefix_v, self.prefix_mask = prefix_k, prefix_v, prefix_mask
-            # 0 / -inf per prompt position (left padding), added to the float32 scores
-            self.prefix_bias = torch.zeros(prefix_mask.shape, dtype=torch.float32, device=prefix_mask.device).masked_fill_(
-                ~prefix_mask, float("-inf"))[:, None, None, None, :]
-            self.suffix_k = prefix_k.new_zeros((rows, prefix_k.shape[1], capacity, prefix_k.shape[3]))
-            self.suffix_v = prefix_v.new_zeros((rows, prefix_v.shape[1], capacity, prefix_v.shape[3]))
+            self.prefix_v, self.prefix_mask = prefix_v, prefix_mask
+            if kernel:
+                self.prefix_k, self.prefix_bias = cpu_attention.pair_keys(prefix_k), None
+                self.start = (~prefix_mask).sum(-1)  # left padding: first real prompt position
+                self.suffix_k = prefix_k.new_zeros((rows, hkv, dim // 2, capacity, 2))
+            else:
+                self.prefix_k, self.start = prefix_k, None
+                # 0 / -inf per prompt position (left padding), added to the float32 scores
+                self.prefix_bias = torch.zeros(prefix_mask.shape, dtype=torch.float32, device=prefix_mask.device
+                                               ).masked_fill_(~prefix_mask, float("-inf"))[:, None, None, None, :]
+                self.suffix_k = prefix_k.new_zeros((rows, hkv, capacity, dim))
+            self.suffix_v = prefix_v.new_zeros((rows, hkv, capacity, prefix_v.shape[3]))
             self.length = 0
             self.pidx, self.slot, self.slots = pidx, slot, slots
+            self.offsets = self._offsets(pidx)
             self.dtype, self.device = prefix_k.dtype, prefix_k.device
             self.is_initialized = True
 
+        @staticmethod
+        def _offsets(pidx):
+            """Rows of prompt p are [offsets[p], offsets[p+1]): rows stay grouped by prompt."""
+            counts = torch.bincount(pidx, minlength=n_prompts)
+            return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
         def update(self, key_states, value_states, *args, **kwargs):
             n = key_states.shape[-2]
-            self.suffix_k[:, :, self.length : self.length + n] = key_states
-            self.suffix_v[:, :, self.length : self.length + n] = value_states
-            self.length += n
+            if kernel:
+                if n != 1:
+                    raise RuntimeError("shared-prefix attention is for single-token decoding steps")
+                self.suffix_k[:, :, :, self.length] = key_states.view(-1, hkv, dim // 2, 2)
+                self.suffix_v[:, :, self.length] = value_states[:, :, 0]
+                self.length += 1
+                suffix_k, suffix_v = self.suffix_k, self.suffix_v
+            else:
+                self.suffix_k[:, :, self.length : self.length + n] = key_states
+                self.suffix_v[:, :, self.length : self.length + n] = value_states
+                self.length += n
+                suffix_k, suffix_v = self.suffix_k[:, :, : self.length], self.suffix_v[:, :, : self.length]
             kv = SharedPrefixKV(prefix_k=self.prefix_k, prefix_v=self.prefix_v, prefix_mask=self.prefix_mask,
-                                prefix_bias=self.prefix_bias,
-                                suffix_k=self.suffix_k[:, :, : self.length], suffix_v=self.suffix_v[:, :, : self.length],
-                                length=self.length, pidx=self.pidx, slot=self.slot, slots=self.slots)
+                                prefix_bias=self.prefix_bias, suffix_k=suffix_k, suffix_v=suffix_v,
+                                length=self.length, pidx=self.pidx, slot=self.slot, slots=self.slots, kernel=kernel,
+                                start=self.start, offsets=self.offsets)
             return kv, kv
 
         def get_seq_length(self) -> int:
-            return self.prefix_k.shape[2] + self.length
+            return lp + self.length
 
         def batch_select_indices(self, indices):
             self.suffix_k = self.suffix_k.index_select(0, indices)
             self.suffix_v = self.suffix_v.index_select(0, indices)
             self.pidx = self.pidx.index_select(0, indices)
             self.slot = self.slot.index_select(0, indices)
+            self.offsets = self._offsets(self.pidx)
 
     return SharedPrefixLayer()
 
@@ -270,6 +305,9 @@ def shared_prefix_attention(module, query, key, value, attention_mask=None, drop
     rows, heads, q_len, dim = query.shape
     if q_len != 1:
         raise RuntimeError("shared-prefix attention is for single-token decoding steps")
+    if kv.kernel:
+        return cpu_attention.decode_attention(query, kv.prefix_k, kv.prefix_v, kv.start, kv.suffix_k, kv.suffix_v,
+                                              kv.offsets, kv.length, scaling if scaling is not None else dim ** -0.5), None
     hkv = kv.prefix_k.shape[1]
     g = heads // hkv
     scale = scaling if scaling is not None else dim ** -0.5
@@ -294,12 +332,30 @@ def shared_prefix_attention(module, query, key, value, attention_mask=None, drop
     return out.to(query.dtype).reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
 
 
+_PREFILL_ATTN = "rlrf_prefill"
+
+
+def prefill_attention(module, query, key, value, attention_mask=None, dropout: float = 0.0, scaling=None, **kwargs):
+    """The prompts' causal attention through the bf16 CPU kernel (cpu_attention.py).
+
+    `attention_mask` is the (B, L) left-padding mask itself: the mask interface registered with
+    this function hands it through instead of building a 4-D mask.
+    """
+    if query.shape[2] != key.shape[2]:
+        raise RuntimeError("the prefill attention kernel runs on an empty cache only")
+    start = (attention_mask == 0).sum(-1) if attention_mask is not None else torch.zeros(query.shape[0], dtype=torch.long)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return cpu_attention.prefill_attention(query, key, value, start, scale), None
+
+
 def _register_shared_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(_SHARED_ATTN, shared_prefix_attention)
     AttentionMaskInterface.register(_SHARED_ATTN, lambda *args, **kwargs: None)
+    AttentionInterface.register(_PREFILL_ATTN, prefill_attention)
+    AttentionMaskInterface.register(_PREFILL_ATTN, lambda *args, attention_mask=None, **kwargs: attention_mask)
 
 
 class _attn_implementation:
@@ -358,6 +414,12 @@ class TransformersBackend:
         if shared_prefix:
             _register_shared_attention()
         self.device = next(model.parameters()).device
+        # bf16 on a CPU with AVX-512 BF16: prefill and decode attention through cpu_attention.c
+        text = model.config.get_text_config(decoder=True)
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.group = text.num_attention_heads // (getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+        self.kernels = shared_prefix and cpu_attention.usable(next(model.parameters()).dtype, self.device, head_dim,
+                                                              self.group)
         eos = set()
         for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
             if isinstance(source, int):
@@ -409,10 +471,11 @@ class TransformersBackend:
 
         shared = self.shared_prefix
         cache = _make_cache(self.model, width if shared else width + params.max_new_tokens)
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-            logits_to_keep=last_position(width, device),
-        )
+        with _attn_implementation(self.model, _PREFILL_ATTN) if self.kernels else contextlib.nullcontext():
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                logits_to_keep=last_position(width, device),
+            )
         # fan each prompt out to its sample rows
         expand = torch.tensor([prompt_pos[i] for i, _ in rows], dtype=torch.long, device=device)
         logits = out.logits[:, -1, :].index_select(0, expand)
@@ -425,9 +488,11 @@ class TransformersBackend:
                 counts[i] = slot_of[-1] + 1
             slot = torch.tensor(slot_of, dtype=torch.long, device=device)
             prefix_mask = mask.bool()
+            slots = max(counts.values())
+            kernel = self.kernels and slots * self.group <= cpu_attention.MAX_QUERIES
             layers = [
                 _shared_prefix_layer(layer._k, layer._v, prefix_mask, len(rows), params.max_new_tokens, expand, slot,
-                                     max(counts.values()))
+                                     slots, kernel)
                 for layer in cache.layers
             ]
             cache.layers = layers
@@ -435,7 +500,11 @@ class TransformersBackend:
         else:
             cache.batch_select_indices(expand)
             mask = mask.index_select(0, expand)
-        with _attn_implementation(self.model, _SHARED_ATTN) if shared else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if shared:
+                stack.enter_context(_attn_implementation(self.model, _SHARED_ATTN))
+            if cpu_linear.usable(self.model):
+                stack.enter_context(cpu_linear.packed_linears(self.model, len(rows)))
             return self._decode(rows, requests, params, cache, logits, mask, next_pos)
 
     def _decode(self, rows, requests, params, cache, logits, mask, next_pos) -> list[Sample]:
