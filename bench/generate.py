@@ -8,6 +8,8 @@ a package that is not installed are skipped with a note):
 * ``naive-fp32``: one user at a time, ``model.generate(num_return_sequences=N, do_sample=True)``,
   float32 weights — the reference every ratio is against. It runs on ``--naive-users`` users
   spread evenly over the length-sorted prompts because it is slow; tokens/s is a rate.
+* ``rlrf-bf16-torch``: ``rlrf-bf16`` with ``RLRF_CPU_KERNELS=0``, i.e. torch's attention and
+  plain linear layers instead of the bf16 CPU kernels (what rlrf ran before them).
 * ``rlrf-fp32`` / ``rlrf-bf16``: ``TransformersBackend`` (what ``rlrf generate`` runs: prompts
   grouped by length, one prefill per prompt, shared-prefix decode attention, finished rows
   dropped, per-sample seeds) with float32 / bfloat16 weights, ``--batch-size`` rows at a time
@@ -42,7 +44,7 @@ from pathlib import Path
 
 from rows import emit, peak_rss_mb, run_row  # bench/rows.py: python puts the script's folder on sys.path
 
-ENGINES = ["naive-fp32", "rlrf-fp32", "rlrf-bf16", "ct2-int8", "ct2-fp32", "llamacpp-q4"]
+ENGINES = ["naive-fp32", "rlrf-fp32", "rlrf-bf16-torch", "rlrf-bf16", "ct2-int8", "ct2-fp32", "llamacpp-q4"]
 
 
 def _prompts(args, tokenizer):
@@ -67,6 +69,8 @@ def worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     engine = args.worker
+    if engine == "rlrf-bf16-torch":
+        os.environ["RLRF_CPU_KERNELS"] = "0"  # read when the backend is built, below
     from rlrf.generation.backends import NaiveHFBackend, Request, SamplingParams, TransformersBackend, sample_seed
     from rlrf.core.config import LLMConfig
     from rlrf.generation.policy import load_policy, load_tokenizer, resolve_model_source
@@ -85,6 +89,7 @@ def worker(args) -> dict:
 
     if engine.startswith(("naive", "rlrf")):
         dtype = {"fp32": "float32", "bf16": "bfloat16", "auto": "auto"}[engine.split("-")[1]]
+        row["kernels"] = False
         policy = load_policy(LLMConfig(dtype=dtype, device=args.device or "auto"))
         row["dtype"] = str(policy.dtype).replace("torch.", "")
         requests = [Request(prompts[u], seeds[u]) for u in users]
@@ -92,6 +97,7 @@ def worker(args) -> dict:
             backend = NaiveHFBackend(policy.model, policy.tokenizer)
         else:
             backend = TransformersBackend(policy.model, policy.tokenizer, batch_size=batch_size)
+            row["kernels"] = backend.kernels
             list(backend.generate([Request(prompts[0][:32], [1])], SamplingParams(max_new_tokens=4)))  # warm-up
 
         def run():
@@ -217,12 +223,13 @@ def main(argv=None) -> int:
 
     base = next((r for r in rows if r["engine"] == "naive-fp32"), None)
     print()
-    print("| engine | dtype | rows/batch | tokens | s | tok/s | vs naive fp32 | peak RSS MB | load 1-min |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| engine | dtype | CPU kernels | rows/batch | tokens | s | tok/s | vs naive fp32 | peak RSS MB | load 1-min |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         ratio = f"{r['tok_per_s'] / base['tok_per_s']:.1f}x" if base else "-"
         r["vs_naive"] = round(r["tok_per_s"] / base["tok_per_s"], 2) if base else None
-        print(f"| {r['engine']} | {r['dtype']} | {r['rows_per_batch']} | {r['tokens']} | {r['seconds']} | {r['tok_per_s']} | "
+        kernels = {True: "yes", False: "no"}.get(r.get("kernels"), "-")
+        print(f"| {r['engine']} | {r['dtype']} | {kernels} | {r['rows_per_batch']} | {r['tokens']} | {r['seconds']} | {r['tok_per_s']} | "
               f"{ratio} | {r['peak_rss_mb']} | {r['load_before']}->{r['load_after']} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

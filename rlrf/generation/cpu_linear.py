@@ -13,11 +13,14 @@ import contextlib
 
 import torch
 
+from rlrf.generation import cpu_attention
+
 
 def usable(model) -> bool:
-    """bf16 weights on a CPU whose torch has oneDNN's packed linear."""
+    """bf16 weights on a CPU whose torch has oneDNN's packed linear (and ``RLRF_CPU_KERNELS`` not 0:
+    one switch turns off all of rlrf's CPU decoding paths)."""
     param = next(model.parameters())
-    return (param.dtype == torch.bfloat16 and param.device.type == "cpu" and torch.backends.mkldnn.is_available()
+    return (cpu_attention.wanted() and param.dtype == torch.bfloat16 and param.device.type == "cpu" and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
