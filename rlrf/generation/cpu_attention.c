@@ -112,7 +112,10 @@ static void pv(int nq, int DC, const float *const *probs, const uint16_t *v, int
 /* exp(s[j] - max) in place over [from, to) (float32); returns 1 / their sum */
 static float softmax_row(float *s, int from, int to) {
     __m512 mx = _mm512_set1_ps(-3.0e38f);
-    for (int j = from; j < to; j += 16) mx = _mm512_mask_max_ps(mx, tail_mask(to - j), _mm512_loadu_ps(s + j), mx);
+    for (int j = from; j < to; j += 16) {
+        const __mmask16 k = tail_mask(to - j);
+        mx = _mm512_mask_max_ps(mx, k, _mm512_maskz_loadu_ps(k, s + j), mx);
+    }
     const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
     __m512 sum = _mm512_setzero_ps();
     for (int j = from; j < to; j += 16) {
