@@ -1,13 +1,15 @@
-"""The bf16 decode-attention kernel for CPUs with AVX-512 BF16 (cpu_attention.c), built on first use.
+"""bf16 prefill and decode attention kernels for CPUs with AVX-512 BF16 (cpu_attention.c), built on first use.
 
-Why a kernel: at the issue's setting (128 rows, 32 prompts of ~310 tokens) torch's decode attention
-costs ~2.5-3 ms per layer in four small batched matmuls (12 or 3 query rows each, ~20-170 GFLOP/s)
-and a dozen elementwise passes; the projections and MLP around it already run near the bf16 GEMM
-peak. One fused pass per (prompt, kv head) reads the prompt's keys and values once for all its
-samples and keeps the scores in a thread-local buffer (measured in bench/README.md).
+Why kernels: at bench/generate.py's setting (128 rows, 32 prompts of ~310 tokens) torch's decode
+attention cost ~1.5-2.7 ms per layer in four small batched matmuls (12 or 3 query rows each) and a
+dozen elementwise passes, and transformers' sdpa prefill ~60 ms per layer, while the projections and
+MLP around them already run near the bf16 GEMM peak. The decode kernel makes one fused pass per
+(prompt, kv head): the prompt's keys and values are read once for all its samples and the scores
+stay in a thread-local buffer; the prefill kernel attends over each prompt's real positions only.
+Both are ~3x torch's path per layer (bench/attention.py, figures in bench/README.md).
 
 The C file is compiled with the system C compiler into the user's cache directory the first time
-it is needed (under a second; keyed by the source, flags and compiler), and called through
+it is needed (about 2 s; keyed by the source, flags and compiler), and called through
 ctypes, which releases the GIL; it uses OpenMP, sharing torch's runtime and thread count. Nothing
 else needs it: without a compiler, on CPUs without AVX-512 BF16, for float32 or on GPUs, or with
 ``RLRF_CPU_KERNELS=0`` in the environment, decoding takes torch's path (same model, same
@@ -82,17 +84,17 @@ def load():
     if not wanted():
         return None
     if not _cpu_has_avx512_bf16():
-        log.info("decode attention: torch path (this CPU has no AVX-512 BF16)")
+        log.info("CPU attention kernels off: this CPU has no AVX-512 BF16")
         return None
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not compiler:
-        log.info("decode attention: torch path (no C compiler found to build the bf16 kernel)")
+        log.info("CPU attention kernels off: no C compiler found to build them")
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, subprocess.CalledProcessError) as e:
         detail = getattr(e, "stderr", "") or str(e)
-        log.warning("decode attention: torch path (building the bf16 kernel failed: %s)", detail.strip()[-300:])
+        log.warning("CPU attention kernels off: building them failed: %s", detail.strip()[-300:])
         return None
     lib.rlrf_decode_attention.restype = lib.rlrf_prefill_attention.restype = ctypes.c_int
     lib.rlrf_decode_attention.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 7 + [ctypes.c_float]
@@ -124,9 +126,10 @@ def decode_attention(query: torch.Tensor, prefix_kt, prefix_v, start, suffix_kt,
     n_prompts, hkv, _, lp, _ = prefix_kt.shape
     q = query.contiguous()
     out = torch.empty((rows, 1, heads, dim), dtype=query.dtype)
-    status = load().rlrf_decode_attention(q.data_ptr(), prefix_kt.data_ptr(), prefix_v.data_ptr(), start.data_ptr(), suffix_kt.data_ptr(),
-                    suffix_v.data_ptr(), offsets.data_ptr(), out.data_ptr(), n_prompts, hkv, heads // hkv, dim, lp,
-                    suffix_v.shape[2], length, scale)
+    status = load().rlrf_decode_attention(
+        q.data_ptr(), prefix_kt.data_ptr(), prefix_v.data_ptr(), start.data_ptr(), suffix_kt.data_ptr(),
+        suffix_v.data_ptr(), offsets.data_ptr(), out.data_ptr(), n_prompts, hkv, heads // hkv, dim, lp,
+        suffix_v.shape[2], length, scale)
     if status != 0:
         raise RuntimeError(f"decode attention kernel refused the shapes (rows {rows}, heads {heads}, dim {dim})")
     return out
