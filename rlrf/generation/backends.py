@@ -247,7 +247,7 @@ def _shared_prefix_layer(prefix_k, prefix_v, prefix_mask, rows: int, capacity: i
             self.suffix_v = prefix_v.new_zeros((rows, hkv, capacity, prefix_v.shape[3]))
             self.length = 0
             self.pidx, self.slot, self.slots = pidx, slot, slots
-            self.offsets = self._offsets(pidx)
+            self.offsets = self._offsets(pidx) if kernel else None  # only the kernel reads it
             self.dtype, self.device = prefix_k.dtype, prefix_k.device
             self.is_initialized = True
 
@@ -285,7 +285,8 @@ def _shared_prefix_layer(prefix_k, prefix_v, prefix_mask, rows: int, capacity: i
             self.suffix_v = self.suffix_v.index_select(0, indices)
             self.pidx = self.pidx.index_select(0, indices)
             self.slot = self.slot.index_select(0, indices)
-            self.offsets = self._offsets(self.pidx)
+            if kernel:
+                self.offsets = self._offsets(self.pidx)
 
     return SharedPrefixLayer()
 
