@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,11 +20,11 @@ from rlrf.core.layout import RunLayout
 from rlrf.evaluation import metrics as m
 from rlrf.generation.grounding import Grounding, TitleGrounder
 from rlrf.methods.loop import run_loop
-from rlrf.methods.sprec import (
-    SAMPLERS, Negative, _Lists, answer_text, arms, build_pairs, collect, compare, evaluation_histories,
-    iteration_users, metric_keys, sampled_negatives, self_play_negatives, sft_windows, title_ranks,
-    train_popularity, window_records,
-)
+from rlrf.methods.sprec import arms, collect
+from rlrf.methods.sprec.comparison import PolicyLists, compare, metric_keys
+from rlrf.methods.sprec.evaluation import evaluation_histories, held_out_spec, title_ranks
+from rlrf.methods.sprec.examples import answer_text, iteration_users, sft_windows, train_popularity, window_records
+from rlrf.methods.sprec.negatives import SAMPLERS, Negative, build_pairs, sampled_negatives, self_play_negatives
 
 torch.set_num_threads(1)
 
@@ -190,11 +191,11 @@ def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_
 def test_eval_protocols_differ_in_masking_and_mgus_history(ml100k_small, tiny_sprec_config):
     ds, cfg = ml100k_small, tiny_sprec_config
     users = [u for u in ds.splits["test"] if len(ds.users[u].items) > cfg.data.lists.max_history + 1][:3]
-    masked, baseline = evaluation_histories(ds, cfg, users)  # sprec: SPRec's own
+    spec = held_out_spec(ds, cfg)
+    masked, baseline = evaluation_histories(ds, spec, users)  # sprec: SPRec's own
     assert all(masked[u] == [] for u in users)
     assert all(baseline[u] == ds.users[u].items[:-1][-cfg.data.lists.max_history:] for u in users)
-    rlrf = cfg.model_copy(update={"sprec": cfg.sprec.model_copy(update={"eval_protocol": "rlrf"})})
-    masked, baseline = evaluation_histories(ds, rlrf, users)
+    masked, baseline = evaluation_histories(ds, replace(spec, protocol="rlrf"), users)
     assert all(masked[u] == baseline[u] == ds.users[u].items[:-1] for u in users)
 
 
@@ -208,7 +209,7 @@ def test_seeds_are_pooled_and_differences_from_sft_get_paired_bootstrap_cis(ml10
 
     def lists(seed, hits):
         recs = np.random.default_rng(seed).choice(len(cat), size=(n, k))
-        return _Lists(recs, hist, genre, pop, {"hr@1": hits, "ndcg@1": hits, "hr@10": hits, "ndcg@10": hits})
+        return PolicyLists(recs, hist, genre, pop, {"hr@1": hits, "ndcg@1": hits, "hr@10": hits, "ndcg@10": hits})
 
     sft = {s: lists(s, [0.0] * n) for s in (0, 1, 2)}
     same = {s: lists(s, [0.0] * n) for s in (0, 1, 2)}

@@ -297,6 +297,86 @@ def mean_popularity(recs: Array, popularity: Array, k: int) -> float:
     return float(_to_numpy(popularity).astype(np.float64)[items].mean())
 
 
+# Bias metrics of resampled sets of lists: the statistic of a paired bootstrap over users. Row b of
+# `samples` [B, n] holds row indices of `recs` (repeats allowed); the metric of the lists
+# recs[samples[b]] is entry b of the result [B]. Each metric is first reduced to per-list parts
+# (counts, summed popularity, genre mass) that a resample only adds up, so B resamples cost one
+# vectorised pass. Sums run per list first and then over the resample, an order other than the
+# single-list functions' above, so the two agree to floating-point rounding (exactly for DivRatio and
+# ORRatio, whose counts are integers). Unlike the functions above they never raise on an empty
+# resample: no filled slot gives mean popularity 0, no genre gives a zero distribution.
+
+
+def _samples(recs: Array, k: int, samples: Array) -> tuple[np.ndarray, np.ndarray]:
+    """(top-K columns of recs [n, K], samples [B, m] as int64), checked."""
+    k = _check_k(k)
+    r = _to_numpy(recs)
+    if r.ndim != 2 or not np.issubdtype(r.dtype, np.integer) or r.shape[1] < k:
+        raise ValueError(f"recs must be an integer array [n_lists, >= k={k}]; got {r.dtype} {r.shape}")
+    idx = _to_numpy(samples)
+    if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"samples must be integer row indices [B, m]; got {idx.dtype} {idx.shape}")
+    return r[:, :k], idx.astype(np.int64, copy=False)
+
+
+def _resampled_item_counts(top: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """[B, n_items]: how often each item fills a slot of the lists of each resample."""
+    filled = top >= 0
+    n_items = int(top.max()) + 1 if filled.any() else 1
+    items, ok = top[idx].reshape(len(idx), -1), filled[idx].reshape(len(idx), -1)
+    rows = np.broadcast_to(np.arange(len(idx))[:, None], items.shape)
+    flat = np.bincount((rows * n_items + items)[ok], minlength=len(idx) * n_items)
+    return flat.reshape(len(idx), n_items)
+
+
+def div_ratio_resampled(recs: Array, k: int, samples: Array) -> np.ndarray:
+    """DivRatio@K (`div_ratio`) of each resample of lists [B]."""
+    top, idx = _samples(recs, k, samples)
+    distinct = (_resampled_item_counts(top, idx) > 0).sum(1)
+    return np.asarray(distinct, dtype=float) / (k * idx.shape[1])
+
+
+def or_ratio_resampled(recs: Array, k: int, samples: Array) -> np.ndarray:
+    """ORRatio@K (`or_ratio`) of each resample of lists [B]."""
+    top, idx = _samples(recs, k, samples)
+    counts = _resampled_item_counts(top, idx)
+    top3 = np.partition(counts, -3, axis=1)[:, -3:].sum(1) if counts.shape[1] >= 3 else counts.sum(1)
+    return np.asarray(top3, dtype=float) / (k * idx.shape[1])
+
+
+def mean_popularity_resampled(recs: Array, popularity: Array, k: int, samples: Array) -> np.ndarray:
+    """Mean popularity over the filled top-K slots (`mean_popularity`) of each resample of lists [B]."""
+    top, idx = _samples(recs, k, samples)
+    filled = top >= 0
+    pop = _to_numpy(popularity).astype(np.float64)
+    summed = np.where(filled, pop[np.clip(top, 0, None)], 0.0).sum(1)
+    return summed[idx].sum(1) / np.maximum(filled.sum(1)[idx].sum(1), 1)
+
+
+def genre_mass(item_lists: Sequence[Sequence[int]] | Array, genre_matrix: Array) -> np.ndarray:
+    """[n_lists, n_genres]: each list's summed genre rows (see `mgu_dgu`), empty slots (-1) left out;
+    the per-list part of a genre distribution that `mgu_dgu_resampled` adds up."""
+    g = _to_numpy(genre_matrix).astype(np.float64)
+    rows = []
+    for items in item_lists:
+        x = np.asarray(items, dtype=np.int64).reshape(-1)
+        rows.append(g[x[x >= 0]].sum(0))
+    return np.stack(rows) if rows else np.zeros((0, g.shape[1]))
+
+
+def mgu_dgu_resampled(
+    recs: Array, history_mass: Array, genre_matrix: Array, k: int, samples: Array
+) -> tuple[np.ndarray, np.ndarray]:
+    """(MGU@K [B], DGU@K [B]) (`mgu_dgu`) of each resample of lists; `history_mass` [n, n_genres] is
+    `genre_mass` of each list's history, so GH of a resample sums the histories of its lists."""
+    top, idx = _samples(recs, k, samples)
+    rec_mass = genre_mass(top, genre_matrix)
+    gh = _to_numpy(history_mass).astype(np.float64)[idx].sum(1)
+    gp = rec_mass[idx].sum(1)
+    diff = gp / np.maximum(gp.sum(1, keepdims=True), 1e-12) - gh / np.maximum(gh.sum(1, keepdims=True), 1e-12)
+    return np.abs(diff).mean(1), diff.max(1) - diff.min(1)
+
+
 def popularity_histogram(
     item_indices: Array, popularity: Array, bins: int | Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -3,14 +3,14 @@
 SPRec's claim is about the trade-off, so accuracy (HR, NDCG) and bias (DivRatio, ORRatio, MGU, DGU,
 mean popularity) sit in one table. Every value is pooled over the training seeds (mean ± sd over
 seeds); a second table gives each policy's difference from SFT with a paired bootstrap 95% CI over
-users (`metrics["comparison"]`, computed by `rlrf.methods.sprec.collect`). A CI that contains 0 is
-no evidence of a difference. The popularity histogram of each final policy's recommendations is
+users (`metrics["comparison"]`, computed by `rlrf.methods.sprec.comparison.collect`). A CI that
+contains 0 is no evidence of a difference. The popularity histogram of each final policy's recommendations is
 drawn against that of the users' histories (popularity = training interactions).
 """
 
 from __future__ import annotations
 
-from rlrf.methods.sprec import SAMPLERS
+from rlrf.methods.sprec.negatives import SAMPLERS
 from rlrf.report import save_figure
 
 ACCURACY = [("hr@1", "HR@1"), ("hr@5", "HR@5"), ("ndcg@5", "NDCG@5"), ("hr@10", "HR@10"), ("ndcg@10", "NDCG@10")]
