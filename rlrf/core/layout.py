@@ -72,6 +72,10 @@ class RunLayout:
         """`<name>` is dlcm, prm, dlcm_knowledge or prm_knowledge."""
         return self.reward / name
 
+    def reward_model_file(self, name: str, seed: int | None = None) -> Path:
+        """The weights of one reranker: the run's own (`model.pt`), or one seed's (`seed_<s>.pt`)."""
+        return self.reward_model(name) / ("model.pt" if seed is None else f"seed_{seed}.pt")
+
     @property
     def reward_eval(self) -> Path:
         return self.reward / "eval.json"
@@ -159,6 +163,24 @@ class RunLayout:
 
     def experiment(self, name: str) -> Path:
         return self.root / "experiments" / name
+
+    def experiment_cells(self, name: str) -> Path:
+        """An experiment's per-cell cache: a rerun recomputes only the cells whose inputs changed."""
+        return self.experiment(name) / "cells.json"
+
+    def experiment_results(self, name: str) -> Path:
+        return self.experiment(name) / "results.json"
+
+    def experiment_table(self, name: str) -> Path:
+        return self.experiment(name) / "table.md"
+
+    def experiment_figure(self, name: str, figure: str) -> Path:
+        """A plot of an experiment (`figure` without the .png)."""
+        return self.experiment(name) / f"{figure}.png"
+
+    def experiment_model(self, name: str, policy: str, model: str, seed: int) -> Path:
+        """A reranker an experiment trained itself on one policy's summaries (`model` as in `reward_model`)."""
+        return self.experiment(name) / "models" / policy / model / f"seed_{seed}.pt"
 
     @property
     def sft(self) -> Path:
