@@ -30,24 +30,19 @@ class RLRF4Rec(Method):
 
     def prepare(self, cfg) -> None:  # policy_0 is the policy named by cfg.llm
         from rlrf.data.dataset import load_dataset
-        from rlrf.core.errors import UserError
-        from rlrf.reward.model import RewardScorer, train
+        from rlrf.reward.model import RewardScorer, model_name, train
 
-        if not RunLayout(cfg.run_dir).lists.exists():
+        layout = RunLayout(cfg.run_dir)
+        if not layout.lists.exists():
             from rlrf.data.prepare import prepare_data
 
             prepare_data(cfg)
         self.dataset = load_dataset(cfg.data, seed=cfg.seed)
-        try:
-            self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
-        except UserError as err:
-            if "reward model not found" not in str(err):
-                raise
+        if not layout.reward_model_file(model_name(cfg.reward.model, cfg.reward.knowledge)).exists():
             train(cfg, kinds=[cfg.reward.model], seeds=[cfg.seed])
-            self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
+        self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
         if cfg.loop.independent_evaluator:
             self.evaluator = independent_evaluator(cfg, self.dataset, self.scorer)
-
 
     def generate(self, cfg, iteration: int) -> None:
         """N summaries per training user (DPO); the online methods sample their own inside the trainer."""
@@ -130,11 +125,11 @@ class RLRF4Rec(Method):
 def independent_evaluator(cfg, ds, scorer):
     """A +knowledge reranker of the other kind than `reward.model`, trained with the next seed
     (trained here if the run has none): it never scores a summary the loop optimises against."""
-    from rlrf.reward.model import RewardScorer, seed_file, train
+    from rlrf.reward.model import RewardScorer, model_name, train
 
     other = "prm" if cfg.reward.model == "dlcm" else "dlcm"
     seed = cfg.seed + 1
-    if not seed_file(cfg, other, True, seed).exists():
+    if not RunLayout(cfg.run_dir).reward_model_file(model_name(other, True), seed).exists():
         train(cfg, kinds=[other], variants=(True,), seeds=[seed])
     return RewardScorer.from_run(cfg, ds=ds, encoder=scorer.encoder, kind=other, knowledge=True, seed=seed)
 
