@@ -256,20 +256,21 @@ def _policy_texts(layout: RunLayout, iteration, splits, ctx, write_knowledge, co
 def _summary_stats(path: Path, users: list[str]) -> dict:
     """Over the users the protocol reads: how many summaries, mean tokens, unfinished, flagged (generate's flags)."""
     from rlrf.core.io import read_jsonl
+    from rlrf.core.records import ResponseRecord
 
     wanted = set(users)
-    first: dict[str, dict] = {}
-    for r in read_jsonl(path):
-        if r["user"] in wanted and r["user"] not in first:
-            first[r["user"]] = r
+    first: dict[str, ResponseRecord] = {}
+    for r in map(ResponseRecord.from_dict, read_jsonl(path)):
+        if r.user in wanted and r.user not in first:
+            first[r.user] = r
     recs = list(first.values())
     flags: dict[str, int] = {}
     for r in recs:
-        if r.get("flag"):
-            flags[r["flag"]] = flags.get(r["flag"], 0) + 1
+        if r.flag:
+            flags[r.flag] = flags.get(r.flag, 0) + 1
     return {"users": len(users), "summaries": len(recs),
-            "mean_tokens": round(float(np.mean([r.get("n_tokens", 0) for r in recs])), 1) if recs else 0.0,
-            "unfinished": sum(1 for r in recs if r.get("finished") is False), "flagged": flags}
+            "mean_tokens": round(float(np.mean([r.n_tokens for r in recs])), 1) if recs else 0.0,
+            "unfinished": sum(1 for r in recs if r.finished is False), "flagged": flags}
 
 
 def _texts_hash(texts: dict[str, str], data: dict) -> str:

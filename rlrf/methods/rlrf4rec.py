@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.layout import RunLayout
+from rlrf.core.records import Evaluation, PerUser
 from rlrf.evaluation.copying import copied_share
 from rlrf.methods.loop import Method
 
@@ -136,7 +137,8 @@ def independent_evaluator(cfg, ds, scorer):
 
 def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], greedy_scored: dict,
                       independent: dict | None, metric: str, prompts: dict[str, str] | None = None) -> dict:
-    """Means over users, and the per-user values the report pairs with policy_0 for its CIs.
+    """metrics.json's evaluation of one policy (`rlrf.core.records.Evaluation`): means over users,
+    and the per-user values the report pairs with policy_0 for its CIs.
 
     reward_mean / reward_best: the user's N sampled summaries under the reward model; ndcg@5 /
     map@5: the greedy summary as the user's knowledge; independent_*: the same greedy summary under
@@ -147,29 +149,34 @@ def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], g
         by_user.setdefault(r["user"], []).append(scored[(r["user"], r["k"])][metric])
     users = sorted(by_user)
     first = {r["user"]: r for r in greedy}
-    per_user = {
-        "users": users,
-        "reward_mean": [float(np.mean(by_user[u])) for u in users],
-        "reward_best": [float(np.max(by_user[u])) for u in users],
-        "ndcg@5": [float(greedy_scored[(u, 0)]["ndcg@5"]) for u in users],
-        "map@5": [float(greedy_scored[(u, 0)]["map@5"]) for u in users],
-        "tokens": [int(first[u]["n_tokens"]) for u in users],
-    }
-    if prompts is not None:
-        per_user["copied"] = [copied_share(first[u]["text"], prompts[u]) for u in users]
+    independent_of = {}
     if independent is not None:
         row = {r["user"]: i for i, r in enumerate(greedy)}
-        for m in ("ndcg@5", "map@5"):
-            per_user[f"independent_{m}"] = [float(independent[m][row[u]]) for u in users]
-    means = {key: float(np.mean(values)) for key, values in per_user.items() if key != "users"}
+        independent_of = {m: [float(independent[m][row[u]]) for u in users] for m in ("ndcg@5", "map@5")}
+    per_user = PerUser(
+        users=users,
+        reward_mean=[float(np.mean(by_user[u])) for u in users],
+        reward_best=[float(np.max(by_user[u])) for u in users],
+        ndcg_5=[float(greedy_scored[(u, 0)]["ndcg@5"]) for u in users],
+        map_5=[float(greedy_scored[(u, 0)]["map@5"]) for u in users],
+        tokens=[int(first[u]["n_tokens"]) for u in users],
+        copied=[copied_share(first[u]["text"], prompts[u]) for u in users] if prompts is not None else None,
+        independent_ndcg_5=independent_of.get("ndcg@5"),
+        independent_map_5=independent_of.get("map@5"),
+    )
     rewards = [scored[(r["user"], r["k"])][metric] for r in responses]
-    return {
-        "users": len(users),
-        "responses": len(responses),
-        "metric": metric,
-        **means,
-        "empty": int(sum(bool(s.get("empty")) for s in scored.values())),
-        "flagged": int(sum("flag" in r for r in responses)),
-        "rewards": [round(float(x), 5) for x in rewards],
-        "per_user": per_user,
-    }
+    return Evaluation(
+        users=len(users), responses=len(responses), metric=metric,
+        reward_mean=_mean(per_user.reward_mean), reward_best=_mean(per_user.reward_best),
+        ndcg_5=_mean(per_user.ndcg_5), map_5=_mean(per_user.map_5), tokens=_mean(per_user.tokens),
+        copied=_mean(per_user.copied), independent_ndcg_5=_mean(per_user.independent_ndcg_5),
+        independent_map_5=_mean(per_user.independent_map_5),
+        empty=int(sum(bool(s.get("empty")) for s in scored.values())),
+        flagged=int(sum("flag" in r for r in responses)),
+        rewards=[round(float(x), 5) for x in rewards],
+        per_user=per_user,
+    ).to_dict()
+
+
+def _mean(values: list | None) -> float | None:
+    return None if values is None else float(np.mean(values))
