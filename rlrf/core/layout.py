@@ -161,6 +161,10 @@ class RunLayout:
     def export(self, name: str) -> Path:
         return self.root / "export" / name
 
+    def merged_policy(self, tag: str) -> Path:
+        """One policy (`iter_<t>`) with its adapter merged: a plain HF model directory."""
+        return self.export("merged") / tag
+
     def experiment(self, name: str) -> Path:
         return self.root / "experiments" / name
 
