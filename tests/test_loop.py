@@ -81,7 +81,7 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
         assert r["better"] + r["worse"] <= 3
     report = write_report(run, metrics).read_text()
     assert report.count("| policy_") == 3 + 2 and "Change against policy_0" in report
-    for figure in ("improvement", "reward_distribution", "training_loss"):
+    for figure in ("improvement", "per_user_change", "training_loss"):
         assert (run / f"{figure}.png").stat().st_size > 0
 
     # kill in iteration 1: its adapter and final evaluation never happened, scores.jsonl was torn mid-line

@@ -54,6 +54,11 @@ class RunLayout:
     def report(self) -> Path:
         return self.root / "report.md"
 
+    @property
+    def per_user_table(self) -> Path:
+        """The report's per-user values of every evaluated policy, one row per (policy, user)."""
+        return self.root / "per_user.csv"
+
     def figure(self, name: str) -> Path:
         """A plot of the report (`name` without the .png)."""
         return self.root / f"{name}.png"
