@@ -46,7 +46,9 @@ def run(tmp_path):
                "evaluations": {"policy_0": _evaluation([0.2, 0.4, 0.6, 0.8], [10, 10, 10, 10], [0.0, 0.1, 0.0, 0.1]),
                                "policy_1": _evaluation([0.3, 0.5, 0.7, 0.7], [20, 22, 24, 26], [0.5, 0.5, 0.4, 0.6])},
                "iterations": {"0": {"pairs": {"users": 8, "pairs": 6, "skipped_tie": 2}, "adapter": "a", "seconds": 61.5}},
-               "environment": {"git_commit": "abc1234", "versions": {"torch": "2.13.0", "trl": "1.16.0"}}}
+               "environment": {"git_commit": "abc1234", "versions": {"torch": "2.13.0", "trl": "1.16.0", "recbole": None},
+                               "numerics": {"dtype": "float32", "torch_threads": 2, "cuda": None,
+                                            "cpu_flags": {"avx2": True, "avx512_bf16": False, "amx_bf16": True}}}}
     layout.metrics.write_text(json.dumps(metrics))
     return layout, metrics
 
@@ -55,7 +57,8 @@ def test_the_report_says_how_the_run_was_made(run):
     layout, metrics = run
     report = write_report(layout.root, metrics).read_text()
     for line in ("- dataset: ml-100k (/data/ml-100k)", f"- config: `{layout.config}`", "- policy: my/model; seed 3",
-                 "- git commit: abc1234", "- versions: torch 2.13.0, trl 1.16.0",
+                 "- git commit: abc1234", "- versions: torch 2.13.0, trl 1.16.0\n",
+                 "- numerics: dtype float32, torch threads 2, cpu flags avx2 amx_bf16\n",
                  "- reward model (dlcm_knowledge seed 3): validation MAP@5 0.4273",
                  "- the same without knowledge (dlcm seed 3): validation MAP@5 0.3048",
                  "- independent evaluator (prm_knowledge seed 4): validation MAP@5 0.3366",

@@ -21,18 +21,24 @@ def _config(layout) -> dict:
         return {}
 
 
+def _plain(value) -> str:
+    """A JSON value on one line: a mapping as `key value, ...` (unset entries left out; a mapping of
+    flags as the names that are set), a list comma-separated."""
+    if isinstance(value, dict):
+        if value and all(isinstance(v, bool) for v in value.values()):
+            return " ".join(k for k, v in value.items() if v) or "none"
+        return ", ".join(f"{k.replace('_', ' ')} {_plain(v)}" for k, v in value.items() if v is not None)
+    if isinstance(value, list):
+        return ", ".join(map(_plain, value))
+    return str(value)
+
+
 def _environment_lines(environment) -> list[str]:
-    """metrics.json's `environment` (git commit, library versions, ...), one key a line."""
+    """metrics.json's `environment` (rlrf.core.environment.describe: versions, numerics; a git
+    commit where recorded), one key a line."""
     if not isinstance(environment, dict):
         return []
-    lines = []
-    for key, value in environment.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items())
-        elif isinstance(value, list):
-            value = ", ".join(map(str, value))
-        lines.append(f"- {key.replace('_', ' ')}: {value}")
-    return lines
+    return [f"- {key.replace('_', ' ')}: {_plain(value)}" for key, value in environment.items()]
 
 
 def validation_quality(layout, cfg: dict) -> list[tuple[str, str, float]]:
