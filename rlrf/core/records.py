@@ -16,12 +16,10 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-RANK_KS = (1, 3, 5, 7)  # the cut-offs every score record holds
-
-
-def optional(**kwargs) -> Any:
-    """A field left out of the JSON object when it is None (the writers add it only when it applies)."""
-    return field(default=None, metadata={"optional": True, **kwargs.pop("metadata", {})}, **kwargs)
+def optional(key: str | None = None) -> Any:
+    """A field left out of the JSON object when it is None (the writers add it only when it applies);
+    `key`: its JSON key when that is not the field's name."""
+    return field(default=None, metadata={"optional": True, **({"key": key} if key else {})})
 
 
 def named(key: str, **kwargs) -> Any:
@@ -51,7 +49,8 @@ class Record:
 
     @classmethod
     def from_dict(cls, record: dict):
-        """The record's fields from a JSON object; a missing optional field reads as its default."""
+        """The record's fields from a JSON object; a missing optional field reads as its default, and
+        a key the record does not define is not read."""
         return cls(**{f.name: record[_key(f)] for f in fields(cls) if _key(f) in record})
 
 
@@ -179,7 +178,8 @@ class SPRecPairRecord(Record):
 
 @dataclass(kw_only=True)
 class AlignResult(Record):
-    """What `rlrf align` returns, and (without `skipped`) align_log.json's "summary".
+    """What `rlrf align` (DPO, `rlrf.alignment.dpo.run_align`) returns, and (without `skipped`)
+    align_log.json's "summary". The online trainers (`align.method: grpo | rloo`) log their own.
 
     A step skipped because its adapter is complete returns the summary it logged then, with
     `skipped` true; every field but `adapter` may then be missing (a log from an older rlrf)."""
@@ -211,10 +211,6 @@ class AlignResult(Record):
 # ---------------------------------------------------------------------------------------------
 # the loop: metrics.json (RLRF4Rec)
 
-MEASURES = ("reward_mean", "reward_best", "ndcg@5", "map@5", "tokens", "copied",
-            "independent_ndcg@5", "independent_map@5")
-
-
 @dataclass(kw_only=True)
 class PerUser(Record):
     """One evaluation's values per test user, in `users` order: the report pairs them with policy_0.
@@ -230,8 +226,8 @@ class PerUser(Record):
     map_5: list[float] = named("map@5")
     tokens: list[int]
     copied: list[float] | None = optional()
-    independent_ndcg_5: list[float] | None = optional(metadata={"key": "independent_ndcg@5"})
-    independent_map_5: list[float] | None = optional(metadata={"key": "independent_map@5"})
+    independent_ndcg_5: list[float] | None = optional("independent_ndcg@5")
+    independent_map_5: list[float] | None = optional("independent_map@5")
 
 
 @dataclass(kw_only=True)
@@ -249,8 +245,8 @@ class Evaluation(Record):
     map_5: float = named("map@5")
     tokens: float
     copied: float | None = optional()
-    independent_ndcg_5: float | None = optional(metadata={"key": "independent_ndcg@5"})
-    independent_map_5: float | None = optional(metadata={"key": "independent_map@5"})
+    independent_ndcg_5: float | None = optional("independent_ndcg@5")
+    independent_map_5: float | None = optional("independent_map@5")
     empty: int
     flagged: int
     rewards: list[float]
