@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from rlrf.core.errors import UserError
-from rlrf.core.io import atomic_write_json, read_json
+from rlrf.core.io import atomic_write_json, atomic_write_text, read_json
 from rlrf.core.layout import RunLayout
 from rlrf.core.progress import progress_bar
 from rlrf.experiments.rerank_results import KS, METRICS, SPLITS, aggregate, markdown_tables, plot, rich_tables
@@ -187,7 +187,7 @@ def write_results(out: dict, layout: RunLayout, name: str) -> list[Path]:
     """results.json, table.md and the plot of one experiment; returns their paths."""
     written = [layout.experiment_results(name), layout.experiment_table(name), layout.experiment_figure(name, "rerank")]
     atomic_write_json(written[0], out)
-    written[1].write_text(markdown_tables(out), encoding="utf-8")
+    atomic_write_text(written[1], markdown_tables(out))
     plot(out, written[2])
     return written
 
