@@ -29,6 +29,11 @@ def test_a_written_line_reads_back_and_writes_out_identically(cls, line):
     assert cls.from_dict(json.loads(line)).to_json() == line
 
 
+def test_jsonl_records_keep_non_ascii_text_as_the_writers_do():
+    line = RESPONSE.replace("a mix", "un mélange")
+    assert "mélange" in rec.ResponseRecord.from_dict(json.loads(line)).to_json()
+
+
 def test_optional_fields_are_left_out_and_none_fields_written_as_null():
     response = rec.ResponseRecord.from_dict(json.loads(FLAGGED_ITEM))
     assert response.key == "7" and response.user is None and "user" not in response.to_dict()
@@ -60,8 +65,9 @@ def test_pairs_as_the_score_stage_builds_them_round_trip():
 def test_lists_as_the_data_stage_writes_them_round_trip():
     from rlrf.data.dataset import RerankList
 
-    lst = RerankList("3", [299, 301], [2.0, None], [5, 9, 1], [1, 0, 0])
-    assert rec.ListRecord.from_dict(json.loads(lst.to_json())).to_json() == lst.to_json()
+    for user in ("3", "Zoë"):  # lists.jsonl escapes non-ASCII ids
+        lst = RerankList(user, [299, 301], [2.0, None], [5, 9, 1], [1, 0, 0])
+        assert rec.ListRecord.from_dict(json.loads(lst.to_json())).to_json() == lst.to_json()
 
 
 def test_an_evaluation_as_the_loop_records_it_round_trips_in_key_order():

@@ -71,6 +71,10 @@ class ListRecord(Record):
     items: list[int]
     labels: list[int]
 
+    def to_json(self) -> str:
+        """lists.jsonl escapes non-ASCII characters (`\\u00e9`), as it always has."""
+        return json.dumps(self.to_dict())
+
 
 # ---------------------------------------------------------------------------------------------
 # the generation stage
