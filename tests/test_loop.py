@@ -54,6 +54,9 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
         assert len(ev["per_user"]["independent_ndcg@5"]) == 3  # the same greedy summaries, another reranker
         assert all(0.0 <= c <= 1.0 for c in ev["per_user"]["copied"])  # share of the greedy summary copied from its prompt
     test_users = {r["user"] for r in read_jsonl(run / "eval" / "policy_0" / "iter_0" / "responses.jsonl")}
+    reward_file = run / "reward" / "dlcm_knowledge" / "model.pt"
+    assert reward_file.is_file()  # the run had no reward model: prepare trained it
+    trained_at = reward_file.stat().st_mtime_ns
 
     lists = {r["user"]: r["labels"] for r in read_jsonl(run / "lists.jsonl")}
     for t in (0, 1):
@@ -81,7 +84,7 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
         assert r["better"] + r["worse"] <= 3
     report = write_report(run, metrics).read_text()
     assert report.count("| policy_") == 3 + 2 and "Change against policy_0" in report
-    for figure in ("improvement", "reward_distribution", "training_loss"):
+    for figure in ("improvement", "per_user_change", "training_loss"):
         assert (run / f"{figure}.png").stat().st_size > 0
 
     # kill in iteration 1: its adapter and final evaluation never happened, scores.jsonl was torn mid-line
@@ -99,6 +102,7 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
     keys = [(s["user"], s["k"]) for s in read_jsonl(run / "iter_1" / "scores.jsonl")]
     assert len(keys) == len(set(keys)) == len(scores)  # every (user, k) exactly once
     assert (run / "iter_1" / "adapter" / "adapter_config.json").exists()
+    assert reward_file.stat().st_mtime_ns == trained_at  # its file exists: loaded, never trained again
 
 
 def test_grpo_runs_on_the_same_loop_and_evaluation(tiny_run_config):

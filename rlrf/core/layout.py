@@ -54,6 +54,11 @@ class RunLayout:
     def report(self) -> Path:
         return self.root / "report.md"
 
+    @property
+    def per_user_table(self) -> Path:
+        """The report's per-user values of every evaluated policy, one row per (policy, user)."""
+        return self.root / "per_user.csv"
+
     def figure(self, name: str) -> Path:
         """A plot of the report (`name` without the .png)."""
         return self.root / f"{name}.png"
@@ -71,6 +76,10 @@ class RunLayout:
     def reward_model(self, name: str) -> Path:
         """`<name>` is dlcm, prm, dlcm_knowledge or prm_knowledge."""
         return self.reward / name
+
+    def reward_model_file(self, name: str, seed: int | None = None) -> Path:
+        """The weights of one reranker: the run's own (`model.pt`), or one seed's (`seed_<s>.pt`)."""
+        return self.reward_model(name) / ("model.pt" if seed is None else f"seed_{seed}.pt")
 
     @property
     def reward_eval(self) -> Path:
@@ -157,8 +166,30 @@ class RunLayout:
     def export(self, name: str) -> Path:
         return self.root / "export" / name
 
+    def merged_policy(self, tag: str) -> Path:
+        """One policy (`iter_<t>`) with its adapter merged: a plain HF model directory."""
+        return self.export("merged") / tag
+
     def experiment(self, name: str) -> Path:
         return self.root / "experiments" / name
+
+    def experiment_cells(self, name: str) -> Path:
+        """An experiment's per-cell cache: a rerun recomputes only the cells whose inputs changed."""
+        return self.experiment(name) / "cells.json"
+
+    def experiment_results(self, name: str) -> Path:
+        return self.experiment(name) / "results.json"
+
+    def experiment_table(self, name: str) -> Path:
+        return self.experiment(name) / "table.md"
+
+    def experiment_figure(self, name: str, figure: str) -> Path:
+        """A plot of an experiment (`figure` without the .png)."""
+        return self.experiment(name) / f"{figure}.png"
+
+    def experiment_model(self, name: str, policy: str, model: str, seed: int) -> Path:
+        """A reranker an experiment trained itself on one policy's summaries (`model` as in `reward_model`)."""
+        return self.experiment(name) / "models" / policy / model / f"seed_{seed}.pt"
 
     @property
     def sft(self) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from recmodels.context import VARIANTS, float_seq_fields, recbole_config, train_eval
 from rlrf.core.errors import UserError
@@ -24,11 +25,8 @@ from rlrf.evaluation.stats import mean_sd
 METRICS = ("auc", "logloss")
 
 
-def history_overlap(cfg, ds, pairs) -> dict:
+def history_overlap(lists: dict, ds, pairs) -> dict:
     """Validation/test interactions whose item is in the user's visible history (what knowledge sees)."""
-    from rlrf.reward.model import load_lists_for
-
-    lists = load_lists_for(cfg, ds)
     seen = {u: {ds.catalog.ids[i] for i in lst.history} for u, lst in lists.items()}
     inside = sum(1 for u, i in pairs if i in seen.get(u, ()))
     return {"eval_interactions": len(pairs), "inside_visible_history": inside}
@@ -95,21 +93,35 @@ def select_fields(fields: tuple[list, list], which: str) -> tuple[list, list]:
 def run_context_experiment(cfg, export_dir: Path, model: str = "DeepFM", epochs: int = 20,
                            seeds=(0, 1, 2), variants=VARIANTS, knowledge_fields: str = "raw",
                            show_progress: bool = True, extra_config: dict | None = None, log=print) -> dict:
-    """Train and test `model` on the export's RecBole dataset for each variant and seed.
+    """The CLI's adapter: the run's dataset and lists, then `context_experiment` on the export."""
+    from rlrf.data.dataset import load_dataset
+    from rlrf.reward.model import load_lists_for
 
+    use_threads(cfg)
+    ds = load_dataset(cfg.data, seed=cfg.seed)
+    return context_experiment(ds, lambda: load_lists_for(cfg, ds), export_dir, cfg.data.positive_rating, model=model,
+                              epochs=epochs, seeds=seeds, variants=variants, knowledge_fields=knowledge_fields,
+                              show_progress=show_progress, extra_config=extra_config, log=log)
+
+
+def context_experiment(ds, lists: Callable[[], dict], export_dir: Path, positive_rating: float, *,
+                       model: str = "DeepFM", epochs: int = 20, seeds=(0, 1, 2), variants=VARIANTS,
+                       knowledge_fields: str = "raw", show_progress: bool = True, extra_config: dict | None = None,
+                       log=print) -> dict:
+    """Train and test `model` on the export's RecBole dataset (of `ds`) for each variant and seed.
+
+    `lists()` gives the run's reranking lists (their histories are what the knowledge saw), read only
+    once the models are trained; `positive_rating` is RecBole's label threshold.
     Writes `<export_dir>/recbole_<model>.json` (every run + mean ± sd) and `recbole_<model>.md`
     (the table); with `knowledge_fields` other than "raw" the names get `_<fields>`.
     `extra_config`: more RecBole settings (e.g. {"embedding_size": 16}).
     """
-    from rlrf.data.dataset import load_dataset
     from rlrf.export.vectors import load_export
 
     export_dir = Path(export_dir)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise UserError(f"variant: unknown '{unknown[0]}' ({', '.join(VARIANTS)})")
-    use_threads(cfg)
-    ds = load_dataset(cfg.data, seed=cfg.seed)
     *_, meta = load_export(export_dir, ds)  # refuses an export of another dataset
     data_path = export_dir / meta["recbole"]["data_path"]
     name = meta["recbole"]["dataset"]
@@ -119,7 +131,7 @@ def run_context_experiment(cfg, export_dir: Path, model: str = "DeepFM", epochs:
     work = export_dir.parent / f".recbole-{export_dir.name}-{model}-{uuid.uuid4().hex[:8]}"
     result = {
         "model": model, "epochs": epochs, "seeds": list(seeds), "variants": list(variants),
-        "task": "label = rating >= %g; per-user time order 80/10/10; RecBole labeled evaluation" % cfg.data.positive_rating,
+        "task": "label = rating >= %g; per-user time order 80/10/10; RecBole labeled evaluation" % positive_rating,
         "export": {"folder": str(export_dir), "user_source": meta["sources"]["user"], "item_source": meta["sources"]["item"],
                    "encoder": meta["encoder"]["key"], "policy": meta["policy"]["tag"] if meta["policy"]["used"] else "none",
                    "fields": {"user": fields[0], "item": fields[1]}},
@@ -131,7 +143,7 @@ def run_context_experiment(cfg, export_dir: Path, model: str = "DeepFM", epochs:
         runs = []
         for seed in seeds:
             config = recbole_config(data_path, name, model, variant, knowledge_fields=fields, seed=seed, epochs=epochs,
-                                    checkpoint_dir=work, positive_rating=cfg.data.positive_rating, extra=extra_config)
+                                    checkpoint_dir=work, positive_rating=positive_rating, extra=extra_config)
             run = train_eval(config, variant, fields, work)
             pairs = run.pop("eval_pairs")
             runs.append(run)
@@ -140,7 +152,7 @@ def run_context_experiment(cfg, export_dir: Path, model: str = "DeepFM", epochs:
                     f"(valid AUC {run['valid']['auc']:.4f}, best epoch {run['best_epoch']}/{run['epochs_run']}, {run['seconds']:.0f} s)")
         result["runs"][variant] = runs
         result["summary"][variant] = summarise(runs)
-    result["overlap"] = history_overlap(cfg, ds, pairs) if pairs is not None else None
+    result["overlap"] = history_overlap(lists(), ds, pairs) if pairs is not None else None
     shutil.rmtree(work, ignore_errors=True)
     stem = f"recbole_{model}" + ("" if knowledge_fields == "raw" else f"_{knowledge_fields}")
     atomic_write_json(export_dir / f"{stem}.json", result)

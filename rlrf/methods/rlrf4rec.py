@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.layout import RunLayout
+from rlrf.core.records import Evaluation, PerUser
 from rlrf.evaluation.copying import copied_share
 from rlrf.methods.loop import Method
 
@@ -30,24 +31,19 @@ class RLRF4Rec(Method):
 
     def prepare(self, cfg) -> None:  # policy_0 is the policy named by cfg.llm
         from rlrf.data.dataset import load_dataset
-        from rlrf.core.errors import UserError
-        from rlrf.reward.model import RewardScorer, train
+        from rlrf.reward.model import RewardScorer, model_name, train
 
-        if not RunLayout(cfg.run_dir).lists.exists():
+        layout = RunLayout(cfg.run_dir)
+        if not layout.lists.exists():
             from rlrf.data.prepare import prepare_data
 
             prepare_data(cfg)
         self.dataset = load_dataset(cfg.data, seed=cfg.seed)
-        try:
-            self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
-        except UserError as err:
-            if "reward model not found" not in str(err):
-                raise
+        if not layout.reward_model_file(model_name(cfg.reward.model, cfg.reward.knowledge)).exists():
             train(cfg, kinds=[cfg.reward.model], seeds=[cfg.seed])
-            self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
+        self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
         if cfg.loop.independent_evaluator:
             self.evaluator = independent_evaluator(cfg, self.dataset, self.scorer)
-
 
     def generate(self, cfg, iteration: int) -> None:
         """N summaries per training user (DPO); the online methods sample their own inside the trainer."""
@@ -130,18 +126,19 @@ class RLRF4Rec(Method):
 def independent_evaluator(cfg, ds, scorer):
     """A +knowledge reranker of the other kind than `reward.model`, trained with the next seed
     (trained here if the run has none): it never scores a summary the loop optimises against."""
-    from rlrf.reward.model import RewardScorer, seed_file, train
+    from rlrf.reward.model import RewardScorer, model_name, train
 
     other = "prm" if cfg.reward.model == "dlcm" else "dlcm"
     seed = cfg.seed + 1
-    if not seed_file(cfg, other, True, seed).exists():
+    if not RunLayout(cfg.run_dir).reward_model_file(model_name(other, True), seed).exists():
         train(cfg, kinds=[other], variants=(True,), seeds=[seed])
     return RewardScorer.from_run(cfg, ds=ds, encoder=scorer.encoder, kind=other, knowledge=True, seed=seed)
 
 
 def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], greedy_scored: dict,
                       independent: dict | None, metric: str, prompts: dict[str, str] | None = None) -> dict:
-    """Means over users, and the per-user values the report pairs with policy_0 for its CIs.
+    """metrics.json's evaluation of one policy (`rlrf.core.records.Evaluation`): means over users,
+    and the per-user values the report pairs with policy_0 for its CIs.
 
     reward_mean / reward_best: the user's N sampled summaries under the reward model; ndcg@5 /
     map@5: the greedy summary as the user's knowledge; independent_*: the same greedy summary under
@@ -152,29 +149,34 @@ def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], g
         by_user.setdefault(r["user"], []).append(scored[(r["user"], r["k"])][metric])
     users = sorted(by_user)
     first = {r["user"]: r for r in greedy}
-    per_user = {
-        "users": users,
-        "reward_mean": [float(np.mean(by_user[u])) for u in users],
-        "reward_best": [float(np.max(by_user[u])) for u in users],
-        "ndcg@5": [float(greedy_scored[(u, 0)]["ndcg@5"]) for u in users],
-        "map@5": [float(greedy_scored[(u, 0)]["map@5"]) for u in users],
-        "tokens": [int(first[u]["n_tokens"]) for u in users],
-    }
-    if prompts is not None:
-        per_user["copied"] = [copied_share(first[u]["text"], prompts[u]) for u in users]
+    independent_of = {}
     if independent is not None:
         row = {r["user"]: i for i, r in enumerate(greedy)}
-        for m in ("ndcg@5", "map@5"):
-            per_user[f"independent_{m}"] = [float(independent[m][row[u]]) for u in users]
-    means = {key: float(np.mean(values)) for key, values in per_user.items() if key != "users"}
+        independent_of = {m: [float(independent[m][row[u]]) for u in users] for m in ("ndcg@5", "map@5")}
+    per_user = PerUser(
+        users=users,
+        reward_mean=[float(np.mean(by_user[u])) for u in users],
+        reward_best=[float(np.max(by_user[u])) for u in users],
+        ndcg_5=[float(greedy_scored[(u, 0)]["ndcg@5"]) for u in users],
+        map_5=[float(greedy_scored[(u, 0)]["map@5"]) for u in users],
+        tokens=[int(first[u]["n_tokens"]) for u in users],
+        copied=[copied_share(first[u]["text"], prompts[u]) for u in users] if prompts is not None else None,
+        independent_ndcg_5=independent_of.get("ndcg@5"),
+        independent_map_5=independent_of.get("map@5"),
+    )
     rewards = [scored[(r["user"], r["k"])][metric] for r in responses]
-    return {
-        "users": len(users),
-        "responses": len(responses),
-        "metric": metric,
-        **means,
-        "empty": int(sum(bool(s.get("empty")) for s in scored.values())),
-        "flagged": int(sum("flag" in r for r in responses)),
-        "rewards": [round(float(x), 5) for x in rewards],
-        "per_user": per_user,
-    }
+    return Evaluation(
+        users=len(users), responses=len(responses), metric=metric,
+        reward_mean=_mean(per_user.reward_mean), reward_best=_mean(per_user.reward_best),
+        ndcg_5=_mean(per_user.ndcg_5), map_5=_mean(per_user.map_5), tokens=_mean(per_user.tokens),
+        copied=_mean(per_user.copied), independent_ndcg_5=_mean(per_user.independent_ndcg_5),
+        independent_map_5=_mean(per_user.independent_map_5),
+        empty=int(sum(bool(s.get("empty")) for s in scored.values())),
+        flagged=int(sum("flag" in r for r in responses)),
+        rewards=[round(float(x), 5) for x in rewards],
+        per_user=per_user,
+    ).to_dict()
+
+
+def _mean(values: list | None) -> float | None:
+    return None if values is None else float(np.mean(values))

@@ -10,13 +10,19 @@ def write_report(run_dir: Path | str, metrics: dict) -> Path:
     from rlrf.core.io import atomic_write_text
     from rlrf.core.layout import RunLayout
 
-    if metrics.get("method") == "sprec":
-        from rlrf.report import sprec as method
-    else:
-        from rlrf.report import rlrf4rec as method
     layout = RunLayout(run_dir)
-    method.plot(metrics, layout)
-    atomic_write_text(layout.report, method.markdown(metrics))
+    if metrics.get("method") == "sprec":
+        from rlrf.report import sprec
+
+        sprec.plot(metrics, layout)
+        text = sprec.markdown(metrics)
+    else:
+        from rlrf.report import rlrf4rec
+
+        rlrf4rec.plot(metrics, layout)
+        rlrf4rec.write_per_user_table(metrics, layout)
+        text = rlrf4rec.markdown(metrics, layout)
+    atomic_write_text(layout.report, text)
     return layout.report
 
 
