@@ -88,8 +88,11 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def parse_overrides(items: list[str] | None) -> dict:
-    """`key=value` words into {dotted key: value}; values are read as YAML scalars or lists."""
+    """`key=value` words into {dotted key: value}; values are read as YAML scalars or lists, numbers as
+    numbers (`1e-4` too, which PyYAML alone leaves a string)."""
     import yaml
+
+    from rlrf.core.config import read_yaml
 
     out = {}
     for item in items or []:
@@ -97,7 +100,7 @@ def parse_overrides(items: list[str] | None) -> dict:
         if not sep or not key or any(not part for part in key.split(".")):
             raise UserError(f"override '{item}': expected KEY=VALUE with a dotted key (e.g. loop.iterations=3)")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else None
+            out[key] = read_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             out[key] = raw
     return out
@@ -147,12 +150,21 @@ def config_list() -> None:
 
 @config_app.command("show")
 @user_errors
-def config_show(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None) -> None:
+def config_show(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
+                explain: Annotated[bool, typer.Option("--explain", help="Each key with its value and what it means.")] = False) -> None:
     """Print the resolved config (YAML) a command given the same -c and overrides would run with."""
     import yaml
 
     cfg = load_run_config(config, run_dir, overrides)
-    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    if not explain:
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        return
+    from rlrf.core.config import explain as explained
+
+    for key, value, meaning in explained(cfg):
+        print(f"{key}: {yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix(chr(10) + '...')}")
+        if meaning:
+            print(f"    {meaning}")
 
 
 # --- data ---------------------------------------------------------------------------------------
