@@ -31,6 +31,11 @@ class RunLayout:
         return self.root / "config.yaml"
 
     @property
+    def writer_lock(self) -> Path:
+        """Held (flock) by the one process writing this run (rlrf/core/rundir.py)."""
+        return self.root / ".writer.lock"
+
+    @property
     def data_summary(self) -> Path:
         return self.root / "data.json"
 
@@ -125,6 +130,13 @@ class RunLayout:
 
     def recommendations(self, t: int = 0) -> Path:
         return self.iteration(t) / "recommendations.jsonl"
+
+    def policy_adapter(self, t: int) -> Path | None:
+        """The adapter of the policy iteration t starts from: the newest complete adapter of an earlier
+        iteration, as the loop threads it (an iteration without pairs leaves the policy unchanged);
+        None when no earlier iteration aligned (the policy named by `llm`)."""
+        earlier = [s for s in self.aligned_iterations() if s < t]
+        return self.adapter(earlier[-1]) if earlier else None
 
     def aligned_iterations(self) -> list[int]:
         """Iterations that wrote a complete adapter, in order."""
