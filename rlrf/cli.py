@@ -206,9 +206,9 @@ app.add_typer(config_app, name="config")
 @user_errors
 def config_list() -> None:
     """The bundled configs, each with its first comment line."""
-    from rlrf.core.resources import configs_dir
+    from rlrf.core.resources import bundled_configs
 
-    for path in sorted(configs_dir().glob("*.yaml")):
+    for path in bundled_configs():
         first = path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
         print(f"{path.stem:<14} {first.lstrip('# ').strip()}")
 
@@ -480,7 +480,7 @@ def experiment_recbole(
     variant: Annotated[list[str] | None, typer.Option("--variant", help="base | knowledge_stock | knowledge (default: all).")] = None,
 ) -> None:
     """A RecBole context-aware model (DeepFM) on the exported dataset, with and without the knowledge features."""
-    from rlrf.core.layout import RunLayout
+    from rlrf.core.layout import RunLayout, export_meta_of
     from rlrf.experiments.recbole import VARIANTS, markdown_table, run_context_experiment
     from rlrf.export.vectors import export_dir
 
@@ -488,7 +488,7 @@ def experiment_recbole(
     if export is None:
         done = RunLayout(cfg.run_dir).aligned_iterations()
         export = export_dir(cfg, done[-1] if done else None)
-        if not (export / "meta.json").is_file():
+        if not export_meta_of(export).is_file():
             raise UserError(f"{export}: no export here; run `rlrf export` first or pass --export")
     result = run_context_experiment(cfg, export, model=model, epochs=epochs,
                                     seeds=tuple(cfg.seed + i for i in range(seeds)),

@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_text
-from rlrf.core.resources import configs_dir
+from rlrf.core.resources import bundled_config
 
 
 class _Loader(yaml.SafeLoader):
@@ -566,9 +566,9 @@ def resolve_config_path(name: str | Path) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    for candidate in (configs_dir() / path.name, configs_dir() / f"{path.name}.yaml"):
-        if candidate.is_file():
-            return candidate
+    bundled = bundled_config(path.name)
+    if bundled is not None:
+        return bundled
     raise UserError(f"{name}: config file not found")
 
 

@@ -211,6 +211,12 @@ def responses_meta_of(responses: Path) -> Path:
     return responses.with_name(f"{responses.stem}.meta.json")
 
 
+def export_meta_of(export_dir: Path) -> Path:
+    """The `meta.json` of an `rlrf export` folder (in the run's `export/<name>/` or wherever --out put it):
+    what marks the export complete, and what `rlrf experiment recbole` reads first."""
+    return Path(export_dir) / "meta.json"
+
+
 def tensorboard_dir(adapter_dir: Path) -> Path:
     """TensorBoard event files of the training step that writes `adapter_dir` (beside it, kept)."""
     adapter_dir = Path(adapter_dir)
