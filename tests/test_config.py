@@ -138,3 +138,11 @@ def test_rlrfs_trainer_defaults_are_fields_of_the_trl_classes_they_go_to():
     for section in (AlignConfig, OnlineConfig, SupervisedConfig):
         for path in section.TRAINER_CLASSES:
             assert set(section.DEFAULTS) <= dataclass_fields(path), path
+
+
+def test_online_trainer_args_are_checked_against_the_method_in_use():
+    assert load_config("quickstart", {"align.method": "grpo", "online.trainer_args.loss_type": "dapo"})
+    with pytest.raises(UserError) as err:
+        load_config("quickstart", {"align.method": "rloo", "online.trainer_args.loss_type": "dapo"})
+    assert str(err.value) == ("override online.trainer_args.loss_type=dapo: unknown key 'online.trainer_args.loss_type' "
+                              "(not a field of trl's RLOOConfig, which align.method rloo uses)")

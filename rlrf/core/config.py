@@ -560,6 +560,18 @@ class RunConfig(Section):
             raise ValueError("data.lists.source 'sasrec' reads SASRec's candidates, but sasrec.enabled is false")
         return self
 
+    @model_validator(mode="after")
+    def _online_args_fit_the_method(self) -> "RunConfig":
+        """`online.trainer_args` may hold GRPOConfig or RLOOConfig fields; the method in use takes only its own."""
+        if self.align.method in ("grpo", "rloo"):
+            path = {"grpo": "trl:GRPOConfig", "rloo": "trl:RLOOConfig"}[self.align.method]
+            extra = [key for key in self.online.trainer_args if key not in OnlineConfig.DEFAULTS]
+            if extra and (unknown := [key for key in extra if key not in dataclass_fields(path)]):
+                raise _unknown_key(f"online.trainer_args.{unknown[0]}",
+                                   f"trl's {path.partition(':')[2]}, which align.method {self.align.method} uses",
+                                   dataclass_fields(path))
+        return self
+
 
 def resolve_config_path(name: str | Path) -> Path:
     """A path as given, or the name of a bundled config (`quickstart` or `quickstart.yaml`)."""
