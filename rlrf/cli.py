@@ -221,10 +221,11 @@ def config_show(config: ConfigOption = None, run_dir: RunDirOption = None, overr
     import yaml
 
     cfg = load_run_config(config, run_dir, overrides)
+    from rlrf.core.config import explain as explained, write_yaml
+
     if not explain:
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        print(write_yaml(cfg.model_dump(mode="json")), end="")
         return
-    from rlrf.core.config import explain as explained
 
     for key, value, meaning in explained(cfg):
         print(f"{key}: {yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix(chr(10) + '...')}")

@@ -146,3 +146,12 @@ def test_online_trainer_args_are_checked_against_the_method_in_use():
         load_config("quickstart", {"align.method": "rloo", "online.trainer_args.loss_type": "dapo"})
     assert str(err.value) == ("override online.trainer_args.loss_type=dapo: unknown key 'online.trainer_args.loss_type' "
                               "(not a field of trl's RLOOConfig, which align.method rloo uses)")
+
+
+def test_a_saved_config_reads_back_to_the_same_values(tmp_path):
+    from rlrf.core.config import save_config
+
+    cfg = load_config("quickstart", {"generate.domain": "1e5", "align.trainer_args.learning_rate": 1e-5})
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg and again.generate.domain == "1e5" and again.align.trainer_args["learning_rate"] == 1e-5

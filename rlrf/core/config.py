@@ -32,16 +32,26 @@ class _Loader(yaml.SafeLoader):
     a number. Keys typed by pydantic coerce either way, but `trainer_args` go to trl untyped."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"),
-    list("-+0123456789."),
-)
+class _Dumper(yaml.SafeDumper):
+    """Quotes a string that `_Loader` would read back as a number."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"),
+        list("-+0123456789."),
+    )
 
 
 def read_yaml(text: str) -> Any:
     """YAML as rlrf reads it everywhere (config files and `key=value` overrides): numbers as YAML 1.2."""
     return yaml.load(text, Loader=_Loader)
+
+
+def write_yaml(data: Any) -> str:
+    """YAML that `read_yaml` reads back to the same values."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 @functools.cache
@@ -634,7 +644,7 @@ def load_config(name: str | Path, overrides: dict | None = None) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(path, write_yaml(cfg.model_dump(mode="json")))
 
 
 def explain(section: BaseModel, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
