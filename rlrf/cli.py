@@ -8,7 +8,9 @@ every error that is the user's (a bad file, key or value) ends as one line on st
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -73,23 +75,56 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*torch.cuda.amp.*")
 
 
+# paths the OS refused to write or create: the user's to fix (permissions, a file where a folder
+# should be, a full disk), so one line naming the path instead of a library's traceback
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+                errno.ENOSPC, errno.EDQUOT}
+_command_scope: contextlib.ExitStack | None = None  # what a command holds until it returns (the writer lock)
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Turn UserError into one line on stderr and exit code 2 (no traceback)."""
+    """Turn the user's errors into one line on stderr and exit code 2 (no traceback): UserError,
+    a path the OS refuses; Ctrl-C is one line and exit 130. Whatever the command holds (the run
+    directory's writer lock) is released on the way out."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise typer.Exit(2) from None
+        global _command_scope
+        with contextlib.ExitStack() as scope:
+            _command_scope = scope
+            try:
+                return fn(*args, **kwargs)
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                raise typer.Exit(2) from None
+            except OSError as err:
+                if err.errno not in _PATH_ERRNOS or err.filename is None:
+                    raise
+                paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
+                print(f"error: cannot write {paths}: {err.strerror}", file=sys.stderr)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                print("interrupted: rerun the same command to continue where it stopped", file=sys.stderr)
+                raise typer.Exit(130) from None
+            finally:
+                _command_scope = None
 
     return wrapper
 
 
+def checked_iteration(iteration: int | None) -> int | None:
+    """Iterations count from 0 (typer's own range check would print a usage panel, not one line)."""
+    if iteration is not None and iteration < 0:
+        raise UserError(f"--iteration {iteration}: iterations count from 0")
+    return iteration
+
+
 def parse_overrides(items: list[str] | None) -> dict:
-    """`key=value` words into {dotted key: value}; values are read as YAML scalars or lists."""
+    """`key=value` words into {dotted key: value}; values are read as YAML scalars or lists, numbers as
+    numbers (`1e-4` too, which PyYAML alone leaves a string)."""
     import yaml
+
+    from rlrf.core.config import read_yaml
 
     out = {}
     for item in items or []:
@@ -97,7 +132,7 @@ def parse_overrides(items: list[str] | None) -> dict:
         if not sep or not key or any(not part for part in key.split(".")):
             raise UserError(f"override '{item}': expected KEY=VALUE with a dotted key (e.g. loop.iterations=3)")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else None
+            out[key] = read_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             out[key] = raw
     return out
@@ -105,10 +140,14 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 def load_run_config(config: str | None, run_dir: Path | None, overrides: list[str] | None = None):
     """The config named by -c (or the run directory's own config.yaml), with the overrides applied."""
+    return _load(config, run_dir, parse_overrides(overrides))
+
+
+def _load(config: str | None, run_dir: Path | None, values: dict):
     from rlrf.core.config import load_config
     from rlrf.core.layout import RunLayout
 
-    values = parse_overrides(overrides)
+    values = dict(values)
     if run_dir is not None:
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"--run-dir {run_dir}: not a directory")
@@ -121,12 +160,41 @@ def load_run_config(config: str | None, run_dir: Path | None, overrides: list[st
     return load_config(config, values)
 
 
-def _prepared(config: str | None, run_dir: Path | None, overrides: list[str] | None):
+def _prepared(config: str | None, run_dir: Path | None, overrides: list[str] | None, iteration: int | None = None):
+    """The config of a command that writes into the run directory, once the directory is its own:
+    the config agrees with the run's saved one (rlrf/core/rundir.py), and this process holds the
+    directory's writer lock until the command returns. With `iteration`, `llm.adapter` is the
+    policy that iteration starts from, as `rlrf run` threads it, unless an override names one."""
+    from rlrf.core.distributed import is_main
+    from rlrf.core.rundir import check_same_run, writer_lock
     from rlrf.core.threads import use_threads
 
-    cfg = load_run_config(config, run_dir, overrides)
+    values = parse_overrides(overrides)
+    cfg = _load(config, run_dir, values)
     use_threads(cfg)
+    if cfg.run_dir.exists() and not cfg.run_dir.is_dir():
+        raise UserError(f"run_dir {cfg.run_dir}: not a directory")
+    check_same_run(cfg)
+    if is_main() and _command_scope is not None:  # under torchrun the ranks of one command share the lock
+        _command_scope.enter_context(writer_lock(cfg.run_dir, " ".join(["rlrf", *sys.argv[1:]])))
+    if iteration is not None and "llm.adapter" not in values:
+        cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"adapter": _policy_adapter(cfg, iteration)})})
     return cfg
+
+
+def _policy_adapter(cfg, iteration: int) -> Path | None:
+    """The adapter iteration t starts from: the newest earlier iteration's, else the config's
+    `llm.adapter` (what the loop in rlrf/methods/loop.py does). An iteration whose pairs were never
+    aligned is an error, not a silent fall back to an older policy."""
+    from rlrf.core.layout import RunLayout, adapter_complete
+
+    layout = RunLayout(cfg.run_dir)
+    before = iteration - 1
+    if before >= 0 and not adapter_complete(layout.adapter(before)) and layout.pairs(before).is_file() \
+            and layout.pairs(before).stat().st_size > 0:
+        raise UserError(f"iteration {before} has pairs but no adapter: run `rlrf align -i {before}` first "
+                        f"(or name the policy with llm.adapter=...)")
+    return layout.policy_adapter(iteration) or cfg.llm.adapter
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -138,21 +206,31 @@ app.add_typer(config_app, name="config")
 @user_errors
 def config_list() -> None:
     """The bundled configs, each with its first comment line."""
-    from rlrf.core.resources import configs_dir
+    from rlrf.core.resources import bundled_configs
 
-    for path in sorted(configs_dir().glob("*.yaml")):
+    for path in bundled_configs():
         first = path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
         print(f"{path.stem:<14} {first.lstrip('# ').strip()}")
 
 
 @config_app.command("show")
 @user_errors
-def config_show(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None) -> None:
+def config_show(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
+                explain: Annotated[bool, typer.Option("--explain", help="Each key with its value and what it means.")] = False) -> None:
     """Print the resolved config (YAML) a command given the same -c and overrides would run with."""
     import yaml
 
     cfg = load_run_config(config, run_dir, overrides)
-    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    from rlrf.core.config import explain as explained, write_yaml
+
+    if not explain:
+        print(write_yaml(cfg.model_dump(mode="json")), end="")
+        return
+
+    for key, value, meaning in explained(cfg):
+        print(f"{key}: {yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix(chr(10) + '...')}")
+        if meaning:
+            print(f"    {meaning}")
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -249,7 +327,7 @@ def generate(
     """Sample N texts per user (or one per item) from the policy into iter_<t>/responses.jsonl; resumable."""
     from rlrf.generation.generate import run_generate
 
-    cfg = _prepared(config, run_dir, overrides)
+    cfg = _prepared(config, run_dir, overrides, checked_iteration(iteration))
     result = run_generate(cfg, iteration=iteration, mode=mode.value if mode else None, show_progress=not quiet)
     flags = ", ".join(f"{k} {v}" for k, v in sorted(result.flagged.items())) or "none"
     print(
@@ -265,7 +343,7 @@ def score(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: 
     """Score each response with the reward model; write scores.jsonl and best-vs-worst pairs.jsonl."""
     from rlrf.reward.score import run_score
 
-    stats = run_score(_prepared(config, run_dir, overrides), iteration)
+    stats = run_score(_prepared(config, run_dir, overrides, checked_iteration(iteration)), iteration)
     print(
         f"iter {iteration}: {stats.pairs} pairs from {stats.users} users "
         f"(skipped: {stats.skipped_tie} tied, {stats.skipped_margin} below score.min_margin, "
@@ -282,7 +360,7 @@ def align(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: 
 
     from rlrf.core.distributed import is_main
 
-    s = run_align(_prepared(config, run_dir, overrides), iteration, show_progress=not quiet)
+    s = run_align(_prepared(config, run_dir, overrides, checked_iteration(iteration)), iteration, show_progress=not quiet)
     if not is_main():
         return
     if s.get("skipped"):
@@ -383,6 +461,8 @@ def experiment_rerank(
     """DLCM / PRM on test users: base, +knowledge (self text, no text, base policy, each aligned policy); mean ± sd over seeds."""
     from rlrf.experiments.rerank import run_rerank_experiment
 
+    for t in iteration or []:
+        checked_iteration(t)
     cfg = _prepared(config, run_dir, overrides)
     run_rerank_experiment(cfg, iteration or None, seeds, protocol=protocol.value if protocol else None)
 
@@ -401,7 +481,7 @@ def experiment_recbole(
     variant: Annotated[list[str] | None, typer.Option("--variant", help="base | knowledge_stock | knowledge (default: all).")] = None,
 ) -> None:
     """A RecBole context-aware model (DeepFM) on the exported dataset, with and without the knowledge features."""
-    from rlrf.core.layout import RunLayout
+    from rlrf.core.layout import RunLayout, export_meta_of
     from rlrf.experiments.recbole import VARIANTS, markdown_table, run_context_experiment
     from rlrf.export.vectors import export_dir
 
@@ -409,7 +489,7 @@ def experiment_recbole(
     if export is None:
         done = RunLayout(cfg.run_dir).aligned_iterations()
         export = export_dir(cfg, done[-1] if done else None)
-        if not (export / "meta.json").is_file():
+        if not export_meta_of(export).is_file():
             raise UserError(f"{export}: no export here; run `rlrf export` first or pass --export")
     result = run_context_experiment(cfg, export, model=model, epochs=epochs,
                                     seeds=tuple(cfg.seed + i for i in range(seeds)),
@@ -437,6 +517,7 @@ def export(
 
     if base and iteration is not None:
         raise UserError("--base and --iteration name two different policies; give one")
+    checked_iteration(iteration)
     cfg = _prepared(config, run_dir, overrides)
     if not base and iteration is None:
         done = RunLayout(cfg.run_dir).aligned_iterations()

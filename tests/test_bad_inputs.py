@@ -160,7 +160,7 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path, case):
         expected = f"error: {folder / 'd.item'}: line 2 has 4 tab-separated fields"
     else:
         config += "sasrec:\n  hidden_size: 16\n  n_heads: 3\n"
-        expected = f"error: {tmp_path / 'c.yaml'}: key 'sasrec': Value error, n_heads (3) must divide hidden_size (16)"
+        expected = f"error: {tmp_path / 'c.yaml'}: key 'sasrec': n_heads (3) must divide hidden_size (16)"
     path = tmp_path / "c.yaml"
     path.write_text(config)
     result = run_cli("data", "-c", str(path))

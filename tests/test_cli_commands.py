@@ -79,3 +79,24 @@ def test_config_list_and_version():
     assert listed.returncode == 0 and {line.split()[0] for line in listed.stdout.splitlines()} >= {"quickstart", "sprec"}
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("rlrf ")
+
+
+def test_a_number_in_an_override_is_a_number():
+    result = run_cli("config", "show", "-c", "quickstart", "align.trainer_args.learning_rate=1e-4")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["align"]["trainer_args"]["learning_rate"] == 1e-4
+
+
+def test_config_show_catches_a_trainer_args_typo_in_an_override(tmp_path):
+    result = run_cli("config", "show", "-c", "quickstart", "align.trainer_args.learning_rat=1e-4")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: override align.trainer_args.learning_rat=0.0001: unknown key "
+                                     "'align.trainer_args.learning_rat' (not a field of trl's DPOConfig; did you mean 'learning_rate'?)")
+
+
+def test_config_show_explain_prints_each_key_with_its_meaning():
+    result = run_cli("config", "show", "-c", "quickstart", "--explain")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    at = lines.index("align.beta: 0.1")
+    assert "KL anchor" in lines[at + 1] and lines[at + 1].startswith("    ")

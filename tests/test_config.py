@@ -60,3 +60,98 @@ def test_unknown_reward_metric_is_refused_at_load(tmp_path):
     path.write_text("score:\n  metric: ndcg@10\n")
     with pytest.raises(UserError, match=rf"{path}: key 'score.metric'"):
         load_config(path)
+
+
+def test_every_key_of_every_section_says_what_it_means():
+    from pydantic import BaseModel
+
+    def undocumented(model: type[BaseModel], prefix: str = "") -> list[str]:
+        missing = []
+        for name, field in model.model_fields.items():
+            if not (field.description or "").strip():
+                missing.append(prefix + name)
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                missing += undocumented(field.annotation, f"{prefix}{name}.")
+        return missing
+
+    assert undocumented(RunConfig) == []
+
+
+def test_explain_lists_each_key_with_its_value_and_meaning():
+    from rlrf.core.config import explain
+
+    rows = {key: (value, meaning) for key, value, meaning in explain(load_config("quickstart", {"lora.use_dora": True}))}
+    assert rows["align.beta"][0] == 0.1 and "KL" in rows["align.beta"][1]
+    assert rows["data.lists.source"][0] == "future"
+    assert rows["align.trainer_args.learning_rate"][1].startswith("DPOConfig: ")  # trl's own help
+    assert rows["lora.use_dora"] == (True, rows["lora.use_dora"][1]) and "DoRA" in rows["lora.use_dora"][1]
+    assert all(meaning for _, meaning in rows.values())
+
+
+def test_no_section_class_shadows_a_library_config_name():
+    import rlrf.core.config as config
+
+    sections = {name for name, obj in vars(config).items() if isinstance(obj, type) and issubclass(obj, config.Section)}
+    assert not sections & {"SFTConfig", "LoraConfig", "DPOConfig", "GRPOConfig", "RLOOConfig", "Config"}
+
+
+def test_numbers_parse_as_numbers_in_files_too(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("align:\n  trainer_args: {learning_rate: 1e-4, max_steps: 3}\n")
+    cfg = load_config(path)
+    assert cfg.align.trainer_args["learning_rate"] == 1e-4 and cfg.align.trainer_args["max_steps"] == 3
+
+
+@pytest.mark.parametrize("section,key,library", [
+    ("align", "learning_rat", "trl's DPOConfig; did you mean 'learning_rate'?"),
+    ("sft", "packing_strategi", "trl's SFTConfig; did you mean 'packing_strategy'?"),
+    ("online", "num_generation", "trl's GRPOConfig / RLOOConfig; did you mean 'num_generations'?"),
+])
+def test_a_trainer_args_typo_is_refused_at_load_naming_the_library_class(tmp_path, section, key, library):
+    path = tmp_path / "typo.yaml"
+    path.write_text(f"{section}:\n  trainer_args: {{{key}: 1}}\n")
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: unknown key '{section}.trainer_args.{key}' (not a field of {library})"
+
+
+def test_a_lora_typo_is_refused_and_a_real_peft_field_passes(tmp_path):
+    with pytest.raises(UserError) as err:
+        load_config("quickstart", {"lora.rr": 4})
+    assert str(err.value) == "override lora.rr=4: unknown key 'lora.rr' (not a field of peft's LoraConfig)"
+    assert load_config("quickstart", {"lora.use_dora": True}).lora.model_extra == {"use_dora": True}
+
+
+def test_a_bad_override_is_blamed_on_the_override_not_the_file():
+    with pytest.raises(UserError) as err:
+        load_config("quickstart", {"align.trainer_args.learning_rat": 1e-4})
+    assert str(err.value).startswith("override align.trainer_args.learning_rat=0.0001: unknown key 'align.trainer_args.learning_rat'")
+    with pytest.raises(UserError, match=r"^override loop.iterations=0: key 'loop.iterations'"):
+        load_config("quickstart", {"loop.iterations": 0})
+    with pytest.raises(UserError, match=r"^override seed.x=1: 'seed' is not a section$"):
+        load_config("quickstart", {"seed.x": 1})
+
+
+def test_rlrfs_trainer_defaults_are_fields_of_the_trl_classes_they_go_to():
+    from rlrf.core.config import AlignConfig, OnlineConfig, SupervisedConfig, dataclass_fields
+
+    for section in (AlignConfig, OnlineConfig, SupervisedConfig):
+        for path in section.TRAINER_CLASSES:
+            assert set(section.DEFAULTS) <= dataclass_fields(path), path
+
+
+def test_online_trainer_args_are_checked_against_the_method_in_use():
+    assert load_config("quickstart", {"align.method": "grpo", "online.trainer_args.loss_type": "dapo"})
+    with pytest.raises(UserError) as err:
+        load_config("quickstart", {"align.method": "rloo", "online.trainer_args.loss_type": "dapo"})
+    assert str(err.value) == ("override online.trainer_args.loss_type=dapo: unknown key 'online.trainer_args.loss_type' "
+                              "(not a field of trl's RLOOConfig, which align.method rloo uses)")
+
+
+def test_a_saved_config_reads_back_to_the_same_values(tmp_path):
+    from rlrf.core.config import save_config
+
+    cfg = load_config("quickstart", {"generate.domain": "1e5", "align.trainer_args.learning_rate": 1e-5})
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg and again.generate.domain == "1e5" and again.align.trainer_args["learning_rate"] == 1e-5

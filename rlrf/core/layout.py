@@ -31,6 +31,11 @@ class RunLayout:
         return self.root / "config.yaml"
 
     @property
+    def writer_lock(self) -> Path:
+        """Held (flock) by the one process writing this run (rlrf/core/rundir.py)."""
+        return self.root / ".writer.lock"
+
+    @property
     def data_summary(self) -> Path:
         return self.root / "data.json"
 
@@ -135,6 +140,13 @@ class RunLayout:
     def recommendations(self, t: int = 0) -> Path:
         return self.iteration(t) / "recommendations.jsonl"
 
+    def policy_adapter(self, t: int) -> Path | None:
+        """The adapter of the policy iteration t starts from: the newest complete adapter of an earlier
+        iteration, as the loop threads it (an iteration without pairs leaves the policy unchanged);
+        None when no earlier iteration aligned (the policy named by `llm`)."""
+        earlier = [s for s in self.aligned_iterations() if s < t]
+        return self.adapter(earlier[-1]) if earlier else None
+
     def aligned_iterations(self) -> list[int]:
         """Iterations that wrote a complete adapter, in order."""
         found = []
@@ -228,6 +240,12 @@ def responses_meta_of(responses: Path) -> Path:
     """The `.meta.json` written beside a responses-style file (model, sampling, counts)."""
     responses = Path(responses)
     return responses.with_name(f"{responses.stem}.meta.json")
+
+
+def export_meta_of(export_dir: Path) -> Path:
+    """The `meta.json` of an `rlrf export` folder (in the run's `export/<name>/` or wherever --out put it):
+    what marks the export complete, and what `rlrf experiment recbole` reads first."""
+    return Path(export_dir) / "meta.json"
 
 
 def tensorboard_dir(adapter_dir: Path) -> Path:

@@ -25,3 +25,16 @@ def prompts_dir() -> Path:
 
 def configs_dir() -> Path:
     return resource_dir("configs")
+
+
+def bundled_configs() -> list[Path]:
+    """The bundled configs, by name."""
+    return sorted(configs_dir().glob("*.yaml"))
+
+
+def bundled_config(name: str) -> Path | None:
+    """A bundled config by its name, with or without `.yaml`."""
+    for candidate in (configs_dir() / name, configs_dir() / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
