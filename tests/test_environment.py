@@ -55,8 +55,9 @@ def test_numerics_record_the_dtype_given_and_torch_s_thread_count():
     assert environment.numerics()["dtype"] is None
 
 
-def test_describe_is_json_ready_and_holds_both_parts():
+def test_describe_is_json_ready_and_holds_versions_numerics_and_the_commit():
     record = json.loads(json.dumps(environment.describe(torch.float32)))
-    assert set(record) == {"versions", "numerics"}
+    assert set(record) == {"versions", "numerics", "git_commit"}
+    assert record["git_commit"] is None or len(record["git_commit"]) >= 7  # this checkout's commit
     assert record["numerics"]["dtype"] == "float32"
     assert set(record["numerics"]["cpu_flags"]) == set(environment.CPU_FLAGS)

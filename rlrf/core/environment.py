@@ -95,6 +95,22 @@ def numerics(dtype: Any = None) -> dict[str, Any]:
     }
 
 
+def git_commit() -> str | None:
+    """The commit of the rlrf checkout this code runs from, with ``-dirty`` when it has uncommitted
+    changes (None for an installed wheel or without git): which code made a run's numbers."""
+    import subprocess
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty", "--abbrev=12"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def describe(dtype: Any = None) -> dict[str, Any]:
-    """``{"versions": ..., "numerics": ...}``, JSON-ready, for a run's metrics.json / data.json."""
-    return {"versions": versions(), "numerics": numerics(dtype)}
+    """``{"versions": ..., "numerics": ..., "git_commit": ...}``, JSON-ready, for a run's metrics.json /
+    data.json."""
+    return {"versions": versions(), "numerics": numerics(dtype), "git_commit": git_commit()}

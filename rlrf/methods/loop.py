@@ -44,10 +44,21 @@ def with_adapter(cfg, adapter: Path | None):
     return cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"adapter": adapter})})
 
 
+def run_environment(llm) -> dict:
+    """The versions and numerics this process runs with (the policy's dtype as `llm` resolves here):
+    a resumed run records the latest, since that is what its newest numbers came from."""
+    from rlrf.core.environment import describe
+    from rlrf.core.precision import resolve_dtype
+    from rlrf.generation.policy import resolve_device
+
+    return describe(resolve_dtype(llm.dtype, resolve_device(llm.device)))
+
+
 def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
     """Run (or resume) the loop; returns metrics.json's content."""
     metrics_path = RunLayout(cfg.run_dir).metrics
     metrics = read_json(metrics_path) or metrics_record(method.name)
+    metrics["environment"] = run_environment(cfg.llm)
     start = method.prepare(cfg)
 
     def evaluate(policy_cfg, label: str) -> None:
