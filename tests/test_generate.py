@@ -12,12 +12,13 @@ import os
 import pytest
 import torch
 
-from rlrf.generation.backends import Request, SamplingParams, TransformersBackend, sample_from_logits, sample_seed, uniform_streams
+from rlrf.generation.backends import Request, TransformersBackend
 from rlrf.core.config import RunConfig
 from rlrf.data.dataset import Catalog
 from rlrf.core.errors import UserError
 from rlrf.generation.generate import PromptBuilder, build_prompts, flag_text, neutralise, run_generate, visible_histories
 from rlrf.generation.policy import load_policy
+from rlrf.generation.sampling import SamplingParams, sample_from_logits, sample_seed, uniform_streams
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
