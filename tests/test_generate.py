@@ -16,6 +16,7 @@ from rlrf.generation.backends import Request, TransformersBackend
 from rlrf.core.config import RunConfig
 from rlrf.data.dataset import Catalog
 from rlrf.core.errors import UserError
+from rlrf.core.layout import RunLayout
 from rlrf.generation.generate import PromptBuilder, build_prompts, flag_text, neutralise, run_generate, visible_histories
 from rlrf.generation.policy import load_policy
 from rlrf.generation.sampling import SamplingParams, sample_from_logits, sample_seed, uniform_streams
@@ -233,7 +234,7 @@ def test_user_prompts_use_only_the_visible_history(ml100k_small, tiny_tokenizer,
     cfg.generate.users = "all"
     cfg.generate.max_prompt_tokens = 100000
     prompts = {p.key: p for p in build_prompts(cfg, ml100k_small, tiny_tokenizer, "user_preference")}
-    hist = visible_histories(ml100k_small, cfg)
+    hist = visible_histories(ml100k_small, RunLayout(cfg.run_dir).lists, cfg.data.lists.max_history)
     cat = ml100k_small.catalog
     for uid, user in list(ml100k_small.users.items())[:10]:
         seen, _ = hist[uid]
