@@ -229,6 +229,67 @@ def test_missing_template_is_user_error(tiny_tokenizer, tmp_path):
         PromptBuilder(tiny_tokenizer, "bad", templates_dir=tmp_path)
 
 
+# hashes of the prompts ml-100k got before the templates became domain-neutral (main 80a1114):
+# `generate.domain: movies` keeps that wording byte for byte
+MOVIE_PROMPTS = {"user_preference": (40, "0a98fa47b4c32548"), "item_knowledge": (20, "87360311ba93edfe"),
+                 "next_item": (40, "f81c84d6697f774d")}
+
+
+@pytest.mark.parametrize("mode", sorted(MOVIE_PROMPTS))
+def test_movie_prompts_are_unchanged(ml100k_small, tiny_tokenizer, tmp_path, mode):
+    import hashlib
+
+    cfg = RunConfig(run_dir=tmp_path / "none")
+    cfg.generate.max_items = 20
+    prompts = build_prompts(cfg, ml100k_small, tiny_tokenizer, mode)
+    digest = hashlib.sha256("\n".join(p.text for p in prompts).encode()).hexdigest()[:16]
+    assert (len(prompts), digest) == MOVIE_PROMPTS[mode]
+
+
+MOVIE_WORDS = ("movie", "watch", "director", "actor", "cast")
+
+
+def test_other_domains_get_neutral_prompts_asking_about_the_data_fields(tiny_tokenizer):
+    """Amazon-like items (categories, no year): no movie wording, and only fields the data has."""
+    products = _catalog(["Wireless earbuds", "Phone case", "USB-C cable"], years=[None] * 3,
+                        genres=[("Electronics", "Audio"), ("Accessories",), ("Electronics",)])
+    for template in ("user_preference", "next_item"):
+        p = PromptBuilder(tiny_tokenizer, template, domain="products").history_prompt("u", products, range(3))
+        assert not any(word in p.text.lower() for word in MOVIE_WORDS), p.text
+        assert "products" in p.text and "interacted with" in p.text and "Wireless earbuds" in p.text
+    user = PromptBuilder(tiny_tokenizer, "user_preference", domain="products").history_prompt("u", products, range(3))
+    assert "favourite categories" in user.text and "periods" not in user.text
+    plain = _catalog(["Item A", "Item B"], years=[None] * 2, genres=[()] * 2)
+    assert "categories" not in PromptBuilder(tiny_tokenizer, "user_preference", domain="items").history_prompt(
+        "u", plain, range(2)).text
+    dated = PromptBuilder(tiny_tokenizer, "user_preference", domain="books").history_prompt("u", _catalog(["B1", "B2"]), range(2))
+    assert "preferred periods" in dated.text
+    item = PromptBuilder(tiny_tokenizer, "item_knowledge", domain="products").item_prompt("i0", products, 0)
+    assert not any(word in item.text.lower() for word in MOVIE_WORDS) and "categories" in item.text
+    # movies keep their own wording (prompts/movies/)
+    movie = PromptBuilder(tiny_tokenizer, "user_preference", domain="movies").history_prompt("u", _catalog(["Heat"]), [0])
+    assert "Movies this user watched" in movie.text and "directors, actors" in movie.text
+
+
+def test_a_template_file_path_is_used_and_a_missing_one_names_the_key(ml100k_small, tiny_tokenizer, tmp_path):
+    mine = tmp_path / "templates" / "my.j2"
+    mine.parent.mkdir()
+    mine.write_text("{%- set system -%}You judge {{ domain }}.{%- endset -%}\n"
+                    "Last seen: {{ history[-1].title }}. Say what this user likes.")
+    cfg = RunConfig(run_dir=tmp_path / "none")
+    cfg.generate.users = "train"
+    cfg.generate.max_users = 2
+    cfg.generate.templates = {"user_preference": str(mine)}
+    prompts = build_prompts(cfg, ml100k_small, tiny_tokenizer, "user_preference")
+    assert len(prompts) == 2 and all("Say what this user likes." in p.text and "You judge movies." in p.text
+                                     for p in prompts)
+    cfg.generate.templates = {"user_preference": str(tmp_path / "missing.j2")}
+    with pytest.raises(UserError) as err:
+        build_prompts(cfg, ml100k_small, tiny_tokenizer, "user_preference")
+    message = str(err.value)
+    assert "\n" not in message and "generate.templates.user_preference" in message and "missing.j2" in message
+
+
 def test_user_prompts_use_only_the_visible_history(ml100k_small, tiny_tokenizer, tmp_path):
     cfg = RunConfig(run_dir=tmp_path / "run")
     cfg.generate.users = "all"

@@ -91,14 +91,14 @@ def visible_histories(ds, lists: Path | None, max_history: int) -> dict[str, tup
 
 def make_prompts(gen: GenerateConfig, ds, tokenizer, mode: str, *, users: Sequence[str] = (), max_items: int | None = None,
                  max_history: int = 30, histories: Histories | None = None) -> list[Prompt]:
-    """Prompts of `mode`, shaped by the `generate:` section `gen` (templates, max_prompt_tokens,
-    domain, profile): for `users` in that order (user modes), or the `max_items` most popular
+    """Prompts of `mode`, shaped by the `generate:` section `gen` (templates: a bundled name or a
+    .j2 path, else the domain's own set or the neutral default; max_prompt_tokens, domain, profile): for `users` in that order (user modes), or the `max_items` most popular
     items (all with None; item_knowledge). user_preference shows `histories` (default: the KAR cut
     at `max_history`); next_item the `max_history` items before the user's last one."""
     if mode not in MODES:
         raise UserError(f"generate.mode: unknown mode '{mode}' ({', '.join(MODES)})")
     builder = PromptBuilder(tokenizer, gen.templates.get(mode, mode), max_prompt_tokens=gen.max_prompt_tokens,
-                            domain=gen.domain)
+                            domain=gen.domain, key=f"generate.templates.{mode}")
     cat = ds.catalog
     prompts: list[Prompt] = []
     if mode == "item_knowledge":

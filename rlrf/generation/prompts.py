@@ -17,6 +17,7 @@ from rlrf.core.resources import prompts_dir
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 _SPECIAL_LIKE = re.compile(r"<\|[^|<>]{0,40}\|>")
 _ZWSP = "\u200b"
+_DOMAIN_NAME = re.compile(r"^[\w-]+$")
 
 
 def neutralise(text: str, special_tokens: Sequence[str] = (), max_chars: int = 300) -> str:
@@ -56,30 +57,64 @@ class Prompt:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
 
 
+def template_folders(domain: str) -> list[Path]:
+    """Where a bundled template name is looked up: the domain's own set (``prompts/<domain>/``, e.g.
+    ``prompts/movies/``) first, then the domain-neutral defaults in ``prompts/``."""
+    root = prompts_dir()
+    own = root / domain.strip().lower() if _DOMAIN_NAME.match(domain.strip()) else None
+    return [own, root] if own is not None and own.is_dir() else [root]
+
+
+def find_template(template: str, domain: str, key: str = "generate.templates") -> Path:
+    """The template file `template` names: a path to a .j2 file (absolute, ``~``, or with a folder),
+    else a bundled name (``user_preference``) in `template_folders(domain)`; UserError naming `key`
+    when there is no such file."""
+    path = Path(template).expanduser()
+    if template.startswith("~") or len(path.parts) > 1:
+        if path.is_file():
+            return path
+        raise UserError(f"{key}: {template}: prompt template not found")
+    name = template if template.endswith(".j2") else f"{template}.j2"
+    folders = template_folders(domain)
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    if path.is_file():  # a file name in the working directory
+        return path
+    raise UserError(f"{key}: {template}: prompt template not found (looked in {', '.join(map(str, folders))})")
+
+
 class PromptBuilder:
-    """Renders a prompts/*.j2 template through the tokenizer's chat template, within a token budget."""
+    """Renders a prompt template through the tokenizer's chat template, within a token budget.
+
+    `template` is a bundled name or a .j2 file path (`find_template`); `templates_dir` replaces the
+    bundled folders (tests); `key` is the config key named in errors."""
 
     def __init__(self, tokenizer, template: str, *, max_prompt_tokens: int = 512, domain: str = "movies",
-                 templates_dir: Path | None = None):
+                 templates_dir: Path | None = None, key: str = "generate.templates"):
         import jinja2
 
         self.tokenizer = tokenizer
         self.budget = max_prompt_tokens
         self.domain = domain
-        folder = Path(templates_dir) if templates_dir else prompts_dir()
+        if templates_dir:
+            path = Path(templates_dir) / (template if template.endswith(".j2") else f"{template}.j2")
+            if not path.is_file():
+                raise UserError(f"{key}: {path}: prompt template not found")
+        else:
+            path = find_template(template, domain, key)
         env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(folder)),
+            loader=jinja2.FileSystemLoader(str(path.parent)),
             autoescape=False,
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,
         )
-        name = template if template.endswith(".j2") else f"{template}.j2"
         try:
-            self.template = env.get_template(name)
+            self.template = env.get_template(path.name)
         except jinja2.TemplateNotFound:
-            raise UserError(f"{folder / name}: prompt template not found") from None
+            raise UserError(f"{key}: {path}: prompt template not found") from None
         except jinja2.TemplateSyntaxError as err:
-            raise UserError(f"{folder / name}: line {err.lineno}: {err.message}") from None
+            raise UserError(f"{path}: line {err.lineno}: {err.message}") from None
         specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
         for added in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values():
             specials.add(getattr(added, "content", str(added)))
@@ -126,6 +161,9 @@ class PromptBuilder:
             "profile": {self.safe(k): self.safe(v) for k, v in (profile or {}).items()},
             "has_ratings": any(r is not None for r in ratings),
             "rating_scale": 5,
+            # which item fields this data has, so a domain-neutral template asks only about those
+            "fields": {"genres": any(item["genres"] for item in items),
+                       "year": any(item["year"] is not None for item in items)},
             **extra,
         }
 
