@@ -373,6 +373,36 @@ def test_generate_writes_records_and_resumes_after_a_kill(tmp_path, tiny_model_d
     assert meta["records"] == 15 and meta["backend"] == "transformers"
 
 
+def test_a_kill_anywhere_resumes_to_the_uninterrupted_bytes(tmp_path, tiny_model_dir, tiny_policy, ml100k_small,
+                                                            monkeypatch):
+    """bf16 decoding rounds differently with the batch's rows (bench/batch_invariance.py), so a sample
+    is only bitwise reproducible in the batch it was first decoded in: a resumed run decodes exactly
+    the uninterrupted run's batches that hold a missing sample, each whole, and writes the same file."""
+    from rlrf.generation import backends
+
+    batches = []
+    real = backends.TransformersBackend._run_batch
+
+    def recording(self, requests, rows, params):
+        batches.append(list(rows))
+        return real(self, requests, rows, params)
+
+    monkeypatch.setattr(backends.TransformersBackend, "_run_batch", recording)
+    cfg = _cfg(tmp_path, tiny_model_dir)  # 5 users x 3 samples, 4 rows per batch
+    run_generate(cfg, policy=tiny_policy, dataset=ml100k_small, show_progress=False)
+    path = tmp_path / "run" / "iter_0" / "responses.jsonl"
+    uninterrupted, planned = path.read_bytes(), batches[:]
+    assert [len(b) for b in planned] == [4, 4, 4, 3]
+    # killed while writing the second batch: its first record complete, the second torn
+    lines = uninterrupted.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:5]) + lines[5][:20])
+    batches.clear()
+    resumed = run_generate(cfg, policy=tiny_policy, dataset=ml100k_small, show_progress=False)
+    assert batches == planned[1:]  # the same batches, whole; the complete first one not decoded again
+    assert resumed.written == 10 and resumed.skipped == 5
+    assert path.read_bytes() == uninterrupted
+
+
 def test_resume_with_changed_prompts_is_refused(tmp_path, tiny_model_dir, tiny_policy, ml100k_small):
     cfg = _cfg(tmp_path, tiny_model_dir, max_users=2, n=1)
     run_generate(cfg, policy=tiny_policy, dataset=ml100k_small, show_progress=False)

@@ -30,7 +30,7 @@ It is isolated in :class:`VLLMBackend` and not exercised by the tests on this CP
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,8 +71,14 @@ class Sample:
 class Backend(Protocol):
     name: str
 
-    def generate(self, requests: Sequence[Request], params: SamplingParams) -> Iterator[list[Sample]]:
-        """Yield finished samples one batch at a time, every (request, seed) exactly once."""
+    def generate(self, requests: Sequence[Request], params: SamplingParams,
+                 wanted: Collection[tuple[int, int]] | None = None) -> Iterator[list[Sample]]:
+        """Yield finished samples one batch at a time, every (request, seed) at most once.
+
+        `wanted` ((request index, sample index) pairs; None = all) are the samples the caller still
+        needs. An engine whose numerics depend on the batch decodes each wanted sample in the batch
+        it would have had with every request wanted, and may yield that batch's other samples too:
+        a resumed run then writes the bytes an uninterrupted run would have written."""
         ...
 
 
@@ -143,9 +149,14 @@ class TransformersBackend:
             batches.append(current)
         return batches
 
-    def generate(self, requests: Sequence[Request], params: SamplingParams) -> Iterator[list[Sample]]:
+    def generate(self, requests: Sequence[Request], params: SamplingParams,
+                 wanted: Collection[tuple[int, int]] | None = None) -> Iterator[list[Sample]]:
+        """The planned batches that hold a wanted sample, each decoded whole: bf16 matmuls round
+        differently with the number of rows (bench/batch_invariance.py), so a sample is bitwise
+        reproducible only inside the same batch."""
         for batch in self.plan(requests):
-            yield self._run_batch(requests, batch, params)
+            if wanted is None or any(row in wanted for row in batch):
+                yield self._run_batch(requests, batch, params)
 
     # one batch -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -271,8 +282,11 @@ class NaiveHFBackend:
         self.device = next(model.parameters()).device
 
     @torch.inference_mode()
-    def generate(self, requests: Sequence[Request], params: SamplingParams) -> Iterator[list[Sample]]:
+    def generate(self, requests: Sequence[Request], params: SamplingParams,
+                 wanted: Collection[tuple[int, int]] | None = None) -> Iterator[list[Sample]]:
         for i, req in enumerate(requests):
+            if wanted is not None and not any((i, j) in wanted for j in range(len(req.seeds))):
+                continue  # one global RNG per request: a request is decoded whole or not at all
             torch.manual_seed(req.seeds[0] % (2**63))
             ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
             kwargs = dict(do_sample=params.temperature > 0, max_new_tokens=params.max_new_tokens)
@@ -329,7 +343,8 @@ class VLLMBackend:
         self.adapter = adapter
         self.chunk = chunk
 
-    def generate(self, requests: Sequence[Request], params: SamplingParams) -> Iterator[list[Sample]]:
+    def generate(self, requests: Sequence[Request], params: SamplingParams,
+                 wanted: Collection[tuple[int, int]] | None = None) -> Iterator[list[Sample]]:
         from vllm import SamplingParams as VSP
         from vllm.inputs import TokensPrompt
 
@@ -338,7 +353,8 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
 
             lora = LoRARequest("policy", 1, str(self.adapter))
-        flat = [(i, j) for i, req in enumerate(requests) for j in range(len(req.seeds))]
+        flat = [(i, j) for i, req in enumerate(requests) for j in range(len(req.seeds))
+                if wanted is None or (i, j) in wanted]  # each sample is its own seeded request
         for start in range(0, len(flat), self.chunk):
             part = flat[start : start + self.chunk]
             prompts = [TokensPrompt(prompt_token_ids=requests[i].prompt_ids) for i, _ in part]

@@ -13,10 +13,13 @@ Modes (``generate.mode``, or ``--mode``):
 Each output file has a companion ``*.prompts.jsonl`` (one line per user/item: the exact prompt
 text fed to the model and its hash) so later stages (pairs, DPO) reuse the prompt verbatim.
 
-Records (docs/architecture.md): ``{"user", "iter", "k", "text", "n_tokens", "prompt_hash", "finished"}`` plus
-``"flag"`` ("empty" or "repetitive") on degenerate outputs, which are kept, not dropped.
-Sample k of user u in iteration t is seeded by (seed, mode, t, u, k) alone, so rerunning after a
-kill, or with another batch size, reproduces it.
+Records (docs/architecture.md): ``{"user", "iter", "k", "text", "n_tokens", "prompt_hash", "finished"}``
+plus ``"flag"`` ("empty" or "repetitive") on degenerate outputs, which are kept, not dropped.
+Sample k of user u in iteration t is seeded by (seed, mode, t, u, k) alone. Its bytes also depend
+on the rows it is decoded with (bf16 matmuls round differently with the batch's shape;
+bench/batch_invariance.py measures it), so a resumed run decodes each missing sample in the batch
+the uninterrupted run planned for it, whole: with the same config, a kill at any point resumes to
+the bytes of the uninterrupted run.
 
 The stage by its sections (what a recipe calls; trl's scripts and torchtune's recipes hand each
 step its own config section the same way)::
@@ -48,7 +51,8 @@ from rlrf.core.io import JsonlLog, atomic_write_json, read_jsonl
 from rlrf.core.layout import RunLayout
 from rlrf.core.progress import progress_bar
 from rlrf.core.threads import use_threads
-from rlrf.generation.prompts import Prompt, PromptBuilder, neutralise  # noqa: F401 (Prompt, PromptBuilder, neutralise: re-exported for callers)
+# Prompt, PromptBuilder and neutralise are re-exported: callers outside generation/ import them from here
+from rlrf.generation.prompts import Prompt, PromptBuilder, neutralise  # noqa: F401
 from rlrf.generation.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -89,11 +93,12 @@ def visible_histories(ds, lists: Path | None, max_history: int) -> dict[str, tup
     return out
 
 
-def make_prompts(gen: GenerateConfig, ds, tokenizer, mode: str, *, users: Sequence[str] = (), max_items: int | None = None,
-                 max_history: int = 30, histories: Histories | None = None) -> list[Prompt]:
+def make_prompts(gen: GenerateConfig, ds, tokenizer, mode: str, *, users: Sequence[str] = (),
+                 max_items: int | None = None, max_history: int = 30, histories: Histories | None = None) -> list[Prompt]:
     """Prompts of `mode`, shaped by the `generate:` section `gen` (templates: a bundled name or a
-    .j2 path, else the domain's own set or the neutral default; max_prompt_tokens, domain, profile): for `users` in that order (user modes), or the `max_items` most popular
-    items (all with None; item_knowledge). user_preference shows `histories` (default: the KAR cut
+    .j2 path, else the domain's own set or the neutral default; max_prompt_tokens, domain, profile):
+    for `users` in that order (user modes), or the `max_items` most popular items (all with None;
+    item_knowledge). user_preference shows `histories` (default: the KAR cut
     at `max_history`); next_item the `max_history` items before the user's last one."""
     if mode not in MODES:
         raise UserError(f"generate.mode: unknown mode '{mode}' ({', '.join(MODES)})")
@@ -206,9 +211,9 @@ def policy_for(llm: LLMConfig, backend: str = "auto", *, adapter: Path | str | N
     return load_policy(llm, adapter=adapter)
 
 
-def generate_texts(gen: GenerateConfig, prompts: Sequence[Prompt], policy: Policy, out: RunLayout, *, mode: str, iteration: int, seed: int,
-                   sampling: SamplingParams | None = None, n: int | None = None, backend: str | None = None,
-                   show_progress: bool = True, label: str | None = None) -> GenerateResult:
+def generate_texts(gen: GenerateConfig, prompts: Sequence[Prompt], policy: Policy, out: RunLayout, *, mode: str,
+                   iteration: int, seed: int, sampling: SamplingParams | None = None, n: int | None = None,
+                   backend: str | None = None, show_progress: bool = True, label: str | None = None) -> GenerateResult:
     """Generate what is missing from `out`'s output file of (`iteration`, `mode`) for `prompts`.
 
     `gen` is the `generate:` section: the engine (`backend`, `batch_size`) and, unless given,
@@ -234,16 +239,12 @@ def generate_texts(gen: GenerateConfig, prompts: Sequence[Prompt], policy: Polic
     prompt_log.append({key_field: p.key, "iter": iteration, "prompt": p.text, "prompt_hash": p.hash, **p.meta} for p in prompts)
     log = JsonlLog(out_path, key=lambda r: (r[key_field], r["k"]))
 
-    requests, owners = [], []
-    skipped = 0
-    for p in prompts:
-        ks = [k for k in range(n) if (p.key, k) not in log]
-        skipped += n - len(ks)
-        if ks:
-            seeds = [sample_seed(seed, mode, iteration, p.key, k) for k in ks]
-            requests.append(Request(prompt_ids=p.ids, seeds=seeds, tags=ks))
-            owners.append(p)
-    total = sum(len(r.seeds) for r in requests)
+    # every prompt's whole group is requested and the engine decodes the batches that hold a missing
+    # sample exactly as an uninterrupted run planned them: a kill anywhere resumes to the same bytes
+    requests = [Request(prompt_ids=p.ids, seeds=[sample_seed(seed, mode, iteration, p.key, k) for k in range(n)],
+                        tags=list(range(n))) for p in prompts]
+    missing = {(i, k) for i, p in enumerate(prompts) for k in range(n) if (p.key, k) not in log}
+    skipped = len(prompts) * n - len(missing)
     engine = make_backend(resolve_backend(backend or gen.backend), policy, batch_size=gen.batch_size)
     tokenizer = policy.tokenizer
 
@@ -252,11 +253,14 @@ def generate_texts(gen: GenerateConfig, prompts: Sequence[Prompt], policy: Polic
     start = time.perf_counter()
     progress = progress_bar(show_progress, unit="tok")
     with progress:
-        task = progress.add_task(label or f"generate {mode} iter {iteration}", total=total, tps=0.0)
-        for batch in engine.generate(requests, params) if requests else []:
+        task = progress.add_task(label or f"generate {mode} iter {iteration}", total=len(missing), tps=0.0)
+        for batch in engine.generate(requests, params, wanted=missing) if missing else []:
             records = []
             for s in batch:
-                p = owners[s.request]
+                tokens += len(s.token_ids) + int(s.finished)
+                if (s.request, s.tag) not in missing:
+                    continue  # written before the kill; decoded again only to keep its batch's shape
+                p = prompts[s.request]
                 text = tokenizer.decode(s.token_ids, skip_special_tokens=True).strip()
                 record = {key_field: p.key, "iter": iteration, "k": s.tag, "text": text,
                           "n_tokens": len(s.token_ids), "prompt_hash": p.hash, "finished": s.finished}
@@ -267,11 +271,10 @@ def generate_texts(gen: GenerateConfig, prompts: Sequence[Prompt], policy: Polic
                     record["flag"] = flag
                     flagged[flag] = flagged.get(flag, 0) + 1
                 records.append(record)
-                tokens += len(s.token_ids) + int(s.finished)
             records.sort(key=lambda r: (str(r[key_field]), r["k"]))
             written += log.append(records)
             elapsed = time.perf_counter() - start
-            progress.update(task, advance=len(batch), tps=tokens / max(elapsed, 1e-9))
+            progress.update(task, advance=len(records), tps=tokens / max(elapsed, 1e-9))
     seconds = time.perf_counter() - start
     result = GenerateResult(out_path, mode, written, skipped, tokens, seconds, flagged)
     atomic_write_json(out.responses_meta(iteration, mode), {

@@ -43,8 +43,9 @@ def knowledge_layout(run_dir: Path, iteration: int | None) -> RunLayout:
     return RunLayout(run_dir).knowledge(policy_tag(iteration))
 
 
-def user_knowledge(gen: GenerateConfig, llm: LLMConfig, ds, run_dir: Path, iteration: int | None, users: Sequence[str], *, max_history: int,
-                   seed: int, policy=None, show_progress: bool = True) -> Path:
+def user_knowledge(gen: GenerateConfig, llm: LLMConfig, ds, run_dir: Path, iteration: int | None,
+                   users: Sequence[str], *, max_history: int, seed: int, policy=None,
+                   show_progress: bool = True) -> Path:
     """One greedy preference summary per user of `users`, by the policy of `iteration` (None: the
     base; `policy` when already loaded), from the history the reranker sees (the run's lists, else
     the KAR cut at `max_history`); `gen` and `llm` are the `generate:` and `llm:` sections.
@@ -62,8 +63,8 @@ def user_knowledge(gen: GenerateConfig, llm: LLMConfig, ds, run_dir: Path, itera
     return store.responses(0, mode)
 
 
-def item_knowledge(gen: GenerateConfig, llm: LLMConfig, ds, run_dir: Path, iteration: int | None, max_items: int | None = None, *, seed: int,
-                   policy=None, show_progress: bool = True) -> Path:
+def item_knowledge(gen: GenerateConfig, llm: LLMConfig, ds, run_dir: Path, iteration: int | None,
+                   max_items: int | None = None, *, seed: int, policy=None, show_progress: bool = True) -> Path:
     """One greedy description per catalogue item (the `max_items` most popular, or all) by the
     policy of `iteration`; resumable. Returns the JSONL path (``reward.item_knowledge`` reads it)."""
     from rlrf.generation.generate import generate_texts, make_prompts, policy_for, sampling_for
