@@ -375,8 +375,8 @@ def test_generate_writes_records_and_resumes_after_a_kill(tmp_path, tiny_model_d
 
 def test_a_kill_anywhere_resumes_to_the_uninterrupted_bytes(tmp_path, tiny_model_dir, tiny_policy, ml100k_small,
                                                             monkeypatch):
-    """bf16 decoding rounds differently with the batch's rows (bench/batch_invariance.py), so a sample
-    is only bitwise reproducible in the batch it was first decoded in: a resumed run decodes exactly
+    """bf16 decoding on the CPU is not batch-invariant (bench/batch_invariance.py), so a sample is
+    only bitwise reproducible in the batch it was first decoded in: a resumed run decodes exactly
     the uninterrupted run's batches that hold a missing sample, each whole, and writes the same file."""
     from rlrf.generation import backends
 

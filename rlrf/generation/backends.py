@@ -151,9 +151,11 @@ class TransformersBackend:
 
     def generate(self, requests: Sequence[Request], params: SamplingParams,
                  wanted: Collection[tuple[int, int]] | None = None) -> Iterator[list[Sample]]:
-        """The planned batches that hold a wanted sample, each decoded whole: bf16 matmuls round
-        differently with the number of rows (bench/batch_invariance.py), so a sample is bitwise
-        reproducible only inside the same batch."""
+        """The planned batches that hold a wanted sample, each decoded whole: bf16 decoding on the
+        CPU is not batch-invariant (bench/batch_invariance.py: a sample decoded alone differs from
+        the same sample decoded beside its group's other rows; on torch's path it also differs
+        between its group alone and a 128-row batch), so a sample is bitwise reproducible only
+        inside the batch it was planned in."""
         for batch in self.plan(requests):
             if wanted is None or any(row in wanted for row in batch):
                 yield self._run_batch(requests, batch, params)

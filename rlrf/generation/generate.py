@@ -16,7 +16,7 @@ text fed to the model and its hash) so later stages (pairs, DPO) reuse the promp
 Records (docs/architecture.md): ``{"user", "iter", "k", "text", "n_tokens", "prompt_hash", "finished"}``
 plus ``"flag"`` ("empty" or "repetitive") on degenerate outputs, which are kept, not dropped.
 Sample k of user u in iteration t is seeded by (seed, mode, t, u, k) alone. Its bytes also depend
-on the rows it is decoded with (bf16 matmuls round differently with the batch's shape;
+on the rows it is decoded with (bf16 decoding on the CPU is not batch-invariant;
 bench/batch_invariance.py measures it), so a resumed run decodes each missing sample in the batch
 the uninterrupted run planned for it, whole: with the same config, a kill at any point resumes to
 the bytes of the uninterrupted run.
