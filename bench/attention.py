@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from rlrf.generation import cpu_attention
-    from rlrf.generation.backends import SharedPrefixKV, shared_prefix_attention
+    from rlrf.generation.prefix_cache import SharedPrefixKV, shared_prefix_attention
 
     if cpu_attention.load() is None:
         print("the bf16 CPU kernels cannot run here (no AVX-512 BF16 or no C compiler): nothing to compare")

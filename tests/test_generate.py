@@ -12,12 +12,14 @@ import os
 import pytest
 import torch
 
-from rlrf.generation.backends import Request, SamplingParams, TransformersBackend, sample_from_logits, sample_seed, uniform_streams
+from rlrf.generation.backends import Request, TransformersBackend
 from rlrf.core.config import RunConfig
 from rlrf.data.dataset import Catalog
 from rlrf.core.errors import UserError
+from rlrf.core.layout import RunLayout
 from rlrf.generation.generate import PromptBuilder, build_prompts, flag_text, neutralise, run_generate, visible_histories
 from rlrf.generation.policy import load_policy
+from rlrf.generation.sampling import SamplingParams, sample_from_logits, sample_seed, uniform_streams
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -227,12 +229,73 @@ def test_missing_template_is_user_error(tiny_tokenizer, tmp_path):
         PromptBuilder(tiny_tokenizer, "bad", templates_dir=tmp_path)
 
 
+# hashes of the prompts ml-100k got before the templates became domain-neutral (main 80a1114):
+# `generate.domain: movies` keeps that wording byte for byte
+MOVIE_PROMPTS = {"user_preference": (40, "0a98fa47b4c32548"), "item_knowledge": (20, "87360311ba93edfe"),
+                 "next_item": (40, "f81c84d6697f774d")}
+
+
+@pytest.mark.parametrize("mode", sorted(MOVIE_PROMPTS))
+def test_movie_prompts_are_unchanged(ml100k_small, tiny_tokenizer, tmp_path, mode):
+    import hashlib
+
+    cfg = RunConfig(run_dir=tmp_path / "none")
+    cfg.generate.max_items = 20
+    prompts = build_prompts(cfg, ml100k_small, tiny_tokenizer, mode)
+    digest = hashlib.sha256("\n".join(p.text for p in prompts).encode()).hexdigest()[:16]
+    assert (len(prompts), digest) == MOVIE_PROMPTS[mode]
+
+
+MOVIE_WORDS = ("movie", "watch", "director", "actor", "cast")
+
+
+def test_other_domains_get_neutral_prompts_asking_about_the_data_fields(tiny_tokenizer):
+    """Amazon-like items (categories, no year): no movie wording, and only fields the data has."""
+    products = _catalog(["Wireless earbuds", "Phone case", "USB-C cable"], years=[None] * 3,
+                        genres=[("Electronics", "Audio"), ("Accessories",), ("Electronics",)])
+    for template in ("user_preference", "next_item"):
+        p = PromptBuilder(tiny_tokenizer, template, domain="products").history_prompt("u", products, range(3))
+        assert not any(word in p.text.lower() for word in MOVIE_WORDS), p.text
+        assert "products" in p.text and "interacted with" in p.text and "Wireless earbuds" in p.text
+    user = PromptBuilder(tiny_tokenizer, "user_preference", domain="products").history_prompt("u", products, range(3))
+    assert "favourite categories" in user.text and "periods" not in user.text
+    plain = _catalog(["Item A", "Item B"], years=[None] * 2, genres=[()] * 2)
+    assert "categories" not in PromptBuilder(tiny_tokenizer, "user_preference", domain="items").history_prompt(
+        "u", plain, range(2)).text
+    dated = PromptBuilder(tiny_tokenizer, "user_preference", domain="books").history_prompt("u", _catalog(["B1", "B2"]), range(2))
+    assert "preferred periods" in dated.text
+    item = PromptBuilder(tiny_tokenizer, "item_knowledge", domain="products").item_prompt("i0", products, 0)
+    assert not any(word in item.text.lower() for word in MOVIE_WORDS) and "categories" in item.text
+    # movies keep their own wording (prompts/movies/)
+    movie = PromptBuilder(tiny_tokenizer, "user_preference", domain="movies").history_prompt("u", _catalog(["Heat"]), [0])
+    assert "Movies this user watched" in movie.text and "directors, actors" in movie.text
+
+
+def test_a_template_file_path_is_used_and_a_missing_one_names_the_key(ml100k_small, tiny_tokenizer, tmp_path):
+    mine = tmp_path / "templates" / "my.j2"
+    mine.parent.mkdir()
+    mine.write_text("{%- set system -%}You judge {{ domain }}.{%- endset -%}\n"
+                    "Last seen: {{ history[-1].title }}. Say what this user likes.")
+    cfg = RunConfig(run_dir=tmp_path / "none")
+    cfg.generate.users = "train"
+    cfg.generate.max_users = 2
+    cfg.generate.templates = {"user_preference": str(mine)}
+    prompts = build_prompts(cfg, ml100k_small, tiny_tokenizer, "user_preference")
+    assert len(prompts) == 2 and all("Say what this user likes." in p.text and "You judge movies." in p.text
+                                     for p in prompts)
+    cfg.generate.templates = {"user_preference": str(tmp_path / "missing.j2")}
+    with pytest.raises(UserError) as err:
+        build_prompts(cfg, ml100k_small, tiny_tokenizer, "user_preference")
+    message = str(err.value)
+    assert "\n" not in message and "generate.templates.user_preference" in message and "missing.j2" in message
+
+
 def test_user_prompts_use_only_the_visible_history(ml100k_small, tiny_tokenizer, tmp_path):
     cfg = RunConfig(run_dir=tmp_path / "run")
     cfg.generate.users = "all"
     cfg.generate.max_prompt_tokens = 100000
     prompts = {p.key: p for p in build_prompts(cfg, ml100k_small, tiny_tokenizer, "user_preference")}
-    hist = visible_histories(ml100k_small, cfg)
+    hist = visible_histories(ml100k_small, RunLayout(cfg.run_dir).lists, cfg.data.lists.max_history)
     cat = ml100k_small.catalog
     for uid, user in list(ml100k_small.users.items())[:10]:
         seen, _ = hist[uid]
@@ -308,6 +371,36 @@ def test_generate_writes_records_and_resumes_after_a_kill(tmp_path, tiny_model_d
     assert third.written == 0 and third.skipped == 15 and len(_lines(path)) == 15
     meta = json.loads((path.parent / "responses.meta.json").read_text())
     assert meta["records"] == 15 and meta["backend"] == "transformers"
+
+
+def test_a_kill_anywhere_resumes_to_the_uninterrupted_bytes(tmp_path, tiny_model_dir, tiny_policy, ml100k_small,
+                                                            monkeypatch):
+    """bf16 decoding on the CPU is not batch-invariant (bench/batch_invariance.py), so a sample is
+    only bitwise reproducible in the batch it was first decoded in: a resumed run decodes exactly
+    the uninterrupted run's batches that hold a missing sample, each whole, and writes the same file."""
+    from rlrf.generation import backends
+
+    batches = []
+    real = backends.TransformersBackend._run_batch
+
+    def recording(self, requests, rows, params):
+        batches.append(list(rows))
+        return real(self, requests, rows, params)
+
+    monkeypatch.setattr(backends.TransformersBackend, "_run_batch", recording)
+    cfg = _cfg(tmp_path, tiny_model_dir)  # 5 users x 3 samples, 4 rows per batch
+    run_generate(cfg, policy=tiny_policy, dataset=ml100k_small, show_progress=False)
+    path = tmp_path / "run" / "iter_0" / "responses.jsonl"
+    uninterrupted, planned = path.read_bytes(), batches[:]
+    assert [len(b) for b in planned] == [4, 4, 4, 3]
+    # killed while writing the second batch: its first record complete, the second torn
+    lines = uninterrupted.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:5]) + lines[5][:20])
+    batches.clear()
+    resumed = run_generate(cfg, policy=tiny_policy, dataset=ml100k_small, show_progress=False)
+    assert batches == planned[1:]  # the same batches, whole; the complete first one not decoded again
+    assert resumed.written == 10 and resumed.skipped == 5
+    assert path.read_bytes() == uninterrupted
 
 
 def test_resume_with_changed_prompts_is_refused(tmp_path, tiny_model_dir, tiny_policy, ml100k_small):

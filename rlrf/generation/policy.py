@@ -235,24 +235,32 @@ class _warnings_as_errors:
         return False
 
 
-def describe_policy(cfg=None) -> Policy:
+def _adapter(cfg, adapter) -> Path | None:
+    """`adapter` when given (None: no adapter), else the section's `llm.adapter` (`...`)."""
+    adapter = cfg.adapter if adapter is ... else adapter
+    return Path(adapter).expanduser() if adapter is not None else None
+
+
+def describe_policy(cfg=None, *, adapter: Path | str | None = ...) -> Policy:
     """The policy without its weights (model None): what an engine that loads the model itself
-    (vLLM) needs, so the GPU never holds a second copy of the model."""
+    (vLLM) needs, so the GPU never holds a second copy of the model. `adapter` as in `load_policy`."""
     from rlrf.core.config import LLMConfig
 
     cfg = cfg or LLMConfig()
     source = resolve_model_source(cfg.model, getattr(cfg, "cache_dir", None))
     device = resolve_device(cfg.device)
-    adapter = Path(cfg.adapter).expanduser() if cfg.adapter is not None else None
+    adapter = _adapter(cfg, adapter)
     return Policy(model=None, tokenizer=load_tokenizer(source), source=source, adapter=adapter, device=device,
                   dtype=resolve_dtype(cfg.dtype, device))
 
 
-def load_policy(cfg=None, *, merge_adapter: bool = True) -> Policy:
+def load_policy(cfg=None, *, merge_adapter: bool = True, adapter: Path | str | None = ...) -> Policy:
     """Load the policy described by an `LLMConfig` (None = all defaults), in eval mode.
 
-    `merge_adapter=True` folds a LoRA adapter into the weights (fastest for generation);
-    training code passes False to keep the peft wrapper.
+    `adapter` is the LoRA adapter to put on the base model (None: none); left out, the section's
+    `llm.adapter`. A stage that varies the adapter (an iteration's policy) passes it here instead of
+    cloning the section. `merge_adapter=True` folds the adapter into the weights (fastest for
+    generation); training code passes False to keep the peft wrapper.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -271,9 +279,8 @@ def load_policy(cfg=None, *, merge_adapter: bool = True) -> Policy:
         hint = " (HF_HUB_OFFLINE is set)" if (not local and _offline()) else ""
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"llm.model: cannot load {source}{hint}: {first[:200]}") from None
-    adapter = None
-    if cfg.adapter is not None:
-        adapter = Path(cfg.adapter).expanduser()
+    adapter = _adapter(cfg, adapter)
+    if adapter is not None:
         model = attach_adapter(model, adapter, merge=merge_adapter)
     model.to(device)
     model.eval()
