@@ -248,6 +248,19 @@ def export_meta_of(export_dir: Path) -> Path:
     return Path(export_dir) / "meta.json"
 
 
+def recbole_result_of(export_dir: Path, stem: str) -> tuple[Path, Path]:
+    """`rlrf experiment recbole`'s result (JSON) and its table (Markdown), kept beside the export it
+    trained on, so each export folder carries the experiments run on its vectors."""
+    export_dir = Path(export_dir)
+    return export_dir / f"{stem}.json", export_dir / f"{stem}.md"
+
+
+def title_index_of(index_dir: Path, digest: str) -> Path:
+    """The faiss index of catalogue title vectors, named by a digest of the encoder and the titles (a
+    changed catalogue or encoder never reads a stale index)."""
+    return Path(index_dir) / f"titles-{digest}.faiss"
+
+
 def tensorboard_dir(adapter_dir: Path) -> Path:
     """TensorBoard event files of the training step that writes `adapter_dir` (beside it, kept)."""
     adapter_dir = Path(adapter_dir)

@@ -19,6 +19,7 @@ from typing import Callable
 from recmodels.context import VARIANTS, float_seq_fields, recbole_config, train_eval
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_json, atomic_write_text
+from rlrf.core.layout import recbole_result_of
 from rlrf.core.threads import use_threads
 from rlrf.evaluation.stats import mean_sd
 
@@ -155,6 +156,7 @@ def context_experiment(ds, lists: Callable[[], dict], export_dir: Path, positive
     result["overlap"] = history_overlap(lists(), ds, pairs) if pairs is not None else None
     shutil.rmtree(work, ignore_errors=True)
     stem = f"recbole_{model}" + ("" if knowledge_fields == "raw" else f"_{knowledge_fields}")
-    atomic_write_json(export_dir / f"{stem}.json", result)
-    atomic_write_text(export_dir / f"{stem}.md", markdown_table(result))
+    result_json, result_table = recbole_result_of(export_dir, stem)
+    atomic_write_json(result_json, result)
+    atomic_write_text(result_table, markdown_table(result))
     return result

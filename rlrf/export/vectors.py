@@ -46,11 +46,10 @@ import numpy as np
 
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_directory
-from rlrf.core.layout import RunLayout, responses_meta_of
+from rlrf.core.layout import RunLayout, export_meta_of, responses_meta_of
 from rlrf.core.threads import use_threads
 
 FORMAT = "rlrf-export/1"
-META_FILE = "meta.json"
 USER_IDS, USER_VECTORS = "user_ids.txt", "user_vectors.npy"
 ITEM_IDS, ITEM_VECTORS = "item_ids.txt", "item_vectors.npy"
 USER_ADAPTER, ITEM_ADAPTER = "user_adapter_vectors.npy", "item_adapter_vectors.npy"
@@ -400,7 +399,7 @@ def export_vectors(final: Path, ds, lists: dict, encoder, *, iteration: int | No
             "seconds": round(seconds, 2),
             "generate_seconds": round(info.get("generate_seconds", 0.0), 2),
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        export_meta_of(tmp).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return ExportResult(
         folder=final, tag=tag, recbole_data_path=final / RECBOLE_DIR, recbole_dataset=rb_name,
         n_users=len(user_ids), n_items=len(item_ids), dim=int(encoder.dim), user_source=user_source,
@@ -439,7 +438,7 @@ def load_export(folder: Path, dataset, encoder_key: str | None = None, adapter: 
     UserError naming the file and the mismatch. `adapter=True` returns the adapter outputs instead.
     """
     folder = Path(folder)
-    meta_path = folder / META_FILE
+    meta_path = export_meta_of(folder)
     if not meta_path.exists():
         raise UserError(f"{meta_path}: not found (not an rlrf export folder?)")
     try:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.io import atomic_write
+from rlrf.core.layout import title_index_of
 
 LEVELS = ("exact", "normalised", "nearest", "none")
 
@@ -242,7 +243,7 @@ class TitleGrounder:
         if self.index_dir is None:
             return None
         digest = hashlib.sha256((self.encoder.key + "\n" + "\n".join(self.texts)).encode("utf-8"))
-        return self.index_dir / f"titles-{digest.hexdigest()[:16]}.faiss"
+        return title_index_of(self.index_dir, digest.hexdigest()[:16])
 
     @property
     def index(self):
