@@ -347,6 +347,7 @@ class RunConfig(Section):
     score: ScoreConfig = ScoreConfig()
     loop: LoopConfig = LoopConfig()
     sprec: SPRecConfig = SPRecConfig()
+    rank: RankConfig = Field(default_factory=lambda: RankConfig())  # `rlrf rank` (defined below)
 
     @model_validator(mode="after")
     def _sasrec_lists_need_sasrec(self) -> "RunConfig":
@@ -400,3 +401,29 @@ def load_config(name: str | Path, overrides: dict | None = None) -> RunConfig:
 
 def save_config(cfg: RunConfig, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+class RankConfig(Section):
+    """`rlrf rank`: candidate ranking (LLaRA / S-DPO protocol), preference arms from one SFT adapter."""
+
+    arms: list[Literal["sft", "dpo", "sdpo", "dmpo", "dmpo_pairwise", "rosepo_self", "rosepo_popularity",
+                       "rosepo_hallucination", "trl"]] = Field(
+        ["sft", "dpo", "sdpo", "dmpo", "dmpo_pairwise", "rosepo_self", "rosepo_popularity", "rosepo_hallucination",
+         "trl"], min_length=1)
+    candidates: int = Field(20, ge=2)  # the target + (n - 1) items the user never interacted with
+    max_history: int = Field(10, ge=1)  # items shown, oldest first
+    windows: int = Field(4, ge=1)  # training examples per train user: its last N positions
+    sft_examples: int | None = Field(1024, ge=1)  # a seeded sample of the windows (None = all)
+    pair_examples: int | None = Field(256, ge=1)  # the preference arms' examples (a seeded sample of the windows)
+    steps: int = Field(64, ge=1)  # optimisation steps of every preference arm (align.trainer_args.max_steps)
+    negatives: int = Field(3, ge=1)  # S-DPO / DMPO: negatives per example, drawn from the candidates
+    trl_loss: str = "ipo"  # the `trl` arm: a trl DPOTrainer loss_type on DPO's pairs
+    oracle_temperature: float = Field(1.0, gt=0)  # RosePO: eps = sigma((s_rejected - s_chosen) / T) from SASRec
+    eps_cap: float = Field(0.4, gt=0, lt=0.5)  # RosePO: eps capped below 0.5
+    eval_splits: list[Literal["valid", "test"]] = Field(["valid", "test"], min_length=1)
+    eval_users: int | None = Field(None, ge=1)  # the first N held-out users (None = all)
+    seeds: list[int] | None = None  # training seeds (one SFT + every arm each, under seed_<s>/); None = `seed`
+    bootstrap: int = Field(1000, ge=100)  # resamples of the paired CIs against SFT
+
+
+RunConfig.model_rebuild()
