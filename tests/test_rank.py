@@ -187,12 +187,13 @@ def test_arm_configs_carry_each_arms_loss_and_the_shared_step_budget(tiny_rank_c
 def test_rank_end_to_end_each_arm_trains_with_its_own_loss(tiny_rank_config):
     from rlrf.methods.rank import run_rank
 
-    cfg = tiny_rank_config
+    cfg = tiny_rank_config.model_copy(update={"rank": tiny_rank_config.rank.model_copy(update={"arms": list(ARMS)})})
     run = cfg.run_dir
     metrics = run_rank(cfg, show_progress=False, log=lambda *_: None)
     rows = metrics["rows"]
     assert {"random", "popularity among the candidates", "SASRec", "untuned policy", "SFT", "DPO", "S-DPO",
-            "DMPO (pairwise instructions)", "RosePO popularity", "trl ipo"} == set(rows)
+            "DMPO (shared prompt)", "DMPO (pairwise instructions)", "RosePO self-hard", "RosePO popularity",
+            "RosePO hallucination", "trl ipo"} == set(rows)
     assert rows["random"]["hr@1"]["mean"] == pytest.approx(0.05)
     for label, r in rows.items():
         assert r["users"] == 4 and 0 <= r["hr@1"]["mean"] <= r["valid_ratio"]["mean"] <= 1
@@ -214,5 +215,48 @@ def test_rank_end_to_end_each_arm_trains_with_its_own_loss(tiny_rank_config):
     logged = [s["rosepo/epsilon"] for s in log["steps"] if "rosepo/epsilon" in s]
     assert len(logged) == 2 and np.mean(logged) == pytest.approx(np.mean(eps), rel=1e-3)  # 2 steps x 2 = every pair once
     assert rows["RosePO popularity"]["pairs"][0]["epsilon"]["mean"] == pytest.approx(np.mean(eps))
+    # self-hard: the SFT policy's own wrong answers on the same examples (else a marked uniform candidate)
+    from rlrf.methods.rank_examples import TitleKeys, ground_answer
+
+    ctx = build_context(cfg)
+    answers = {r["user"]: r["text"] for r in read_jsonl(run / "rosepo_self" / "iter_0" / "next_item.jsonl")}
+    assert set(answers) == {ex.key for ex in ctx.pair_examples}
+    for ex, p in zip(ctx.pair_examples, read_jsonl(run / "rosepo_self" / "iter_0" / "pairs.jsonl")):
+        said = ground_answer(answers[ex.key], ex.candidates, ctx.keys).item
+        if p["source"] == "self":
+            assert ctx.ds.catalog.ids[said] == p["rejected_items"][0] and said != ex.target
+        else:
+            assert p["source"] == "uniform_fallback" and (said is None or said == ex.target)
     assert (run / "report.md").read_text().count("| S-DPO |") == 1
     assert rows["S-DPO"]["chosen_logps"][0]  # the chosen answer's log-prob over training is recorded
+
+
+def test_rank_refuses_a_bad_config_before_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlrf.cli import app
+
+    for body, message in [("rank: {trl_loss: dpo}", "rank.trl_loss: 'dpo' is not a trl loss type"),
+                          ("rank: {candidates: 3, negatives: 3}", "rank.negatives: 3 negatives need at least 4"),
+                          ("rank: {arms: [sft, magic]}", "key 'rank.arms.1'")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(body + "\n")
+        result = CliRunner().invoke(app, ["rank", "-c", str(bad), "--run-dir", str(tmp_path / "run")])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert not (tmp_path / "run" / "sft").exists()
+
+
+def test_rank_pools_seeds_against_each_seeds_own_sft(tiny_rank_config):
+    from rlrf.methods.rank import run_rank
+
+    cfg = tiny_rank_config.model_copy(update={"rank": tiny_rank_config.rank.model_copy(update={
+        "arms": ["dpo"], "seeds": [0, 1]})})
+    metrics = run_rank(cfg, show_progress=False, log=lambda *_: None)
+    run = cfg.run_dir
+    for seed in (0, 1):  # one SFT per training seed, every arm from its own seed's SFT
+        log = read_json(run / f"seed_{seed}" / "dpo" / "iter_0" / "align_log.json")
+        assert log["summary"]["start_adapter"] == str(run / f"seed_{seed}" / "sft" / "adapter")
+    dpo = metrics["rows"]["DPO"]
+    assert metrics["seeds"] == [0, 1] and dpo["seeds"] == [0, 1] and len(dpo["hr@1"]["per_seed"]) == 2
+    assert dpo["hr@1"]["vs_sft"]["runs"] == 2 and dpo["hr@1"]["vs_sft"]["users"] == 2 * 4
+    assert sorted(p.name for p in (run / "eval").iterdir()) == ["base", "popularity", "random", "sasrec"]

@@ -413,12 +413,25 @@ def seed_root(cfg, seed: int) -> RunLayout:
     return root if cfg.rank.seeds is None else root.arm(f"seed_{seed}")
 
 
+def check_config(cfg) -> None:
+    """What the schema alone cannot tell, refused before any training."""
+    from rlrf.alignment.losses import TRL_LOSSES
+
+    r = cfg.rank
+    if r.trl_loss not in TRL_LOSSES:
+        raise UserError(f"rank.trl_loss: '{r.trl_loss}' is not a trl loss type ({', '.join(sorted(TRL_LOSSES))})")
+    if r.negatives > r.candidates - 1:
+        raise UserError(f"rank.negatives: {r.negatives} negatives need at least {r.negatives + 1} candidates "
+                        f"(rank.candidates is {r.candidates})")
+
+
 def run_rank(cfg, show_progress: bool = True, log=print) -> dict:
     """Baselines, then for each training seed the SFT and every arm of `rank.arms`; metrics.json and
     report.md with the table. Every stage is cached, so a rerun continues where a killed one stopped."""
     from rlrf.core.config import save_config
     from rlrf.generation.policy import policy_tokenizer
 
+    check_config(cfg)
     root = RunLayout(cfg.run_dir)
     save_config(cfg, root.config)
     ctx = build_context(cfg)
