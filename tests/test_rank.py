@@ -85,6 +85,8 @@ def test_answers_are_grounded_within_the_list_exactly_then_normalised_then_conta
     assert ground_answer("I think they will watch Fargo next", cands, keys) == Answer(3, "contains")
     assert ground_answer("Fargo or Heat", cands, keys) == Answer(None, "none")  # two candidates: not one answer
     assert ground_answer("Alien (1979)", cands, keys) == Answer(None, "outside", 4)  # a catalogue item not listed
+    assert ground_answer('The user will watch the movie "Fargo" (1996).', cands, keys) == Answer(3, "normalised")
+    assert ground_answer('The user will watch "Alien" next', cands, keys) == Answer(None, "outside", 4)
     assert ground_answer("Toy Stor", cands, keys) == Answer(None, "none")  # near-misses are not repaired
     assert ground_answer("", cands, keys) == Answer(None, "none")
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 LEVELS = ("exact", "normalised", "contains", "outside", "none")
+_QUOTED = re.compile(r'"([^"]+)"|\u201c([^\u201d]+)\u201d')
 
 
 def seeded_rng(*parts) -> np.random.Generator:
@@ -153,7 +155,8 @@ class Answer:
 
 
 def ground_answer(text: str, candidates, keys: TitleKeys) -> Answer:
-    """Exact "Title (year)", then normalised title (year must agree when given), then LLaRA's rule:
+    """Exact "Title (year)", then normalised title (year must agree when given; the title line, then
+    each quoted span of the answer), then LLaRA's rule:
     exactly one candidate's normalised title occurs in the normalised answer as whole words (not a
     candidate the answer names with another year)."""
     from rlrf.generation.grounding import extract_title, normalise_title
@@ -162,19 +165,25 @@ def ground_answer(text: str, candidates, keys: TitleKeys) -> Answer:
     for i in candidates:
         if title == keys.texts[i]:
             return Answer(i, "exact")
+    # the title line, then any quoted span ('The user will watch "Fargo" (1996).')
+    forms = [title] + [a or b for a, b in _QUOTED.findall(text or "")]
+    for form in forms:
+        key, year = normalise_title(form)
+        named = [i for i in candidates if key and keys.keys[i][0] == key and (year is None or keys.keys[i][1] in (None, year))]
+        if len(named) == 1:
+            return Answer(named[0], "normalised")
     key, year = normalise_title(title)
-    named = [i for i in candidates if key and keys.keys[i][0] == key and (year is None or keys.keys[i][1] in (None, year))]
-    if len(named) == 1:
-        return Answer(named[0], "normalised")
     whole = f" {normalise_title(text or '')[0]} "
     # a candidate whose title the answer names with another year was judged (and refused) above
     inside = [i for i in candidates if keys.keys[i][0] and keys.keys[i][0] != key and f" {keys.keys[i][0]} " in whole]
     if len(inside) == 1:
         return Answer(inside[0], "contains")
-    outside = [i for i in keys.by_key.get(key, []) if i not in set(candidates)] if key else []
-    if outside:
-        same_year = [i for i in outside if year is None or keys.keys[i][1] == year]
-        return Answer(None, "outside", (same_year or outside)[0])
+    for form in forms:
+        key, year = normalise_title(form)
+        outside = [i for i in keys.by_key.get(key, []) if i not in set(candidates)] if key else []
+        if outside:
+            same_year = [i for i in outside if year is None or keys.keys[i][1] == year]
+            return Answer(None, "outside", (same_year or outside)[0])
     return Answer(None, "none")
 
 
