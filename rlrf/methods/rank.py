@@ -449,7 +449,7 @@ def run_rank(cfg, show_progress: bool = True, log=print) -> dict:
     for seed in training_seeds(cfg):
         sroot = seed_root(cfg, seed)
         runs[seed] = {}
-        for arm in (["sft"] if "sft" not in cfg.rank.arms else []) + list(cfg.rank.arms):  # the SFT first
+        for arm in ["sft"] + [a for a in cfg.rank.arms if a != "sft"]:  # the SFT (every CI's reference) first
             label = arm if cfg.rank.seeds is None else f"{arm}@seed_{seed}"
             log(f"[rank] {label}")
             method = RankArm(arm, sroot.root, ctx, prompts, show_progress, label=label)
