@@ -527,5 +527,19 @@ def export(
     print("\n".join(result.lines()))
 
 
+
+@app.command()
+@user_errors
+def rank(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
+         quiet: QuietOption = False) -> None:
+    """Candidate ranking (LLaRA / S-DPO protocol): SFT, then DPO, S-DPO, DMPO, RosePO, a trl loss, beside baselines."""
+    from rlrf.core.layout import RunLayout
+    from rlrf.methods.rank import run_rank
+
+    cfg = _prepared(config, run_dir, overrides)
+    run_rank(cfg, show_progress=not quiet)
+    print(f"wrote {RunLayout(cfg.run_dir).report}")
+
+
 if __name__ == "__main__":
     app()

@@ -528,6 +528,44 @@ class SPRecConfig(Section):
         return self
 
 
+class RankConfig(Section):
+    """`rlrf rank`: candidate ranking (LLaRA / S-DPO protocol), preference arms from one SFT adapter."""
+
+    arms: list[Literal["sft", "dpo", "sdpo", "dmpo", "dmpo_pairwise", "rosepo_self", "rosepo_popularity",
+                       "rosepo_hallucination", "trl"]] = Field(
+        ["sft", "dpo", "sdpo", "dmpo", "dmpo_pairwise", "rosepo_self", "rosepo_popularity", "rosepo_hallucination",
+         "trl"], min_length=1)
+    """The arms trained from the one SFT adapter (sft always runs first: every CI's reference)."""
+    candidates: int = Field(20, ge=2)
+    """Candidates per prompt: the target and (n - 1) items the user never interacted with."""
+    max_history: int = Field(10, ge=1)
+    """Items shown, oldest first."""
+    windows: int = Field(4, ge=1)
+    """Training examples per train user: its last N positions."""
+    sft_examples: int | None = Field(1024, ge=1)
+    """A seeded sample of the windows for SFT (None = all)."""
+    pair_examples: int | None = Field(256, ge=1)
+    """The preference arms' examples (a seeded sample of the windows; None = all)."""
+    steps: int = Field(64, ge=1)
+    """Optimisation steps of every preference arm (align.trainer_args.max_steps)."""
+    negatives: int = Field(3, ge=1)
+    """S-DPO / DMPO: negatives per example, drawn from the candidates."""
+    trl_loss: str = "ipo"
+    """The `trl` arm: a trl DPOTrainer loss_type on DPO's pairs."""
+    oracle_temperature: float = Field(1.0, gt=0)
+    """RosePO: eps = sigma((s_rejected - s_chosen) / T) from the user's SASRec scores."""
+    eps_cap: float = Field(0.4, gt=0, lt=0.5)
+    """RosePO: eps is capped below 0.5."""
+    eval_splits: list[Literal["valid", "test"]] = Field(["valid", "test"], min_length=1)
+    """Held-out users evaluated on their last item."""
+    eval_users: int | None = Field(None, ge=1)
+    """The first N held-out users (None = all)."""
+    seeds: list[int] | None = None
+    """Training seeds (one SFT + every arm each, under seed_<s>/); None = `seed` alone."""
+    bootstrap: int = Field(1000, ge=100)
+    """Resamples of the paired bootstrap CIs against SFT."""
+
+
 class RunConfig(Section):
     """The whole run: where it writes, its seed, and each stage's section."""
 
@@ -563,6 +601,8 @@ class RunConfig(Section):
     """The outer loop."""
     sprec: SPRecConfig = SPRecConfig()
     """SPRec."""
+    rank: RankConfig = RankConfig()
+    """`rlrf rank`: candidate ranking."""
 
     @model_validator(mode="after")
     def _sasrec_lists_need_sasrec(self) -> "RunConfig":

@@ -400,3 +400,29 @@ def popularity_histogram(
     )
     counts, edges = np.histogram(pop[items], bins=edges)
     return counts / items.size, edges
+
+
+# ------------------------------------------------------------- candidate ranking (one answer)
+# The answer of a candidate-ranking question is the index of the candidate it names, -1 when it names
+# none (LLaRA / S-DPO: HitRatio@1 and ValidRatio).
+
+
+def hit_at_1(answers: Array, targets: Array) -> np.ndarray:
+    """Per-example HR@1 [n]: 1.0 when the answer names the target, else 0 (an invalid answer misses)."""
+    a = _to_numpy(answers).reshape(-1)
+    t = _to_numpy(targets).reshape(-1)
+    if a.shape != t.shape:
+        raise ValueError(f"answers and targets differ in shape: {a.shape} vs {t.shape}")
+    return ((a == t) & (a >= 0)).astype(np.float64)
+
+
+def valid_ratio(answers: Array) -> float:
+    """Share of answers that name one of the candidates (index >= 0); 0.0 for no answer."""
+    a = _to_numpy(answers).reshape(-1)
+    return float((a >= 0).mean()) if a.size else 0.0
+
+
+def out_of_list_share(outside: Array) -> float:
+    """Share of answers that name a catalogue item NOT in the candidate list (`outside` True)."""
+    o = _to_numpy(outside).reshape(-1).astype(bool)
+    return float(o.mean()) if o.size else 0.0
