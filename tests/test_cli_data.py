@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from rlrf.data.dataset import load_lists
+from rlrf.data.lists import load_lists
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

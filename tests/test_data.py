@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from rlrf.core.config import DataConfig, ListsConfig
-from rlrf.data.dataset import build_lists, history_cut, load_dataset, split_users, visible_popularity
+from rlrf.data.dataset import load_dataset, split_users
+from rlrf.data.lists import build_lists, history_cut, visible_popularity
 from rlrf.core.errors import UserError
 
 

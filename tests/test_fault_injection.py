@@ -99,7 +99,7 @@ from recmodels import knowledge as kn
 from recmodels.train import build_reranker, hyperparameters
 from rlrf.reward import model as reward
 from rlrf.core.config import RunConfig
-from rlrf.data.dataset import RerankList
+from rlrf.data.lists import RerankList
 from rlrf.reward.score import score_responses
 
 torch.set_num_threads(1)

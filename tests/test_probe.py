@@ -11,7 +11,7 @@ import torch
 
 from recmodels.train import ListTensors, build_reranker, hyperparameters, predict, train_reranker
 from rlrf.reward import probe
-from rlrf.data.dataset import RerankList
+from rlrf.data.lists import RerankList
 from rlrf.evaluation.metrics import map_at_k
 
 torch.set_num_threads(1)
@@ -215,8 +215,8 @@ def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys
 
 def test_extra_cuts_build_kar_lists_from_each_cuts_own_history(ml100k_small):
     from rlrf.core.config import ListsConfig
-    from rlrf.data.dataset import history_cut
-    from rlrf.reward.lists import extra_cuts, extra_train_lists
+    from rlrf.data.lists import history_cut
+    from rlrf.reward.train_cuts import extra_cuts, extra_train_lists
 
     assert extra_cuts(20, 10, 10, 2) == [5]
     assert extra_cuts(100, 30, 10, 3) == [15, 40, 50]

@@ -12,7 +12,7 @@ import torch
 from recmodels import knowledge as kn
 from recmodels.train import build_reranker, hyperparameters
 from rlrf.reward import model as reward
-from rlrf.data.dataset import RerankList
+from rlrf.data.lists import RerankList
 from rlrf.core.errors import UserError
 from rlrf.evaluation.metrics import map_at_k, ndcg_at_k
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.config import SASRecConfig
-from rlrf.data.dataset import Dataset, history_cut, visible_sequences
+from rlrf.data.dataset import Dataset
+from rlrf.data.lists import history_cut, visible_sequences
 
 
 @dataclass

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlrf.core.config import RunConfig, save_config
-from rlrf.data.dataset import Dataset, build_lists, load_dataset, save_lists
+from rlrf.data.dataset import Dataset, load_dataset
+from rlrf.data.lists import build_lists, save_lists
 from rlrf.core.io import atomic_write_json, atomic_write_jsonl
 from rlrf.core.layout import RunLayout
 

@@ -203,7 +203,7 @@ def visible_histories(ds, cfg, lists_dir: Path | None = None) -> dict[str, tuple
     `lists_dir` (default: the run directory) when `rlrf data` wrote it, else the same KAR cut
     recomputed (`data.history_cut`). Stages that write into a sub-folder of a run (evaluation,
     export) pass the run directory, so SASRec-sourced lists keep their own history."""
-    from rlrf.data.dataset import history_cut, load_lists
+    from rlrf.data.lists import history_cut, load_lists
 
     path = RunLayout(lists_dir or cfg.run_dir).lists
     if path.exists():

@@ -91,7 +91,7 @@ def encode_summaries(encoder: kn.CachedEncoder, texts: Sequence[str]) -> tuple[t
 
 def load_lists_for(cfg, ds) -> dict:
     """`<run_dir>/lists.jsonl` when `rlrf data` wrote it, else built here from the config (same seed)."""
-    from rlrf.data.dataset import build_lists, load_lists
+    from rlrf.data.lists import build_lists, load_lists
 
     path = RunLayout(cfg.run_dir).lists
     if path.exists():
@@ -184,7 +184,7 @@ def training_data(ctx: Context, user_texts: Mapping[str, str] | None = None, con
     train_k = encode_summaries(ctx.encoder, [texts.get(u, "") for u in train_t.users])
     valid_k = encode_summaries(ctx.encoder, [texts.get(u, "") for u in valid_t.users])
     lists = ctx.split_lists("train")
-    if cfg.reward.train_cuts > 1:  # more training lists per TRAIN user (rlrf/reward/lists.py)
+    if cfg.reward.train_cuts > 1:  # more training lists per TRAIN user (rlrf/reward/train_cuts.py)
         lists, train_t, train_k = _more_cuts(ctx, lists)
         if console is not None:
             console.print(f"training on {len(lists)} lists ({cfg.reward.train_cuts} cuts per train user at most)")
@@ -262,7 +262,7 @@ def train(cfg, n_seeds: int | None = None, console=None, ctx: Context | None = N
 
 def _more_cuts(ctx: Context, train_lists: list) -> tuple[list, ListTensors, tuple]:
     """The train lists plus KAR lists at other cuts; "self" texts from each list's own history."""
-    from rlrf.reward.lists import extra_sasrec_train_lists, extra_train_lists
+    from rlrf.reward.train_cuts import extra_sasrec_train_lists, extra_train_lists
 
     cfg = ctx.cfg
     if cfg.reward.user_knowledge != "self":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlrf.data.dataset import RerankList, future_list_at, history_cut, visible_popularity
+from rlrf.data.lists import RerankList, future_list_at, history_cut, visible_popularity
 
 
 def extra_cuts(n: int, main: int, length: int, count: int) -> list[int]:
@@ -62,7 +62,7 @@ def extra_sasrec_train_lists(cfg, ds, users, train_cuts: int) -> list[RerankList
     """
     from recmodels.sequential import score_histories, top_m, train_sasrec
     from rlrf.core.layout import RunLayout
-    from rlrf.data.dataset import visible_sequences
+    from rlrf.data.lists import visible_sequences
 
     model, dataset = train_sasrec(visible_sequences(ds, cfg.data.lists.max_history), cfg.sasrec,
                                   RunLayout(cfg.run_dir).sasrec, cfg.seed)
