@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
     from recmodels.train import build_reranker, hyperparameters, item_prior_features
     from rlrf.reward.model import model as reward
     from rlrf.core.config import load_config

@@ -2,9 +2,8 @@
 
 The caller decides what SASRec may see (rlrf.data.candidates: no evaluated future item). We write
 the sequences as RecBole atomic files with the position as timestamp, so RecBole's order is exactly
-ours. The trained model is cached in `out_dir`, keyed by a hash of the sequences and the settings.
-`cfg` is any object with SASRec's fields (epochs, hidden_size, n_layers, n_heads, max_seq_length,
-batch_size, learning_rate, eval_step, stopping_step, show_progress) and a `model_dump()`.
+ours. The trained model is cached in `out_dir`, keyed by a hash of the sequences and the settings
+(`SASRecSettings`).
 
 The cache is `out_dir/sasrec.safetensors`; the hash is in the file's header (`sasrec.json` repeats it
 for people). Everything RecBole writes (its atomic files, its best-state checkpoint, tensorboard
@@ -19,7 +18,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,22 @@ SCRATCH_DIR = "work"
 STALE = ("sasrec.pth", ".sasrec.pth.tmp", "sasrec.pth.tmp", "recbole_data", "log_tensorboard", "SASRec-*.pth")
 
 
+@dataclass(frozen=True)
+class SASRecSettings:
+    """What SASRec is trained with (RecBole's names where RecBole has one)."""
+
+    epochs: int = 5
+    hidden_size: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    max_seq_length: int = 50
+    batch_size: int = 2048
+    learning_rate: float = 1e-3
+    eval_step: int = 1
+    stopping_step: int = 3
+    show_progress: bool = True
+
+
 def _write_atomic(sequences: dict[str, list[int]], folder: Path) -> None:
     """Item tokens are catalog indices and timestamps are positions: RecBole keeps our exact order."""
     lines = ["user_id:token\titem_id:token\ttimestamp:float"]
@@ -43,7 +58,7 @@ def _write_atomic(sequences: dict[str, list[int]], folder: Path) -> None:
     atomic_write_text(folder / f"{DATASET_NAME}.inter", "\n".join(lines) + "\n")
 
 
-def _recbole_config(cfg, data_root: Path, checkpoint_dir: Path, seed: int):
+def _recbole_config(cfg: SASRecSettings, data_root: Path, checkpoint_dir: Path, seed: int):
     return make_config(
         model="SASRec",
         dataset=DATASET_NAME,
@@ -72,8 +87,8 @@ def _recbole_config(cfg, data_root: Path, checkpoint_dir: Path, seed: int):
     )
 
 
-def _fingerprint(sequences: dict[str, list[int]], cfg, seed: int) -> str:
-    h = hashlib.sha256(json.dumps([sorted(sequences.items()), cfg.model_dump(), seed]).encode())
+def _fingerprint(sequences: dict[str, list[int]], cfg: SASRecSettings, seed: int) -> str:
+    h = hashlib.sha256(json.dumps([sorted(sequences.items()), asdict(cfg), seed]).encode())
     return h.hexdigest()[:16]
 
 
@@ -90,7 +105,7 @@ def _clear_leftovers(out_dir: Path) -> Path:
     return scratch
 
 
-def train_sasrec(sequences: dict[str, list[int]], cfg, out_dir: Path, seed: int = 0):
+def train_sasrec(sequences: dict[str, list[int]], cfg: SASRecSettings, out_dir: Path, seed: int = 0):
     """Train (or reuse the cached) SASRec on `sequences` (user -> catalogue indices, oldest first);
     returns (model, recbole dataset)."""
     prepare_recbole()
@@ -131,7 +146,7 @@ def train_sasrec(sequences: dict[str, list[int]], cfg, out_dir: Path, seed: int 
                 best = load_checkpoint(Path(trainer.saved_model_file))
             model.load_state_dict(best["state_dict"])
             save_state_dict(checkpoint, model.state_dict(), {"fingerprint": fingerprint})
-            atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": cfg.model_dump()})
+            atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": asdict(cfg)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model.eval()

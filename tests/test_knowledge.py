@@ -1,4 +1,4 @@
-"""Embedding cache, encoders and knowledge texts (recmodels/knowledge.py)."""
+"""Embedding cache and encoders (recmodels/encoder.py), knowledge texts (rlrf/data/texts.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from recmodels import knowledge as kn
+from recmodels import encoder as kn
+from rlrf.data import texts as knowledge_texts
 from rlrf.core.errors import UserError
 
 torch.set_num_threads(1)
@@ -98,11 +99,11 @@ class _Catalog:
 
 
 def test_user_self_text_uses_history_only():
-    text = kn.user_self_text(_Catalog(), [0, 1, 3], [5.0, 4.0, 2.0])
+    text = knowledge_texts.user_self_text(_Catalog(), [0, 1, 3], [5.0, 4.0, 2.0])
     assert text.startswith("Prefers Drama, Comedy")
     assert "Liked B; A." in text and "Recently watched D; B; A." in text
     assert "C" not in text.replace("Comedy", "")
-    assert kn.user_self_text(_Catalog(), [], []) == ""
+    assert knowledge_texts.user_self_text(_Catalog(), [], []) == ""
 
 
 def test_knowledge_file_reports_unknown_and_flags_empty(tmp_path):
@@ -115,10 +116,10 @@ def test_knowledge_file_reports_unknown_and_flags_empty(tmp_path):
         {"user": "999", "iter": 1, "k": 0, "text": "who?"},
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    kf = kn.load_knowledge_file(path, ["1", "2", "3"])
+    kf = knowledge_texts.load_knowledge_file(path, ["1", "2", "3"])
     assert kf.texts == {"1": ["new summary", "another"], "2": ["   "]}
     assert kf.unknown == ["999"] and kf.empty == ["2"]
     assert kf.first() == {"1": "new summary", "2": ""}
     assert "1 unknown ids skipped (999)" in kf.report()
     with pytest.raises(UserError, match="not found"):
-        kn.load_knowledge_file(tmp_path / "missing.jsonl", [])
+        knowledge_texts.load_knowledge_file(tmp_path / "missing.jsonl", [])

@@ -72,6 +72,11 @@ class RunLayout:
         """`<name>` is dlcm, prm, dlcm_knowledge or prm_knowledge."""
         return self.reward / name
 
+    def reward_model_file(self, name: str, seed: int | None = None) -> Path:
+        """One reranker's weights: `seed_<s>.pt` for a seed, `model.pt` (the run's own seed: the model
+        the stages load) without one."""
+        return self.reward_model(name) / ("model.pt" if seed is None else f"seed_{seed}.pt")
+
     @property
     def reward_eval(self) -> Path:
         return self.reward / "eval.json"

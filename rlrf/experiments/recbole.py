@@ -26,7 +26,7 @@ METRICS = ("auc", "logloss")
 
 def history_overlap(cfg, ds, pairs) -> dict:
     """Validation/test interactions whose item is in the user's visible history (what knowledge sees)."""
-    from rlrf.reward.model import load_lists_for
+    from rlrf.reward.inputs import load_lists_for
 
     lists = load_lists_for(cfg, ds)
     seen = {u: {ds.catalog.ids[i] for i in lst.history} for u, lst in lists.items()}

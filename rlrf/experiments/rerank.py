@@ -98,8 +98,9 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     """
     from rich.console import Console
 
-    from rlrf.reward import model as reward
     from rlrf.generation.knowledge import policy_adapter
+    from rlrf.reward import training as reward
+    from rlrf.reward.inputs import encode_summaries
 
     console = console or Console(width=None if Console().is_terminal else 200)  # tables, written paths
     log = Console(stderr=True)  # progress lines and notes
@@ -164,9 +165,9 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     cells_path = out_dir / "cells.json"
     cells = _read_json(cells_path) or {}
     data = {s: ctx.tensors(s) for s in SPLITS}
-    self_k = {s: reward.encode_summaries(ctx.encoder, [ctx.user_texts.get(u, "") for u in data[s].users])
+    self_k = {s: encode_summaries(ctx.encoder, [ctx.user_texts.get(u, "") for u in data[s].users])
               for s in SPLITS}
-    policy_k = {p: {s: reward.encode_summaries(ctx.encoder, [texts.get(u, "") for u in data[s].users])
+    policy_k = {p: {s: encode_summaries(ctx.encoder, [texts.get(u, "") for u in data[s].users])
                     for s in SPLITS} for p, texts in policy_texts.items()}
     text_hash = {"self": _texts_hash(ctx.user_texts, data), "none": "none",
                  **{p: _texts_hash(t, data) for p, t in policy_texts.items()}}
@@ -225,7 +226,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
 
 
 def _policy_texts(cfg, iteration, splits, ctx, show_progress, console) -> tuple[dict[str, str], Path]:
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
     from rlrf.core.io import JsonlLog
     from rlrf.generation.knowledge import generate_user_knowledge, knowledge_layout, policy_tag
 
@@ -276,7 +277,7 @@ def _texts_hash(texts: dict[str, str], data: dict) -> str:
 
 
 def _model_file(cfg, kind: str, row: Row, seed: int, protocol: str, out_dir: Path) -> Path:
-    from rlrf.reward import model as reward
+    from rlrf.reward import training as reward
 
     if protocol == "retrain" and row.policy is not None:
         return out_dir / "models" / row.policy / reward.model_name(kind, True) / f"seed_{seed}.pt"
@@ -292,7 +293,7 @@ def _load(file: Path, ctx):
 
 def _ensure_models(cfg, ctx, rows, seeds, protocol, out_dir, policy_texts, show_progress, console) -> list[str]:
     """Train every model file the cells need that does not exist yet; returns the files trained now."""
-    from rlrf.reward import model as reward
+    from rlrf.reward import training as reward
 
     jobs = []  # (file, kind, knowledge, seed, texts or None)
     seen = set()
@@ -350,7 +351,7 @@ def _metrics(model, data, uk, hk, k: int) -> dict:
 
 
 def _aggregate(cfg, ctx, rows, seeds, cells, data, protocol, iterations) -> dict:
-    from rlrf.reward import model as reward
+    from rlrf.reward import training as reward
 
     k = cfg.reward.k
     models = {}

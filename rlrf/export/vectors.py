@@ -27,7 +27,7 @@ old folder whole. `load_export` reads the .npy side back and refuses another dat
 
 Knowledge texts: user ``policy`` = one greedy summary per user by that policy (the shared store of
 `rlrf.generation.knowledge`, generated if missing), ``self`` = the text built from the visible history
-(``recmodels.knowledge.user_self_text``); item ``self`` = the item's own title, year and genres,
+(``rlrf.data.texts.user_self_text``); item ``self`` = the item's own title, year and genres,
 ``policy`` = one greedy description per item by that policy (an item without one keeps its own text).
 """
 
@@ -131,7 +131,7 @@ def export_dir(cfg, iteration: int | None, user_source: str = "policy", item_sou
 
 
 def _user_texts(cfg, ds, lists, iteration, source: str, show_progress: bool, info: dict) -> dict[str, str]:
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
 
     if source == "self":
         texts = kn.user_self_texts(ds.catalog, lists, cfg.data.positive_rating)
@@ -148,7 +148,7 @@ def _user_texts(cfg, ds, lists, iteration, source: str, show_progress: bool, inf
 
 
 def _item_texts(cfg, ds, iteration, source: str, show_progress: bool, info: dict) -> tuple[list[str], int]:
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
 
     if source == "self":
         return kn.item_self_texts(ds.catalog), 0
@@ -180,7 +180,7 @@ def adapter_vectors(cfg, ds, encoder, user_vecs: np.ndarray, has_user: np.ndarra
     import torch
 
     from recmodels.train import load_reranker
-    from rlrf.reward.model import model_name
+    from rlrf.reward.training import model_name
 
     folder = RunLayout(cfg.run_dir).reward_model(model_name(cfg.reward.model, True))
     model, _ = load_reranker(folder, ds.name, encoder.key, len(ds.catalog), ds.catalog.genre_matrix())
@@ -288,10 +288,10 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
     `iteration`: None = the base policy, t = the adapter of iteration t (an error if it has none).
     Only the sources set to "policy" run the LLM; `dataset` / `encoder` may be passed in (tests).
     """
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
     from rlrf.data.dataset import load_dataset
     from rlrf.generation.knowledge import policy_adapter, policy_tag
-    from rlrf.reward.model import load_lists_for
+    from rlrf.reward.inputs import load_lists_for
 
     if user_source not in USER_SOURCES:
         raise UserError(f"user source: unknown '{user_source}' ({', '.join(USER_SOURCES)})")
@@ -312,7 +312,7 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
     item_ids = list(ds.catalog.ids)
     utexts = _user_texts(cfg, ds, lists, iteration, user_source, show_progress, info)
     itexts, items_own = _item_texts(cfg, ds, iteration, item_source, show_progress, info)
-    from rlrf.reward.model import encode_summaries  # an empty text is a zero vector, flagged, as in scoring
+    from rlrf.reward.inputs import encode_summaries  # an empty text is a zero vector, flagged, as in scoring
 
     user_k, has_k = encode_summaries(encoder, [utexts[u] for u in user_ids])
     user_vecs, has_user = user_k.numpy(), has_k.numpy()

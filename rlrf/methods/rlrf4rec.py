@@ -31,7 +31,8 @@ class RLRF4Rec(Method):
     def prepare(self, cfg) -> None:  # policy_0 is the policy named by cfg.llm
         from rlrf.data.dataset import load_dataset
         from rlrf.core.errors import UserError
-        from rlrf.reward.model import RewardScorer, train
+        from rlrf.reward.scorer import RewardScorer
+        from rlrf.reward.training import train
 
         if not RunLayout(cfg.run_dir).lists.exists():
             from rlrf.data.prepare import prepare_data
@@ -130,7 +131,8 @@ class RLRF4Rec(Method):
 def independent_evaluator(cfg, ds, scorer):
     """A +knowledge reranker of the other kind than `reward.model`, trained with the next seed
     (trained here if the run has none): it never scores a summary the loop optimises against."""
-    from rlrf.reward.model import RewardScorer, seed_file, train
+    from rlrf.reward.scorer import RewardScorer
+    from rlrf.reward.training import seed_file, train
 
     other = "prm" if cfg.reward.model == "dlcm" else "dlcm"
     seed = cfg.seed + 1

@@ -677,7 +677,7 @@ def _shares(groundings) -> dict:
 
 
 def make_grounder(cfg, ds, popularity=None):
-    from recmodels.knowledge import load_encoder
+    from rlrf.data.texts import load_encoder
     from rlrf.generation.grounding import TitleGrounder
 
     return TitleGrounder(ds.catalog, load_encoder(cfg.encoder, progress=False), min_similarity=cfg.sprec.min_similarity,

@@ -23,7 +23,7 @@ whether the model reads the summary. `ties_at_ceiling` counts those ties.
 
 The probe summaries are built from the list's labels, i.e. from the users' future: they are a
 diagnostic only, on held-out users, never a training input (training summaries come from TRAIN
-users only, see `rlrf.reward.model`).
+users only, see `rlrf.reward.pool`).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def probe_users(ds, lists, splits: Sequence[str] = ("valid", "test")) -> list[st
 
 def probe_texts(ds, lists, users: Sequence[str], positive_rating: float = 4.0) -> dict[str, list[str]]:
     """{variant: [text per user]} for VARIANTS, aligned with `users`."""
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
 
     cat = ds.catalog
     pos = [items_summary(cat, [i for i, y in zip(lists[u].items, lists[u].labels) if y > 0]) for u in users]
@@ -119,7 +119,7 @@ def summarize(scores: dict[str, dict[str, np.ndarray]], metric: str, seed: int =
 
 def response_spread(scorer, responses: dict[str, list[str]], metric: str) -> dict:
     """Real policy summaries: mean reward, and per-user spread (max − min) of `metric` and of the margin."""
-    from rlrf.reward.model import score_summaries
+    from rlrf.reward.scorer import score_summaries
 
     users = [u for u in responses if u in scorer.row and responses[u]]
     if not users:
@@ -195,12 +195,14 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
     from rich.console import Console
     from rich.table import Table
 
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
     from recmodels.train import load_reranker
     from rlrf.data.dataset import load_dataset
     from rlrf.core.errors import UserError
     from rlrf.core.layout import RunLayout
-    from rlrf.reward.model import RewardScorer, load_lists_for, model_name, seeds_for
+    from rlrf.reward.inputs import load_lists_for
+    from rlrf.reward.scorer import RewardScorer
+    from rlrf.reward.training import model_name, seeds_for
     from rlrf.core.io import atomic_write_json
 
     console = console or Console(width=None if Console().is_terminal else 200)
@@ -232,8 +234,9 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
         name = model_name(kind, True)
         per_seed = []
         for seed in seeds:
-            model, _ = load_reranker(RunLayout(cfg.run_dir).reward_model(name), ds.name, encoder.key, len(ds.catalog),
-                                     ds.catalog.genre_matrix(), name=f"seed_{seed}.pt")
+            file = RunLayout(cfg.run_dir).reward_model_file(name, seed)
+            model, _ = load_reranker(file.parent, ds.name, encoder.key, len(ds.catalog), ds.catalog.genre_matrix(),
+                                     name=file.name)
             scorer = RewardScorer(model, lists, encoder, cfg.data.lists.max_history, cfg.data.positive_rating, ks=(k, whole))
             scores = {v: scorer.score(users, t) for v, t in texts.items()}
             row = {"seed": seed, **summarize(scores, metric, seed=cfg.seed, list_metric=list_metric)}

@@ -139,7 +139,7 @@ def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress:
     """Score the iteration's responses (skipping rows already scored), then rewrite its pairs."""
     from rlrf.data.dataset import load_dataset
     from rlrf.generation.generate import load_prompts
-    from rlrf.reward.model import RewardScorer
+    from rlrf.reward.scorer import RewardScorer
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
     scorer = scorer if scorer is not None else RewardScorer.from_run(cfg, ds=ds, progress=show_progress)

@@ -10,8 +10,11 @@ rating >= positive_rating, padded with sampled unseen items, shuffled) with its 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from rlrf.core.config import ListsConfig, SASRecConfig
 from rlrf.data.lists import RerankList, future_list_at, history_cut, visible_popularity
 
 
@@ -55,22 +58,22 @@ def extra_train_lists(ds, users, lists_cfg, positive_rating: float, train_cuts: 
     return out
 
 
-def extra_sasrec_train_lists(cfg, ds, users, train_cuts: int) -> list[RerankList]:
+def extra_sasrec_train_lists(ds, users, lists_cfg: ListsConfig, sasrec: SASRecConfig, sasrec_dir: Path, seed: int,
+                             train_cuts: int) -> list[RerankList]:
     """(train_cuts − 1) more SASRec candidate lists per TRAIN user at other cuts (label = watched after the cut).
 
-    Reuses the run's SASRec (`<run_dir>/sasrec`, trained by `rlrf data`; retrained only if missing).
+    Reuses the run's SASRec (`sasrec_dir`, trained by `rlrf data`; retrained only if missing).
     """
     from recmodels.sequential import score_histories, top_m, train_sasrec
-    from rlrf.core.layout import RunLayout
+    from rlrf.data.candidates import sasrec_settings
     from rlrf.data.lists import visible_sequences
 
-    model, dataset = train_sasrec(visible_sequences(ds, cfg.data.lists.max_history), cfg.sasrec,
-                                  RunLayout(cfg.run_dir).sasrec, cfg.seed)
-    length = cfg.data.lists.length
+    model, dataset = train_sasrec(visible_sequences(ds, lists_cfg.max_history), sasrec_settings(sasrec), sasrec_dir, seed)
+    length = lists_cfg.length
     keys, histories, futures = [], {}, {}
     for uid in users:
         items = ds.users[uid].items
-        main = history_cut(len(items), cfg.data.lists.max_history)
+        main = history_cut(len(items), lists_cfg.max_history)
         for cut in extra_cuts(len(items), main, length, train_cuts - 1):
             key = f"{uid}\t{cut}"
             keys.append((uid, cut))
