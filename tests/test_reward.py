@@ -130,7 +130,7 @@ def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
         np.mean([r["valid_map@5"] for r in summary["dlcm_knowledge"]]))
     worse = validation["knowledge_valid_map@5"] < validation["base_valid_map@5"]
     assert validation["knowledge_worse"] is worse
-    assert ("DLCM +knowledge selects worse than its base" in captured.err.replace("\n", " ")) is worse
+    assert ("DLCM +knowledge selects worse than its base" in " ".join(captured.err.split())) is worse
     assert "±" in printed and "random order" in printed and "DLCM +knowledge − base" in printed
     gain = out["knowledge_gain"]["dlcm"]["map@5"]
     lo, hi = gain["ci95"]

@@ -200,6 +200,11 @@ class Dataset:
     splits: dict[str, list[str]]
     stats: DatasetStats
 
+    @property
+    def rated(self) -> bool:
+        """Whether the interactions carry ratings (a .inter without a rating field has none)."""
+        return any(r is not None for user in self.users.values() for r in user.ratings)
+
 
 def dataset_files(folder: Path) -> tuple[str, Path, Path | None, Path | None]:
     if not folder.is_dir():
@@ -332,6 +337,7 @@ def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
     A repeated .item id: the first row wins. Returns the catalog and the .item rows skipped."""
     meta: dict[str, dict[str, str]] = {}
     title_f = genre_f = year_f = None
+    separator = None  # how the genre field separates its tokens (None: whitespace)
     counts = {"blank": 0, "duplicate": 0}
     if item_path is not None:
         items = read_atomic(item_path, encoding)
@@ -340,6 +346,7 @@ def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
         _check_ids(items, ("item_id",), item_path)
         title_f = _first_present(items.columns, TITLE_FIELDS)
         genre_f = _first_present(items.columns, GENRE_FIELDS)
+        separator = _seq_separator(items[genre_f]) if genre_f else None
         year_f = _first_present(items.columns, YEAR_FIELDS)
         if title_f is None:
             _warn(f"{item_path}: no title field ({', '.join(TITLE_FIELDS)}); items are titled "
@@ -366,7 +373,7 @@ def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
         title = (row.get(title_f) if row and title_f else "") or ""
         titles.append(title.strip() or f"unknown item {raw}")
         years.append(_parse_year(row[year_f]) if row and year_f else None)
-        genres.append(tuple(row[genre_f].split()) if row and genre_f and row[genre_f] else ())
+        genres.append(_split_seq(row[genre_f], separator) if row and genre_f and row[genre_f] else ())
     return Catalog(
         ids=ids,
         titles=titles,
@@ -375,6 +382,18 @@ def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
         popularity=np.array([int(popularity.get(raw, 0)) for raw in ids], dtype=np.int64),
         known=np.array(known, dtype=bool),
     ), counts
+
+
+def _seq_separator(values: pd.Series) -> str | None:
+    """The genre field's own token separator: "," when any value holds one (Amazon's categories,
+    "Home & Kitchen, Kitchen & Dining"), else whitespace (RecBole's token_seq, ml-100k's class)."""
+    return "," if values.str.contains(",", regex=False).any() else None
+
+
+def _split_seq(value: str, separator: str | None) -> tuple[str, ...]:
+    if separator is None:
+        return tuple(value.split())
+    return tuple(t for t in (part.strip() for part in value.split(separator)) if t)
 
 
 def split_users(user_ids: list[str], train: float, valid: float, seed: int) -> dict[str, list[str]]:

@@ -142,10 +142,19 @@ def load_lists(path: Path) -> dict[str, RerankList]:
     return out
 
 
+def check_source(ds: Dataset, cfg: ListsConfig) -> None:
+    """A list source the data cannot feed is refused before anything is trained or written: KAR's
+    labels are ratings, and without them every list would be all negatives."""
+    if cfg.source == "kar" and not ds.rated:
+        raise UserError(f"{ds.path / (ds.name + '.inter')}: data.lists.source 'kar' labels list items by their "
+                        "rating, but the interactions have no rating field; use data.lists.source: future")
+
+
 def build_lists(
     ds: Dataset, cfg: ListsConfig, seed: int = 0, positive_rating: float = 4.0,
     candidates: dict[str, list[int]] | None = None,
 ) -> dict[str, RerankList]:
+    check_source(ds, cfg)
     if cfg.source == "kar":
         return kar_lists(ds, cfg, positive_rating, seed)
     if cfg.source == "future":
