@@ -213,7 +213,7 @@ def test_kar_lists_need_ratings_future_lists_do_not(tmp_path):
 def test_rated_data_passes_the_kar_check(tiny):
     ds = load_dataset(DataConfig(path=tiny))
     assert ds.rated
-    assert len(build_lists(ds, ListsConfig(source="kar", length=4, max_history=2))) == len(ds.users)
+    assert len(build_lists(ds, ListsConfig(source="kar", length=2, max_history=2))) == len(ds.users)
 
 
 def test_a_genre_field_is_split_on_its_own_separator(tmp_path):
@@ -229,3 +229,9 @@ def test_a_genre_field_is_split_on_its_own_separator(tmp_path):
     # whitespace-separated fields (RecBole's token_seq, ml-100k's class) keep splitting on whitespace
     ml = load_dataset(DataConfig())
     assert ml.catalog.genres[ml.catalog.index("1")] == ("Animation", "Children's", "Comedy")
+
+
+def test_kar_lists_longer_than_the_unseen_catalog_are_one_clear_error(tiny):
+    ds = load_dataset(DataConfig(path=tiny))  # alice has seen all 4 items
+    with pytest.raises(UserError, match="data.lists.length: 4 needs 2 items user 'alice' has not seen; the catalog has 0"):
+        build_lists(ds, ListsConfig(source="kar", length=4, max_history=2))

@@ -37,6 +37,13 @@ def history_cut(n: int, max_history: int) -> int:
     return min((n + 1) // 2, max_history)
 
 
+def check_unseen(uid: str, unseen: int, need: int, length: int) -> None:
+    """Padding draws unseen items until the list is full: too few of them would never finish."""
+    if unseen < need:
+        raise UserError(f"data.lists.length: {length} needs {need} items user '{uid}' has not seen; "
+                        f"the catalog has {unseen}")
+
+
 def kar_lists(ds: Dataset, cfg: ListsConfig, positive_rating: float, seed: int) -> dict[str, RerankList]:
     """Per user: items right after the cut labelled by rating, padded with sampled unseen items (label 0), shuffled."""
     rng = np.random.default_rng(seed)
@@ -47,6 +54,7 @@ def kar_lists(ds: Dataset, cfg: ListsConfig, positive_rating: float, seed: int) 
         future = user.items[cut : cut + cfg.length]
         labels = [int(r is not None and r >= positive_rating) for r in user.ratings[cut : cut + len(future)]]
         seen = set(user.items)
+        check_unseen(uid, n_items - len(seen), cfg.length - len(future), cfg.length)
         pad: list[int] = []
         while len(future) + len(pad) < cfg.length:
             candidate = int(rng.integers(n_items))

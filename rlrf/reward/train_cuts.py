@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.config import ListsConfig, SASRecConfig
-from rlrf.data.lists import RerankList, future_list_at, history_cut, visible_popularity
+from rlrf.data.lists import RerankList, check_unseen, future_list_at, history_cut, visible_popularity
 
 
 def extra_cuts(n: int, main: int, length: int, count: int) -> list[int]:
@@ -34,6 +34,7 @@ def kar_list_at(ds, uid: str, cut: int, length: int, positive_rating: float, rng
     future = user.items[cut: cut + length]
     labels = [int(r is not None and r >= positive_rating) for r in user.ratings[cut: cut + len(future)]]
     seen = set(user.items)
+    check_unseen(uid, len(ds.catalog) - len(seen), length - len(future), length)
     pad: list[int] = []
     while len(future) + len(pad) < length:
         c = int(rng.integers(len(ds.catalog)))
