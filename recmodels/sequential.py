@@ -58,26 +58,26 @@ def _write_atomic(sequences: dict[str, list[int]], folder: Path) -> None:
     atomic_write_text(folder / f"{DATASET_NAME}.inter", "\n".join(lines) + "\n")
 
 
-def _recbole_config(cfg: SASRecSettings, data_root: Path, checkpoint_dir: Path, seed: int):
+def _recbole_config(settings: SASRecSettings, data_root: Path, checkpoint_dir: Path, seed: int):
     return make_config(
         model="SASRec",
         dataset=DATASET_NAME,
         config_dict={
             "data_path": str(data_root),
             "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-            "MAX_ITEM_LIST_LENGTH": cfg.max_seq_length,
-            "hidden_size": cfg.hidden_size,
-            "inner_size": cfg.hidden_size * 2,
-            "n_layers": cfg.n_layers,
-            "n_heads": cfg.n_heads,
+            "MAX_ITEM_LIST_LENGTH": settings.max_seq_length,
+            "hidden_size": settings.hidden_size,
+            "inner_size": settings.hidden_size * 2,
+            "n_layers": settings.n_layers,
+            "n_heads": settings.n_heads,
             "loss_type": "CE",
             "train_neg_sample_args": None,
-            "epochs": cfg.epochs,
-            "train_batch_size": cfg.batch_size,
-            "eval_batch_size": cfg.batch_size,
-            "learning_rate": cfg.learning_rate,
-            "eval_step": cfg.eval_step,
-            "stopping_step": cfg.stopping_step,
+            "epochs": settings.epochs,
+            "train_batch_size": settings.batch_size,
+            "eval_batch_size": settings.batch_size,
+            "learning_rate": settings.learning_rate,
+            "eval_step": settings.eval_step,
+            "stopping_step": settings.stopping_step,
             "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
             "metrics": ["Hit", "NDCG"],
             "topk": [10],
@@ -87,8 +87,8 @@ def _recbole_config(cfg: SASRecSettings, data_root: Path, checkpoint_dir: Path, 
     )
 
 
-def _fingerprint(sequences: dict[str, list[int]], cfg: SASRecSettings, seed: int) -> str:
-    h = hashlib.sha256(json.dumps([sorted(sequences.items()), asdict(cfg), seed]).encode())
+def _fingerprint(sequences: dict[str, list[int]], settings: SASRecSettings, seed: int) -> str:
+    h = hashlib.sha256(json.dumps([sorted(sequences.items()), asdict(settings), seed]).encode())
     return h.hexdigest()[:16]
 
 
@@ -105,7 +105,7 @@ def _clear_leftovers(out_dir: Path) -> Path:
     return scratch
 
 
-def train_sasrec(sequences: dict[str, list[int]], cfg: SASRecSettings, out_dir: Path, seed: int = 0):
+def train_sasrec(sequences: dict[str, list[int]], settings: SASRecSettings, out_dir: Path, seed: int = 0):
     """Train (or reuse the cached) SASRec on `sequences` (user -> catalogue indices, oldest first);
     returns (model, recbole dataset)."""
     prepare_recbole()
@@ -114,12 +114,12 @@ def train_sasrec(sequences: dict[str, list[int]], cfg: SASRecSettings, out_dir: 
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
-    fingerprint = _fingerprint(sequences, cfg, seed)
+    fingerprint = _fingerprint(sequences, settings, seed)
     scratch = _clear_leftovers(out_dir)
     try:
         data_root = scratch / "recbole_data"
         _write_atomic(sequences, data_root / DATASET_NAME)
-        config = _recbole_config(cfg, data_root, scratch, seed)
+        config = _recbole_config(settings, data_root, scratch, seed)
         init_seed(seed, reproducibility=True)
         logging.getLogger().setLevel(logging.WARNING)
         dataset = create_dataset(config)
@@ -140,13 +140,13 @@ def train_sasrec(sequences: dict[str, list[int]], cfg: SASRecSettings, out_dir: 
             with contextlib.chdir(scratch):
                 trainer = Trainer(config, model)
                 try:
-                    trainer.fit(train_data, valid_data, saved=True, show_progress=cfg.show_progress)
+                    trainer.fit(train_data, valid_data, saved=True, show_progress=settings.show_progress)
                 finally:
                     trainer.tensorboard.close()
                 best = load_checkpoint(Path(trainer.saved_model_file))
             model.load_state_dict(best["state_dict"])
             save_state_dict(checkpoint, model.state_dict(), {"fingerprint": fingerprint})
-            atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": asdict(cfg)})
+            atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": asdict(settings)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model.eval()

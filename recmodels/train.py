@@ -150,7 +150,7 @@ class TrainSettings:
     patience: int = 10  # epochs without a better VALID MAP@5 before stopping
 
 
-def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcfg: TrainSettings, seed: int,
+def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, settings: TrainSettings, seed: int,
                    train_k: tuple | None = None, valid_k: tuple | None = None, log=None) -> dict:
     """Train in place; the model ends holding its best-validation state. Returns the training history.
 
@@ -159,7 +159,7 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=rcfg.learning_rate, weight_decay=rcfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     tk = (None, None) if train_k is None or callable(train_k) else train_k
     vk = valid_k or (None, None)
@@ -167,14 +167,14 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
     best_state = copy.deepcopy(model.state_dict())
     best_epoch, stale, history = 0, 0, []
     start = time.perf_counter()
-    for epoch in range(1, rcfg.epochs + 1):
+    for epoch in range(1, settings.epochs + 1):
         model.train()
         if callable(train_k):
             tk = train_k(epoch)
         order = torch.randperm(len(train), generator=gen)
         total = 0.0
-        for b in range(0, len(train), rcfg.batch_size):
-            idx = order[b: b + rcfg.batch_size]
+        for b in range(0, len(train), settings.batch_size):
+            idx = order[b: b + settings.batch_size]
             uk, hk = _knowledge_args(model, idx, *tk)
             logits = model(train.items[idx], train.hist[idx], train.hist_r[idx], uk, hk)
             loss = loss_fn(logits, train.labels[idx])
@@ -191,7 +191,7 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if stale >= rcfg.patience:
+            if stale >= settings.patience:
                 break
     model.load_state_dict(best_state)
     model.eval()
