@@ -39,9 +39,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from recmodels import knowledge as kn
-    from recmodels.train import build_reranker, hyperparameters, item_prior_features
-    from rlrf.reward.model import model as reward
+    from rlrf.data import texts as kn
+    from recmodels.train import build_reranker, item_prior_features
+    from rlrf.core.layout import RunLayout
+    from rlrf.reward.inputs import encode_summaries, load_lists_for
+    from rlrf.reward.scorer import RewardScorer, logit_margin
+    from rlrf.reward.training import model_name, reranker_hyperparameters
     from rlrf.core.config import load_config
     from rlrf.data.dataset import load_dataset
     from rlrf.evaluation.metrics import map_at_k, ndcg_at_k
@@ -50,17 +53,17 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     kind = args.model or cfg.reward.model
     ds = load_dataset(cfg.data, seed=cfg.seed)
-    lists = reward.load_lists_for(cfg, ds)
+    lists = load_lists_for(cfg, ds)
     encoder = kn.load_encoder(cfg.encoder, progress=False)
     try:
-        scorer = reward.RewardScorer.from_run(cfg, ds=ds, lists=lists, encoder=encoder, kind=kind, knowledge=True)
-        source = f"trained {reward.reward_dir(cfg) / reward.model_name(kind, True)}/model.pt"
+        scorer = RewardScorer.from_run(cfg, ds=ds, lists=lists, encoder=encoder, kind=kind, knowledge=True)
+        source = f"trained {RunLayout(cfg.run_dir).reward_model_file(model_name(kind, True))}"
     except Exception as err:  # not trained yet in this run dir: same shape, fresh weights
         item_vecs = encoder.encode(kn.item_self_texts(ds.catalog))
-        hp = hyperparameters(cfg.reward, kind, True, cfg.data.lists.length)
+        hp = reranker_hyperparameters(cfg.reward, kind, True, cfg.data.lists.length)
         prior = item_prior_features(ds, ds.splits["train"], cfg.data.positive_rating)
         model = build_reranker(hp, len(ds.catalog), ds.catalog.genre_matrix(), item_vecs, prior)
-        scorer = reward.RewardScorer(model, lists, encoder, cfg.data.lists.max_history, cfg.data.positive_rating)
+        scorer = RewardScorer(model, lists, encoder, cfg.data.lists.max_history, cfg.data.positive_rating)
         source = f"freshly initialised, no usable trained model ({err})"
 
     users = [u for u in ds.splits["train"] if u in lists][: args.users]
@@ -73,7 +76,7 @@ def main() -> None:
     ks = scorer.ks
 
     # encoding excluded: embeddings computed (and cached) beforehand
-    vecs, has = reward.encode_summaries(encoder, pair_texts)
+    vecs, has = encode_summaries(encoder, pair_texts)
 
     def batched_excluded():
         return scorer.score_vectors(pair_users, vecs, has, args.batch_size)
@@ -87,7 +90,7 @@ def main() -> None:
                                  vecs[i: i + 1], has[i: i + 1])
                 y = scorer.data.labels[r]
                 out.append({f"{m.__name__[:-5]}@{k}": float(m(s, y, k)[0]) for k in ks for m in (ndcg_at_k, map_at_k)}
-                           | {"margin": float(reward.logit_margin(s, y)[0])})
+                           | {"margin": float(logit_margin(s, y)[0])})
         return out
 
     # encoding included: texts never seen before (a fresh nonce), a cold cache in a temp dir
@@ -119,7 +122,7 @@ def main() -> None:
                                  torch.from_numpy(v), torch.tensor([True]))
                 y = scorer.data.labels[r]
                 out.append({f"{m.__name__[:-5]}@{k}": float(m(s, y, k)[0]) for k in ks for m in (ndcg_at_k, map_at_k)}
-                           | {"margin": float(reward.logit_margin(s, y)[0])})
+                           | {"margin": float(logit_margin(s, y)[0])})
         return out
 
     def timed(fn, *a):

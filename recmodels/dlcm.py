@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recmodels.adapter import ListFeatures
+from recmodels.experts import ListFeatures
 
 
 class DLCM(nn.Module):

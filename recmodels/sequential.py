@@ -2,9 +2,8 @@
 
 The caller decides what SASRec may see (rlrf.data.candidates: no evaluated future item). We write
 the sequences as RecBole atomic files with the position as timestamp, so RecBole's order is exactly
-ours. The trained model is cached in `out_dir`, keyed by a hash of the sequences and the settings.
-`cfg` is any object with SASRec's fields (epochs, hidden_size, n_layers, n_heads, max_seq_length,
-batch_size, learning_rate, eval_step, stopping_step, show_progress) and a `model_dump()`.
+ours. The trained model is cached in `out_dir`, keyed by a hash of the sequences and the settings
+(`SASRecSettings`).
 
 The cache is `out_dir/sasrec.safetensors`; the hash is in the file's header (`sasrec.json` repeats it
 for people). Everything RecBole writes (its atomic files, its best-state checkpoint, tensorboard
@@ -19,7 +18,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,22 @@ SCRATCH_DIR = "work"
 STALE = ("sasrec.pth", ".sasrec.pth.tmp", "sasrec.pth.tmp", "recbole_data", "log_tensorboard", "SASRec-*.pth")
 
 
+@dataclass(frozen=True)
+class SASRecSettings:
+    """What SASRec is trained with (RecBole's names where RecBole has one)."""
+
+    epochs: int = 5
+    hidden_size: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    max_seq_length: int = 50
+    batch_size: int = 2048
+    learning_rate: float = 1e-3
+    eval_step: int = 1
+    stopping_step: int = 3
+    show_progress: bool = True
+
+
 def _write_atomic(sequences: dict[str, list[int]], folder: Path) -> None:
     """Item tokens are catalog indices and timestamps are positions: RecBole keeps our exact order."""
     lines = ["user_id:token\titem_id:token\ttimestamp:float"]
@@ -43,26 +58,26 @@ def _write_atomic(sequences: dict[str, list[int]], folder: Path) -> None:
     atomic_write_text(folder / f"{DATASET_NAME}.inter", "\n".join(lines) + "\n")
 
 
-def _recbole_config(cfg, data_root: Path, checkpoint_dir: Path, seed: int):
+def _recbole_config(settings: SASRecSettings, data_root: Path, checkpoint_dir: Path, seed: int):
     return make_config(
         model="SASRec",
         dataset=DATASET_NAME,
         config_dict={
             "data_path": str(data_root),
             "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-            "MAX_ITEM_LIST_LENGTH": cfg.max_seq_length,
-            "hidden_size": cfg.hidden_size,
-            "inner_size": cfg.hidden_size * 2,
-            "n_layers": cfg.n_layers,
-            "n_heads": cfg.n_heads,
+            "MAX_ITEM_LIST_LENGTH": settings.max_seq_length,
+            "hidden_size": settings.hidden_size,
+            "inner_size": settings.hidden_size * 2,
+            "n_layers": settings.n_layers,
+            "n_heads": settings.n_heads,
             "loss_type": "CE",
             "train_neg_sample_args": None,
-            "epochs": cfg.epochs,
-            "train_batch_size": cfg.batch_size,
-            "eval_batch_size": cfg.batch_size,
-            "learning_rate": cfg.learning_rate,
-            "eval_step": cfg.eval_step,
-            "stopping_step": cfg.stopping_step,
+            "epochs": settings.epochs,
+            "train_batch_size": settings.batch_size,
+            "eval_batch_size": settings.batch_size,
+            "learning_rate": settings.learning_rate,
+            "eval_step": settings.eval_step,
+            "stopping_step": settings.stopping_step,
             "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
             "metrics": ["Hit", "NDCG"],
             "topk": [10],
@@ -72,8 +87,8 @@ def _recbole_config(cfg, data_root: Path, checkpoint_dir: Path, seed: int):
     )
 
 
-def _fingerprint(sequences: dict[str, list[int]], cfg, seed: int) -> str:
-    h = hashlib.sha256(json.dumps([sorted(sequences.items()), cfg.model_dump(), seed]).encode())
+def _fingerprint(sequences: dict[str, list[int]], settings: SASRecSettings, seed: int) -> str:
+    h = hashlib.sha256(json.dumps([sorted(sequences.items()), asdict(settings), seed]).encode())
     return h.hexdigest()[:16]
 
 
@@ -90,7 +105,7 @@ def _clear_leftovers(out_dir: Path) -> Path:
     return scratch
 
 
-def train_sasrec(sequences: dict[str, list[int]], cfg, out_dir: Path, seed: int = 0):
+def train_sasrec(sequences: dict[str, list[int]], settings: SASRecSettings, out_dir: Path, seed: int = 0):
     """Train (or reuse the cached) SASRec on `sequences` (user -> catalogue indices, oldest first);
     returns (model, recbole dataset)."""
     prepare_recbole()
@@ -99,12 +114,12 @@ def train_sasrec(sequences: dict[str, list[int]], cfg, out_dir: Path, seed: int 
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
-    fingerprint = _fingerprint(sequences, cfg, seed)
+    fingerprint = _fingerprint(sequences, settings, seed)
     scratch = _clear_leftovers(out_dir)
     try:
         data_root = scratch / "recbole_data"
         _write_atomic(sequences, data_root / DATASET_NAME)
-        config = _recbole_config(cfg, data_root, scratch, seed)
+        config = _recbole_config(settings, data_root, scratch, seed)
         init_seed(seed, reproducibility=True)
         logging.getLogger().setLevel(logging.WARNING)
         dataset = create_dataset(config)
@@ -125,13 +140,13 @@ def train_sasrec(sequences: dict[str, list[int]], cfg, out_dir: Path, seed: int 
             with contextlib.chdir(scratch):
                 trainer = Trainer(config, model)
                 try:
-                    trainer.fit(train_data, valid_data, saved=True, show_progress=cfg.show_progress)
+                    trainer.fit(train_data, valid_data, saved=True, show_progress=settings.show_progress)
                 finally:
                     trainer.tensorboard.close()
                 best = load_checkpoint(Path(trainer.saved_model_file))
             model.load_state_dict(best["state_dict"])
             save_state_dict(checkpoint, model.state_dict(), {"fingerprint": fingerprint})
-            atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": cfg.model_dump()})
+            atomic_write_json(meta_path, {"fingerprint": fingerprint, "config": asdict(settings)})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model.eval()

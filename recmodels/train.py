@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recmodels.adapter import ListFeatures
+from recmodels.experts import ListFeatures
 from recmodels.dlcm import DLCM
 from recmodels.prm import PRM
 from rlrf.core.errors import UserError
@@ -70,21 +70,6 @@ def tensorize(lists: Sequence, max_history: int = 30, positive_rating: float = 4
     return ListTensors([lst.user for lst in lists], items, labels, hist, hist_r)
 
 
-def hyperparameters(rcfg, kind: str, knowledge: bool, list_length: int) -> dict:
-    return {
-        "kind": kind, "knowledge": knowledge, "list_length": list_length,
-        "embed_dim": rcfg.embed_dim, "hidden": rcfg.hidden, "heads": rcfg.heads, "layers": rcfg.layers,
-        "adapter_out": rcfg.adapter_out, "adapter_hidden": rcfg.adapter_hidden,
-        "shared_experts": rcfg.shared_experts, "specific_experts": rcfg.specific_experts,
-        "dropout": rcfg.dropout, "knowledge_dropout": rcfg.knowledge_dropout,
-        "history": bool(getattr(rcfg, "knowledge_history", True)) if knowledge else True,
-        "item_prior": bool(getattr(rcfg, "item_prior", False)),
-        "summary_match": bool(getattr(rcfg, "summary_match", False)) if knowledge else False,
-        "history_dropout": float(getattr(rcfg, "history_dropout", 0.0)) if knowledge else 0.0,
-        "match_scale": float(getattr(rcfg, "match_scale", 1.0)),
-    }
-
-
 def item_prior_features(ds, users, positive_rating: float = 4.0) -> np.ndarray:
     """[n_items, 2]: smoothed share of ratings >= positive_rating, (pos + 1) / (n + 2), and
     log1p(n) / log1p(max n), over the given (TRAIN) users' interactions."""
@@ -99,7 +84,10 @@ def item_prior_features(ds, users, positive_rating: float = 4.0) -> np.ndarray:
 
 
 def build_reranker(hp: dict, n_items: int, genre_matrix, item_knowledge=None, item_prior=None) -> nn.Module:
-    """DLCM or PRM from a hyperparameter dict (see `hyperparameters`)."""
+    """DLCM or PRM from a hyperparameter dict: kind, knowledge, list_length, embed_dim, hidden, heads,
+    layers, adapter_out, adapter_hidden, shared_experts, specific_experts, dropout, knowledge_dropout
+    and optionally history, item_prior, summary_match, history_dropout, match_scale (the dict is saved
+    with the weights and read back by `load_reranker`)."""
     gm = torch.as_tensor(np.asarray(genre_matrix), dtype=torch.float32)
     ik = None
     if hp["knowledge"]:
@@ -151,7 +139,18 @@ def valid_map(model, data: ListTensors, user_k=None, has_k=None, k: int = 5) -> 
     return float(map_at_k(predict(model, data, user_k, has_k), data.labels, k).mean())
 
 
-def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcfg, seed: int,
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a reranker is trained: AdamW, BCE on the labels, early stopping on VALID MAP@5."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 10  # epochs without a better VALID MAP@5 before stopping
+
+
+def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, settings: TrainSettings, seed: int,
                    train_k: tuple | None = None, valid_k: tuple | None = None, log=None) -> dict:
     """Train in place; the model ends holding its best-validation state. Returns the training history.
 
@@ -160,7 +159,7 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=rcfg.learning_rate, weight_decay=rcfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     tk = (None, None) if train_k is None or callable(train_k) else train_k
     vk = valid_k or (None, None)
@@ -168,14 +167,14 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
     best_state = copy.deepcopy(model.state_dict())
     best_epoch, stale, history = 0, 0, []
     start = time.perf_counter()
-    for epoch in range(1, rcfg.epochs + 1):
+    for epoch in range(1, settings.epochs + 1):
         model.train()
         if callable(train_k):
             tk = train_k(epoch)
         order = torch.randperm(len(train), generator=gen)
         total = 0.0
-        for b in range(0, len(train), rcfg.batch_size):
-            idx = order[b: b + rcfg.batch_size]
+        for b in range(0, len(train), settings.batch_size):
+            idx = order[b: b + settings.batch_size]
             uk, hk = _knowledge_args(model, idx, *tk)
             logits = model(train.items[idx], train.hist[idx], train.hist_r[idx], uk, hk)
             loss = loss_fn(logits, train.labels[idx])
@@ -192,7 +191,7 @@ def train_reranker(model: nn.Module, train: ListTensors, valid: ListTensors, rcf
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if stale >= rcfg.patience:
+            if stale >= settings.patience:
                 break
     model.load_state_dict(best_state)
     model.eval()

@@ -285,7 +285,7 @@ app.add_typer(reward_app, name="reward")
 def reward_train(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
                  seeds: SeedsOption = None) -> None:
     """Train base and +knowledge DLCM/PRM on train users, early-stopped on valid users' MAP@5."""
-    from rlrf.reward import model as reward
+    from rlrf.reward import training as reward
 
     reward.train(_prepared(config, run_dir, overrides), seeds)
 
@@ -295,7 +295,7 @@ def reward_train(config: ConfigOption = None, run_dir: RunDirOption = None, over
 def reward_eval(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
                 seeds: SeedsOption = None) -> None:
     """NDCG@K / MAP@K (K = 1, 3, 5, 7) on test users, base vs +knowledge; writes reward/eval.json."""
-    from rlrf.reward import model as reward
+    from rlrf.reward import training as reward
 
     reward.evaluate(_prepared(config, run_dir, overrides), seeds)
 

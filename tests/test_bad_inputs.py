@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from rlrf.core.config import DataConfig, ListsConfig, RunConfig, SASRecConfig
-from rlrf.data.dataset import build_lists, candidate_lists, load_dataset
+from rlrf.data.dataset import load_dataset
+from rlrf.data.lists import build_lists, candidate_lists
 from rlrf.core.errors import UserError
 from rlrf.core.io import JsonlLog, read_jsonl
 
@@ -209,7 +210,7 @@ def test_score_refuses_torn_responses_and_scores_nothing(tmp_path):
 
 
 def test_lists_are_read_by_the_same_reader(tmp_path):
-    from rlrf.data.dataset import load_lists
+    from rlrf.data.lists import load_lists
 
     path = tmp_path / "lists.jsonl"
     path.write_text('{"user": "a", "history": [], "history_ratings": [], "items": [1], "labels": [0]}\n{"user"')

@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from rlrf.data.dataset import load_lists
+from rlrf.data.lists import load_lists
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -75,3 +75,18 @@ def test_missing_dataset_is_one_line_exit_2_nothing_written(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: dataset folder not found"
     assert not (tmp_path / "run").exists()
+
+
+def test_kar_lists_on_data_without_ratings_are_refused(tmp_path):
+    data = tmp_path / "amz"
+    data.mkdir()
+    (data / "amz.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(
+        f"A{u}\tB{i}\t{i}\n" for u in range(4) for i in range(u, u + 5)))
+    path = tmp_path / "c.yaml"
+    path.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  path: {data}\n  min_interactions: 2\n"
+                    "  lists: {source: kar, length: 4}\nsasrec:\n  enabled: true\n")
+    result = run_cli("data", "-c", str(path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: {data / 'amz.inter'}: data.lists.source 'kar' labels list items by "
+                                     "their rating, but the interactions have no rating field; use data.lists.source: future")
+    assert not (tmp_path / "run").exists()  # refused before SASRec trains or anything is written

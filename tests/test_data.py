@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from rlrf.core.config import DataConfig, ListsConfig
-from rlrf.data.dataset import build_lists, history_cut, load_dataset, split_users, visible_popularity
+from rlrf.data.dataset import load_dataset, split_users
+from rlrf.data.lists import build_lists, history_cut, visible_popularity
 from rlrf.core.errors import UserError
 
 
@@ -194,3 +195,43 @@ def test_non_numeric_rating_names_its_line(tmp_path):
     folder = write_atomic(tmp_path / "d", "d", {"inter": text})
     with pytest.raises(UserError, match=r"d\.inter: line 7: field rating is not a number"):
         load_dataset(DataConfig(path=folder))
+
+
+def test_kar_lists_need_ratings_future_lists_do_not(tmp_path):
+    unrated = "user_id:token\titem_id:token\ttimestamp:float\n" + "".join(
+        f"u{u}\tm-{i}\t{i}\n" for u in range(3) for i in range(u, u + 6))
+    folder = write_atomic(tmp_path / "d", "d", {"inter": unrated})
+    ds = load_dataset(DataConfig(path=folder))
+    assert not ds.rated
+    with pytest.raises(UserError, match=r"d\.inter: data\.lists\.source 'kar' labels list items by their rating, "
+                                        r"but the interactions have no rating field; use data\.lists\.source: future$"):
+        build_lists(ds, ListsConfig(source="kar", length=4, max_history=3))
+    lists = build_lists(ds, ListsConfig(source="future", length=4, max_history=3))
+    assert all(sum(lst.labels) == 2 for lst in lists.values())
+
+
+def test_rated_data_passes_the_kar_check(tiny):
+    ds = load_dataset(DataConfig(path=tiny))
+    assert ds.rated
+    assert len(build_lists(ds, ListsConfig(source="kar", length=2, max_history=2))) == len(ds.users)
+
+
+def test_a_genre_field_is_split_on_its_own_separator(tmp_path):
+    inter = "user_id:token\titem_id:token\trating:float\n" + "".join(f"u\t{i}\t5\n" for i in "abc")
+    item = ("item_id:token\ttitle:token_seq\tcategories:token_seq\n"
+            "a\tEarbuds\tElectronics, Headphones & Earbuds\n"
+            "b\tPan\tHome & Kitchen,Kitchen & Dining, \n"
+            "c\tMystery\t\n")
+    ds = load_dataset(DataConfig(path=write_atomic(tmp_path / "amz", "amz", {"inter": inter, "item": item})))
+    genres = {ds.catalog.ids[i]: g for i, g in enumerate(ds.catalog.genres)}
+    assert genres == {"a": ("Electronics", "Headphones & Earbuds"), "b": ("Home & Kitchen", "Kitchen & Dining"),
+                      "c": ()}
+    # whitespace-separated fields (RecBole's token_seq, ml-100k's class) keep splitting on whitespace
+    ml = load_dataset(DataConfig())
+    assert ml.catalog.genres[ml.catalog.index("1")] == ("Animation", "Children's", "Comedy")
+
+
+def test_kar_lists_longer_than_the_unseen_catalog_are_one_clear_error(tiny):
+    ds = load_dataset(DataConfig(path=tiny))  # alice has seen all 4 items
+    with pytest.raises(UserError, match="data.lists.length: 4 needs 2 items user 'alice' has not seen; the catalog has 0"):
+        build_lists(ds, ListsConfig(source="kar", length=4, max_history=2))

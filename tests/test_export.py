@@ -34,8 +34,8 @@ def exported(small_cfg, ml100k_small):
 
 
 def test_numpy_side_round_trips_with_ids(exported, ml100k_small, small_cfg):
-    from recmodels import knowledge as kn
-    from rlrf.reward.model import load_lists_for
+    from rlrf.data import texts as kn
+    from rlrf.reward.inputs import load_lists_for
 
     assert exported.folder == small_cfg.run_dir / "export" / "self"
     users, uvecs, items, ivecs, meta = load_export(exported.folder, ml100k_small)
@@ -201,9 +201,9 @@ def test_export_names():
 def test_adapter_outputs_are_the_reranker_towers(tmp_path, ml100k_small):
     import torch
 
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
     from recmodels.train import load_reranker
-    from rlrf.reward import model as reward
+    from rlrf.reward import training as reward
 
     cfg = RunConfig.model_validate({
         "run_dir": str(tmp_path / "run"), "seed": 0, "threads": 1, "data": {"max_users": 40},

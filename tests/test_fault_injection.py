@@ -95,17 +95,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recmodels import knowledge as kn
-from recmodels.train import build_reranker, hyperparameters
-from rlrf.reward import model as reward
-from rlrf.core.config import RunConfig
-from rlrf.data.dataset import RerankList
+from recmodels import encoder as kn
+from recmodels.train import build_reranker
+from rlrf.reward.training import reranker_hyperparameters
+from rlrf.reward import scorer as reward
+from rlrf.core.config import RewardConfig, RunConfig
+from rlrf.data.lists import RerankList
 from rlrf.reward.score import score_responses
 
 torch.set_num_threads(1)
 run_dir, cache = Path(sys.argv[1]), Path(sys.argv[2])
-hp = hyperparameters(type("R", (), dict(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
-                     shared_experts=1, specific_experts=2, dropout=0.1, knowledge_dropout=0.1))(), "prm", True, 6)
+hp = reranker_hyperparameters(RewardConfig(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
+                              shared_experts=1, specific_experts=2, dropout=0.1, knowledge_dropout=0.1), "prm", True, 6)
 rng = np.random.default_rng(0)
 lists = {}
 for u in range(12):

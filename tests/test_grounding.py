@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from recmodels.knowledge import load_encoder
+from rlrf.data.texts import load_encoder
 from rlrf.core.config import EncoderConfig
 from rlrf.data.dataset import Catalog
 from rlrf.generation.grounding import (

@@ -1,4 +1,4 @@
-"""Embedding cache, encoders and knowledge texts (recmodels/knowledge.py)."""
+"""Embedding cache and encoders (recmodels/encoder.py), knowledge texts (rlrf/data/texts.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from recmodels import knowledge as kn
+from recmodels import encoder as kn
+from rlrf.data import texts as knowledge_texts
 from rlrf.core.errors import UserError
 
 torch.set_num_threads(1)
@@ -98,11 +99,11 @@ class _Catalog:
 
 
 def test_user_self_text_uses_history_only():
-    text = kn.user_self_text(_Catalog(), [0, 1, 3], [5.0, 4.0, 2.0])
+    text = knowledge_texts.user_self_text(_Catalog(), [0, 1, 3], [5.0, 4.0, 2.0])
     assert text.startswith("Prefers Drama, Comedy")
     assert "Liked B; A." in text and "Recently watched D; B; A." in text
     assert "C" not in text.replace("Comedy", "")
-    assert kn.user_self_text(_Catalog(), [], []) == ""
+    assert knowledge_texts.user_self_text(_Catalog(), [], []) == ""
 
 
 def test_knowledge_file_reports_unknown_and_flags_empty(tmp_path):
@@ -115,10 +116,36 @@ def test_knowledge_file_reports_unknown_and_flags_empty(tmp_path):
         {"user": "999", "iter": 1, "k": 0, "text": "who?"},
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    kf = kn.load_knowledge_file(path, ["1", "2", "3"])
+    kf = knowledge_texts.load_knowledge_file(path, ["1", "2", "3"])
     assert kf.texts == {"1": ["new summary", "another"], "2": ["   "]}
     assert kf.unknown == ["999"] and kf.empty == ["2"]
     assert kf.first() == {"1": "new summary", "2": ""}
     assert "1 unknown ids skipped (999)" in kf.report()
     with pytest.raises(UserError, match="not found"):
-        kn.load_knowledge_file(tmp_path / "missing.jsonl", [])
+        knowledge_texts.load_knowledge_file(tmp_path / "missing.jsonl", [])
+
+
+def test_a_texts_vector_does_not_depend_on_what_it_is_encoded_with():
+    """all-MiniLM-L6-v2 on a CPU gives a text batched with a longer one a vector ~1e-7 off its vector
+    alone (padding changes the matrix shapes); the encoder batches only texts of one token count,
+    so the shared cache holds the same vector whichever run encoded the text first."""
+    inner = kn.build_model(None)
+    text = "Heat (1995); Action, Crime, Thriller"
+    longer = "Wallace & Gromit: The Best of Aardman Animation (1996); Animation, a user who likes long titles"
+    shorter = "Heat (1995)"
+    others = [f"Movie number {i} (19{i:02d}); Drama" for i in range(70)] + [longer * 2]
+
+    def fresh():
+        return kn.CachedEncoder(kn.encoder_key(None), None, lambda: inner, batch_size=64, progress=False)
+
+    alone = fresh().encode([text])[0]
+    for company in ([text, longer], [longer, text], [shorter, text], others[:30] + [text] + others[30:]):
+        enc = fresh()
+        got = enc.encode(company)[company.index(text)]
+        assert np.array_equal(got, alone), (company[:3], np.abs(got - alone).max())
+    # the batches themselves: one token count each, at most batch_size texts
+    enc = fresh()
+    counts = enc._token_counts(others)
+    for batch in enc.batches(others):
+        assert len({counts[i] for i in batch}) == 1 and len(batch) <= 64
+    assert sorted(i for b in enc.batches(others) for i in b) == list(range(len(others)))

@@ -114,7 +114,7 @@ def test_grpo_runs_on_the_same_loop_and_evaluation(tiny_run_config):
     })
     metrics = run_loop(cfg, RLRF4Rec(show_progress=False), iterations=1, log=lambda _: None)
     assert list(metrics["evaluations"]) == ["policy_0", "policy_1"]
-    from rlrf.data.dataset import load_lists
+    from rlrf.data.lists import load_lists
 
     lists = load_lists(cfg.run_dir / "lists.jsonl")
     prompts = metrics["iterations"]["0"]["pairs"]["prompts"]

@@ -35,8 +35,9 @@ def plant(path, marker, legacy: bool = False) -> None:
 
 
 def _tiny_reranker(tmp_path):
-    from recmodels.train import build_reranker, hyperparameters
+    from recmodels.train import build_reranker
     from rlrf.core.config import RewardConfig
+    from rlrf.reward.training import reranker_hyperparameters as hyperparameters
 
     hp = hyperparameters(RewardConfig(embed_dim=4, hidden=8, heads=2), "prm", False, 5)
     genres = np.eye(7, 3, dtype=np.float32)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from recmodels.train import ListTensors, build_reranker, hyperparameters, predict, train_reranker
+from recmodels.train import ListTensors, build_reranker, predict, train_reranker
+from rlrf.core.config import RewardConfig
 from rlrf.reward import probe
-from rlrf.data.dataset import RerankList
+from rlrf.data.lists import RerankList
 from rlrf.evaluation.metrics import map_at_k
+from rlrf.reward.training import reranker_hyperparameters as hyperparameters, train_settings
 
 torch.set_num_threads(1)
 
@@ -99,13 +100,13 @@ def test_a_label_that_depends_only_on_the_summary_is_learned(kind, match):
     train, tk, item_k, genres = topic_data(300, seed=1)
     valid, vk, _, _ = topic_data(80, seed=2, item_k=item_k)
     test, sk, _, _ = topic_data(120, seed=3, item_k=item_k)
-    cfg = SimpleNamespace(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
+    cfg = RewardConfig(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
                           shared_experts=1, specific_experts=1, dropout=0.0, knowledge_dropout=0.0, epochs=12,
                           batch_size=32, learning_rate=5e-3, weight_decay=0.0, patience=4, summary_match=match)
     ones = lambda n: torch.ones(n, dtype=torch.bool)  # noqa: E731
     torch.manual_seed(0)
     model = build_reranker(hyperparameters(cfg, kind, True, 8), 40, genres, item_k)
-    train_reranker(model, train, valid, cfg, seed=0, train_k=(tk, ones(300)), valid_k=(vk, ones(80)))
+    train_reranker(model, train, valid, train_settings(cfg), seed=0, train_k=(tk, ones(300)), valid_k=(vk, ones(80)))
     got = float(map_at_k(predict(model, test, sk, ones(120)), test.labels, 5).mean())
     flipped = float(map_at_k(predict(model, test, -sk, ones(120)), test.labels, 5).mean())  # the other topic's summary
     chance = float(np.mean([map_at_k(torch.rand(120, 8), test.labels, 5).mean() for _ in range(20)]))
@@ -115,7 +116,7 @@ def test_a_label_that_depends_only_on_the_summary_is_learned(kind, match):
 
 def test_match_term_is_zero_without_a_summary_and_for_padding():
     _, uk, item_k, genres = topic_data(4)
-    cfg = SimpleNamespace(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
+    cfg = RewardConfig(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
                           shared_experts=1, specific_experts=1, dropout=0.0, knowledge_dropout=0.0, summary_match=True)
     model = build_reranker(hyperparameters(cfg, "dlcm", True, 3), 40, genres, item_k).eval()
     items = torch.tensor([[1, 2, 0], [3, 4, 5]])
@@ -149,7 +150,7 @@ def test_match_term_starts_at_match_scale_times_the_cosine():
     items = torch.tensor([[1, 2, 3]])
     logits = {}
     for scale in (1.0, 5.0):
-        cfg = SimpleNamespace(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
+        cfg = RewardConfig(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
                               shared_experts=1, specific_experts=1, dropout=0.0, knowledge_dropout=0.0,
                               summary_match=True, match_scale=scale)
         hp = hyperparameters(cfg, "dlcm", True, 3)
@@ -168,7 +169,7 @@ def probe_texts_of_a_policy() -> list[str]:
 
 
 def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys):
-    from rlrf.reward import model as reward
+    from rlrf.reward import inputs, training
     from rlrf.core.config import load_config
     from rlrf.reward.probe import run_probe
     from rlrf.reward.pool import PoolSampler, future_liked
@@ -179,7 +180,7 @@ def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys
         "reward.models": ["dlcm"], "reward.epochs": 2, "reward.hidden": 16, "reward.embed_dim": 8,
         "reward.train_summaries": "pool", "reward.summary_match": True, "reward.history_dropout": 0.2,
     })
-    ctx = reward.prepare(cfg, progress=False)
+    ctx = inputs.prepare(cfg, progress=False)
     train_lists = ctx.split_lists("train")
     sampler = PoolSampler(ctx, train_lists, seed=0)
     assert len(sampler.texts) == len(train_lists) * cfg.reward.pool_size
@@ -192,7 +193,7 @@ def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys
         assert all(i in lst.items or user.ratings[user.items.index(i)] >= 4 for i in liked)
     uk, hk = sampler(1)
     assert uk.shape == (len(train_lists), ctx.encoder.dim) and hk.dtype == torch.bool
-    reward.train(cfg, 1, ctx=ctx)
+    training.train(cfg, 1, ctx=ctx)
     # a policy's summaries: three per held-out user
     held_out = ctx.ds.splits["valid"] + ctx.ds.splits["test"]
     responses = tmp_path / "responses.jsonl"
@@ -215,8 +216,8 @@ def test_pool_texts_use_train_users_future_and_probe_end_to_end(tmp_path, capsys
 
 def test_extra_cuts_build_kar_lists_from_each_cuts_own_history(ml100k_small):
     from rlrf.core.config import ListsConfig
-    from rlrf.data.dataset import history_cut
-    from rlrf.reward.lists import extra_cuts, extra_train_lists
+    from rlrf.data.lists import history_cut
+    from rlrf.reward.train_cuts import extra_cuts, extra_train_lists
 
     assert extra_cuts(20, 10, 10, 2) == [5]
     assert extra_cuts(100, 30, 10, 3) == [15, 40, 50]

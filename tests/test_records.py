@@ -63,7 +63,7 @@ def test_pairs_as_the_score_stage_builds_them_round_trip():
 
 
 def test_lists_as_the_data_stage_writes_them_round_trip():
-    from rlrf.data.dataset import RerankList
+    from rlrf.data.lists import RerankList
 
     for user in ("3", "Zoë"):  # lists.jsonl escapes non-ASCII ids
         lst = RerankList(user, [299, 301], [2.0, None], [5, 9, 1], [1, 0, 0])

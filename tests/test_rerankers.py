@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 
-from recmodels.adapter import HybridExpertAdapter
+from recmodels.experts import HybridExperts
 from recmodels.train import (
-    ListTensors, build_reranker, hyperparameters, load_reranker, predict, save_reranker, train_reranker,
+    ListTensors, build_reranker, load_reranker, predict, save_reranker, train_reranker,
 )
+from rlrf.core.config import RewardConfig
 from rlrf.core.errors import UserError
 from rlrf.evaluation.metrics import map_at_k
+from rlrf.reward.training import reranker_hyperparameters as hyperparameters, train_settings
 
 torch.set_num_threads(1)
 
@@ -23,12 +23,12 @@ def rcfg(**kw):
                 specific_experts=2, dropout=0.0, knowledge_dropout=0.0, epochs=15, batch_size=32, learning_rate=5e-3,
                 weight_decay=0.0, patience=4)
     base.update(kw)
-    return SimpleNamespace(**base)
+    return RewardConfig(**base)
 
 
 def test_adapter_shapes_and_gates_sum_to_one():
     torch.manual_seed(0)
-    ad = HybridExpertAdapter(d_knowledge=12, d_out=5, hidden=7, n_shared=3, n_specific=2)
+    ad = HybridExperts(d_knowledge=12, d_out=5, hidden=7, n_shared=3, n_specific=2)
     user_k, item_k = torch.randn(4, 12), torch.randn(4, 6, 12)
     out, gu, gi = ad(user_k, item_k, return_gates=True)
     assert out.shape == (4, 6, 15)  # user, item, user * item
@@ -75,7 +75,7 @@ def test_models_learn_a_knowledge_signal(kind):
         hp = hyperparameters(cfg, kind, knowledge, 8)
         torch.manual_seed(0)
         model = build_reranker(hp, 60, genres, item_k if knowledge else None)
-        train_reranker(model, train, valid, cfg, seed=0, train_k=(tk, ones(600)) if knowledge else None,
+        train_reranker(model, train, valid, train_settings(cfg), seed=0, train_k=(tk, ones(600)) if knowledge else None,
                        valid_k=(vk, ones(150)) if knowledge else None)
         scores = predict(model, test, sk if knowledge else None, ones(200) if knowledge else None)
         results[knowledge] = float(map_at_k(scores, test.labels, 5).mean())

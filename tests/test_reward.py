@@ -1,25 +1,27 @@
-"""The reward stage (rlrf/reward.py): scoring API against a per-pair reference, train/eval end to end."""
+"""The reward stage (rlrf/reward/): scoring API against a per-pair reference, train/eval end to end."""
 
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from recmodels import knowledge as kn
-from recmodels.train import build_reranker, hyperparameters
-from rlrf.reward import model as reward
-from rlrf.data.dataset import RerankList
+from recmodels import encoder as kn
+from recmodels.train import build_reranker
+from rlrf.core.config import RewardConfig
+from rlrf.reward import inputs, training
+from rlrf.reward.scorer import RewardScorer, score_summaries
+from rlrf.reward.training import reranker_hyperparameters
+from rlrf.data.lists import RerankList
 from rlrf.core.errors import UserError
 from rlrf.evaluation.metrics import map_at_k, ndcg_at_k
 
 torch.set_num_threads(1)
 
-RCFG = SimpleNamespace(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
-                       shared_experts=1, specific_experts=2, dropout=0.1, knowledge_dropout=0.1)
+RCFG = RewardConfig(embed_dim=8, hidden=16, heads=2, layers=1, adapter_out=8, adapter_hidden=16,
+                    shared_experts=1, specific_experts=2, dropout=0.1, knowledge_dropout=0.1)
 
 
 def toy_lists(n_users=12, n_items=40, length=6, seed=0):
@@ -42,8 +44,8 @@ def scorer(tmp_path):
     item_vecs = enc.encode([f"item {i} genre {i % 5}" for i in range(n_items)])
     genres = np.eye(5, dtype=np.float32)[np.arange(n_items) % 5]
     torch.manual_seed(0)
-    model = build_reranker(hyperparameters(RCFG, "prm", True, 6), n_items, genres, item_vecs)
-    return reward.RewardScorer(model, toy_lists(), enc, max_history=5)
+    model = build_reranker(reranker_hyperparameters(RCFG, "prm", True, 6), n_items, genres, item_vecs)
+    return RewardScorer(model, toy_lists(), enc, max_history=5)
 
 
 def reference(scorer, user, text, k):
@@ -80,7 +82,7 @@ def test_batched_scores_equal_the_per_pair_reference(scorer):
             assert got[f"map@{k}"][i] == pytest.approx(mp, abs=1e-6)
     assert checked > 0.9 * 50 * len(scorer.ks)
     # summaries matter: some user gets different scores from different summaries
-    per_user = reward.score_summaries(scorer, {"u1": texts[:10], "u2": texts[10:20]})
+    per_user = score_summaries(scorer, {"u1": texts[:10], "u2": texts[10:20]})
     assert [len(v) for v in per_user.values()] == [10, 10]
     assert per_user["u1"][3]["empty"] is True
     logits = []
@@ -106,12 +108,12 @@ def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
         "reward.models": ["dlcm"], "reward.epochs": 2, "reward.hidden": 16, "reward.embed_dim": 8,
     })
     with pytest.raises(UserError, match="reward model not found"):
-        reward.evaluate(cfg, 1)
-    ctx = reward.prepare(cfg, progress=False)
+        training.evaluate(cfg, 1)
+    ctx = inputs.prepare(cfg, progress=False)
     assert all(t for u, t in ctx.user_texts.items() if ctx.lists[u].history)
-    summary = reward.train(cfg, 2, ctx=ctx)
+    summary = training.train(cfg, 2, ctx=ctx)
     assert set(summary) == {"dlcm", "dlcm_knowledge"} and len(summary["dlcm"]) == 2
-    out = reward.evaluate(cfg, 2, ctx=ctx)
+    out = training.evaluate(cfg, 2, ctx=ctx)
     saved = json.loads((tmp_path / "run" / "reward" / "eval.json").read_text())
     assert saved["split"] == "test" and saved["seeds"] == [0, 1]
     assert saved["n_lists"] == len([u for u in ctx.ds.splits["test"] if u in ctx.lists])
@@ -119,7 +121,16 @@ def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
         r = out["results"][name]
         assert set(r["mean"]) == {f"{m}@{k}" for m in ("ndcg", "map") for k in (1, 3, 5, 7)}
         assert all(0 <= v <= 1 for v in r["mean"].values()) and all(v >= 0 for v in r["sd"].values())
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # the validation quality of each variant is recorded, and a worse +knowledge model is warned about
+    validation = json.loads((tmp_path / "run" / "reward" / "train.json").read_text())["validation"]["dlcm"]
+    assert validation["base_valid_map@5"] == pytest.approx(np.mean([r["valid_map@5"] for r in summary["dlcm"]]))
+    assert validation["knowledge_valid_map@5"] == pytest.approx(
+        np.mean([r["valid_map@5"] for r in summary["dlcm_knowledge"]]))
+    worse = validation["knowledge_valid_map@5"] < validation["base_valid_map@5"]
+    assert validation["knowledge_worse"] is worse
+    assert ("DLCM +knowledge selects worse than its base" in " ".join(captured.err.split())) is worse
     assert "±" in printed and "random order" in printed and "DLCM +knowledge − base" in printed
     gain = out["knowledge_gain"]["dlcm"]["map@5"]
     lo, hi = gain["ci95"]
@@ -129,13 +140,13 @@ def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
     meta = json.loads((tmp_path / "run" / "reward" / "dlcm_knowledge" / "meta.json").read_text())
     assert meta["dataset"] == "ml-100k" and meta["encoder"] == "hashing:64|norm"
     # the scoring stage's entry point loads model.pt; another encoder is refused, naming both
-    sc = reward.RewardScorer.from_run(cfg, ds=ctx.ds, lists=ctx.lists, encoder=ctx.encoder)
+    sc = RewardScorer.from_run(cfg, ds=ctx.ds, lists=ctx.lists, encoder=ctx.encoder)
     users = ctx.ds.splits["train"][:3]
     got = sc.score(users, [ctx.user_texts[u] for u in users])
     assert got["map@5"].shape == (3,)
     other = cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"model": "hashing:32"})})
     with pytest.raises(UserError, match="encoder 'hashing:64\\|norm'.*'hashing:32\\|norm'"):
-        reward.RewardScorer.from_run(other, ds=ctx.ds, lists=ctx.lists)
+        RewardScorer.from_run(other, ds=ctx.ds, lists=ctx.lists)
 
 
 def test_user_knowledge_from_a_responses_file(tmp_path):
@@ -152,7 +163,7 @@ def test_user_knowledge_from_a_responses_file(tmp_path):
             {"user": b, "iter": 0, "k": 0, "text": ""},
             {"user": "no-such-user", "iter": 0, "k": 0, "text": "ghost"}]
     responses.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ctx = reward.prepare(cfg, progress=False, ds=ds)
+    ctx = inputs.prepare(cfg, progress=False, ds=ds)
     notes = " | ".join(ctx.notes)
     assert "1 unknown ids skipped (no-such-user)" in notes
     assert "1 ids with an empty text" in notes
@@ -160,3 +171,30 @@ def test_user_knowledge_from_a_responses_file(tmp_path):
     assert {u: t for u, t in ctx.user_texts.items() if t} == {a: "Loves 90s science fiction."}
     vecs, has = ctx.user_knowledge(list(ctx.lists))
     assert int(has.sum()) == 1 and float(vecs[~has].abs().sum()) == 0.0
+
+
+def test_knowledge_vs_base_compares_mean_validation_over_seeds():
+    summary = {"dlcm": [{"valid_map@5": 0.40}, {"valid_map@5": 0.44}],
+               "dlcm_knowledge": [{"valid_map@5": 0.30}, {"valid_map@5": 0.32}],
+               "prm": [{"valid_map@5": 0.40}], "prm_knowledge": [{"valid_map@5": 0.45}],
+               "dlcm_only_base": [{"valid_map@5": 0.1}]}
+    got = training.knowledge_vs_base(summary)
+    assert set(got) == {"dlcm", "prm"}
+    assert got["dlcm"] == {"base_valid_map@5": pytest.approx(0.42), "knowledge_valid_map@5": pytest.approx(0.31),
+                           "knowledge_worse": True}
+    assert got["prm"]["knowledge_worse"] is False
+
+
+def test_section_api_builds_the_same_inputs_as_the_run_adapter(tmp_path):
+    from rlrf.core.config import load_config
+    from rlrf.core.layout import RunLayout
+
+    cfg = load_config("quickstart", {
+        "run_dir": str(tmp_path / "run"), "data.max_users": 60, "encoder.model": "hashing:32",
+        "encoder.cache_dir": str(tmp_path / "cache")})
+    via_cfg = inputs.prepare(cfg, progress=False)
+    via_sections = inputs.prepare_inputs(cfg.data, cfg.reward, cfg.encoder, cfg.sasrec, RunLayout(cfg.run_dir), cfg.seed,
+                                         progress=False)
+    assert via_sections.user_texts == via_cfg.user_texts and list(via_sections.lists) == list(via_cfg.lists)
+    np.testing.assert_array_equal(via_sections.item_vecs, via_cfg.item_vecs)
+    assert training.reward_seeds(cfg.seed, 3) == training.seeds_for(cfg, 3) == [0, 1, 2]

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from recmodels.knowledge import load_encoder
+from rlrf.data.texts import load_encoder
 from rlrf.core.config import EncoderConfig, load_config
 from rlrf.core.io import read_json, read_jsonl
 from rlrf.core.layout import RunLayout

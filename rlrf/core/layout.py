@@ -83,7 +83,8 @@ class RunLayout:
         return self.reward / name
 
     def reward_model_file(self, name: str, seed: int | None = None) -> Path:
-        """The weights of one reranker: the run's own (`model.pt`), or one seed's (`seed_<s>.pt`)."""
+        """One reranker's weights: `seed_<s>.pt` for a seed, `model.pt` (the run's own seed: the model
+        the stages load) without one."""
         return self.reward_model(name) / ("model.pt" if seed is None else f"seed_{seed}.pt")
 
     @property

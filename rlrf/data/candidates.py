@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rlrf.core.config import SASRecConfig
-from rlrf.data.dataset import Dataset, history_cut, visible_sequences
+from rlrf.data.dataset import Dataset
+from rlrf.data.lists import history_cut, visible_sequences
+
+if TYPE_CHECKING:  # recmodels.sequential imports RecBole: only when SASRec runs
+    from recmodels.sequential import SASRecSettings
 
 
 @dataclass
@@ -25,13 +30,23 @@ class Candidates:
     valid_ndcg10: float
 
 
+def sasrec_settings(cfg: SASRecConfig) -> SASRecSettings:
+    """The `sasrec:` section as recmodels' settings (`enabled` and `top_m` are rlrf's own)."""
+    from recmodels.sequential import SASRecSettings
+
+    return SASRecSettings(epochs=cfg.epochs, hidden_size=cfg.hidden_size, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                          max_seq_length=cfg.max_seq_length, batch_size=cfg.batch_size,
+                          learning_rate=cfg.learning_rate, eval_step=cfg.eval_step,
+                          stopping_step=cfg.stopping_step, show_progress=cfg.show_progress)
+
+
 def generate_candidates(ds: Dataset, cfg: SASRecConfig, max_history: int, out_dir: Path, seed: int = 0) -> Candidates:
     """Train/reuse SASRec, then top-M for every user from the history before the list cut."""
     from recmodels.sequential import score_histories, top_m, train_sasrec
     from rlrf.evaluation.metrics import hit_ndcg_at_k, target_ranks
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, dataset = train_sasrec(visible_sequences(ds, max_history), cfg, out_dir, seed)
+    model, dataset = train_sasrec(visible_sequences(ds, max_history), sasrec_settings(cfg), out_dir, seed)
     cuts = {uid: history_cut(len(u.items), max_history) for uid, u in ds.users.items()}
     histories = {uid: u.items[: cuts[uid]] for uid, u in ds.users.items()}
     users, scores = score_histories(model, dataset, len(ds.catalog), histories)

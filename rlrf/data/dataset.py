@@ -1,4 +1,4 @@
-"""The data layer: any RecBole atomic dataset as a catalog, user histories, splits and lists.
+"""A RecBole atomic dataset as a catalog, user histories and user splits (the lists: rlrf/data/lists.py).
 
 We parse the atomic files ourselves (not through RecBole's Dataset) because every later stage needs
 raw ids, titles and ratings in one chronological order, and because bad input must end as one clear
@@ -20,7 +20,6 @@ Warnings are printed to stderr (one line each) and kept in the statistics (data.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rlrf.core.config import DataConfig, ListsConfig
+from rlrf.core.config import DataConfig
 from rlrf.core.errors import UserError
-from rlrf.core.io import atomic_write_text
 
 TITLE_FIELDS = ("movie_title", "title", "item_name", "name")
 GENRE_FIELDS = ("class", "genre", "genres", "categories", "category")
@@ -202,6 +200,11 @@ class Dataset:
     splits: dict[str, list[str]]
     stats: DatasetStats
 
+    @property
+    def rated(self) -> bool:
+        """Whether the interactions carry ratings (a .inter without a rating field has none)."""
+        return any(r is not None for user in self.users.values() for r in user.ratings)
+
 
 def dataset_files(folder: Path) -> tuple[str, Path, Path | None, Path | None]:
     if not folder.is_dir():
@@ -334,6 +337,7 @@ def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
     A repeated .item id: the first row wins. Returns the catalog and the .item rows skipped."""
     meta: dict[str, dict[str, str]] = {}
     title_f = genre_f = year_f = None
+    separator = None  # how the genre field separates its tokens (None: whitespace)
     counts = {"blank": 0, "duplicate": 0}
     if item_path is not None:
         items = read_atomic(item_path, encoding)
@@ -342,6 +346,7 @@ def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
         _check_ids(items, ("item_id",), item_path)
         title_f = _first_present(items.columns, TITLE_FIELDS)
         genre_f = _first_present(items.columns, GENRE_FIELDS)
+        separator = _seq_separator(items[genre_f]) if genre_f else None
         year_f = _first_present(items.columns, YEAR_FIELDS)
         if title_f is None:
             _warn(f"{item_path}: no title field ({', '.join(TITLE_FIELDS)}); items are titled "
@@ -368,7 +373,7 @@ def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
         title = (row.get(title_f) if row and title_f else "") or ""
         titles.append(title.strip() or f"unknown item {raw}")
         years.append(_parse_year(row[year_f]) if row and year_f else None)
-        genres.append(tuple(row[genre_f].split()) if row and genre_f and row[genre_f] else ())
+        genres.append(_split_seq(row[genre_f], separator) if row and genre_f and row[genre_f] else ())
     return Catalog(
         ids=ids,
         titles=titles,
@@ -377,6 +382,18 @@ def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
         popularity=np.array([int(popularity.get(raw, 0)) for raw in ids], dtype=np.int64),
         known=np.array(known, dtype=bool),
     ), counts
+
+
+def _seq_separator(values: pd.Series) -> str | None:
+    """The genre field's own token separator: "," when any value holds one (Amazon's categories,
+    "Home & Kitchen, Kitchen & Dining"), else whitespace (RecBole's token_seq, ml-100k's class)."""
+    return "," if values.str.contains(",", regex=False).any() else None
+
+
+def _split_seq(value: str, separator: str | None) -> tuple[str, ...]:
+    if separator is None:
+        return tuple(value.split())
+    return tuple(t for t in (part.strip() for part in value.split(separator)) if t)
 
 
 def split_users(user_ids: list[str], train: float, valid: float, seed: int) -> dict[str, list[str]]:
@@ -391,144 +408,3 @@ def split_users(user_ids: list[str], train: float, valid: float, seed: int) -> d
         "test": shuffled[n_train + n_valid :],
     }
     return {k: sorted(v, key=_natural_key) for k, v in parts.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Reranking lists
-
-
-@dataclass
-class RerankList:
-    """One user's reranking task: the history before the cut and L labelled candidates."""
-
-    user: str
-    history: list[int]
-    history_ratings: list[float | None]
-    items: list[int]
-    labels: list[int]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-
-def history_cut(n: int, max_history: int) -> int:
-    """KAR's cut: the first min((n+1)//2, max_history) interactions are the visible history."""
-    return min((n + 1) // 2, max_history)
-
-
-def kar_lists(ds: Dataset, cfg: ListsConfig, positive_rating: float, seed: int) -> dict[str, RerankList]:
-    """Per user: items right after the cut labelled by rating, padded with sampled unseen items (label 0), shuffled."""
-    rng = np.random.default_rng(seed)
-    n_items = len(ds.catalog)
-    lists = {}
-    for uid, user in ds.users.items():
-        cut = history_cut(len(user.items), cfg.max_history)
-        future = user.items[cut : cut + cfg.length]
-        labels = [int(r is not None and r >= positive_rating) for r in user.ratings[cut : cut + len(future)]]
-        seen = set(user.items)
-        pad: list[int] = []
-        while len(future) + len(pad) < cfg.length:
-            candidate = int(rng.integers(n_items))
-            if candidate not in seen and candidate not in pad:
-                pad.append(candidate)
-        items = future + pad
-        labels = labels + [0] * len(pad)
-        order = rng.permutation(len(items))
-        lists[uid] = RerankList(
-            uid,
-            user.items[:cut],
-            user.ratings[:cut],
-            [items[i] for i in order],
-            [labels[i] for i in order],
-        )
-    return lists
-
-
-def visible_sequences(ds: Dataset, max_history: int) -> dict[str, list[int]]:
-    """What a model may train on: train users' full sequences, only the history before the cut for valid/test users."""
-    held_out = set(ds.splits["valid"]) | set(ds.splits["test"])
-    return {
-        uid: (user.items[: history_cut(len(user.items), max_history)] if uid in held_out else user.items)
-        for uid, user in ds.users.items()
-    }
-
-
-def visible_popularity(ds: Dataset, max_history: int) -> np.ndarray:
-    """Interaction counts per catalog item over `visible_sequences` (no held-out future is counted)."""
-    counts = np.zeros(len(ds.catalog))
-    for items in visible_sequences(ds, max_history).values():
-        np.add.at(counts, items, 1.0)
-    return counts
-
-
-def future_list_at(ds: Dataset, uid: str, cut: int, length: int, popularity: np.ndarray,
-                   rng: np.random.Generator) -> RerankList:
-    """The user's next `length // 2` items after `cut` (label 1) and unseen items drawn in proportion to
-    popularity + 1 (label 0) up to `length`, shuffled."""
-    user = ds.users[uid]
-    positives = user.items[cut: cut + length // 2]
-    weights = popularity + 1.0
-    weights[user.items] = 0.0
-    need = length - len(positives)
-    if np.count_nonzero(weights) < need:
-        raise UserError(f"data.lists.length: {length} needs {need} items user '{uid}' has not seen; "
-                        f"the catalog has {int(np.count_nonzero(weights))}")
-    negatives = rng.choice(len(weights), size=need, replace=False, p=weights / weights.sum()).tolist()
-    items, labels = positives + negatives, [1] * len(positives) + [0] * need
-    order = rng.permutation(length)
-    return RerankList(uid, user.items[:cut], user.ratings[:cut], [items[i] for i in order], [labels[i] for i in order])
-
-
-def future_lists(ds: Dataset, cfg: ListsConfig, seed: int) -> dict[str, RerankList]:
-    """Per user: what they went on to watch after the cut against unseen items of matched popularity.
-
-    Why this source exists (issue 12, docs/reward.md): a KAR list labels the rating of items the
-    user did watch, which is mostly item quality, and with 10 items a summary's reward depends on
-    which items happen to be in the list, not on the user. Here the label is the user's taste
-    (watched vs. equally popular, unwatched) and the list is long, so a summary that describes the
-    user wins on any half of it.
-    """
-    rng = np.random.default_rng(seed)
-    popularity = visible_popularity(ds, cfg.max_history)
-    return {uid: future_list_at(ds, uid, history_cut(len(user.items), cfg.max_history), cfg.length, popularity, rng)
-            for uid, user in ds.users.items()}
-
-
-def candidate_lists(ds: Dataset, cfg: ListsConfig, candidates: dict[str, list[int]]) -> dict[str, RerankList]:
-    """Per user: SASRec's top-L for the history before the cut; label 1 = a held-out future item."""
-    lists = {}
-    for uid, user in ds.users.items():
-        cut = history_cut(len(user.items), cfg.max_history)
-        future = set(user.items[cut:])
-        items = candidates[uid][: cfg.length]
-        lists[uid] = RerankList(uid, user.items[:cut], user.ratings[:cut], items, [int(i in future) for i in items])
-    return lists
-
-
-def save_lists(lists: dict[str, RerankList], path: Path) -> None:
-    atomic_write_text(path, "".join(lst.to_json() + "\n" for lst in lists.values()))
-
-
-def load_lists(path: Path) -> dict[str, RerankList]:
-    if not path.exists():
-        raise UserError(f"{path}: lists not found; run `rlrf data` first")
-    from rlrf.core.io import read_jsonl
-
-    out = {}
-    for record in read_jsonl(path):
-        record = RerankList(**record)
-        out[record.user] = record
-    return out
-
-
-def build_lists(
-    ds: Dataset, cfg: ListsConfig, seed: int = 0, positive_rating: float = 4.0,
-    candidates: dict[str, list[int]] | None = None,
-) -> dict[str, RerankList]:
-    if cfg.source == "kar":
-        return kar_lists(ds, cfg, positive_rating, seed)
-    if cfg.source == "future":
-        return future_lists(ds, cfg, seed)
-    if candidates is None:
-        raise UserError("data.lists.source is 'sasrec' but no SASRec candidates were given")
-    return candidate_lists(ds, cfg, candidates)

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlrf.core.config import RunConfig, save_config
-from rlrf.data.dataset import Dataset, build_lists, load_dataset, save_lists
+from rlrf.core.config import DataConfig, RunConfig, SASRecConfig, save_config
 from rlrf.core.io import atomic_write_json, atomic_write_jsonl
 from rlrf.core.layout import RunLayout
+from rlrf.data.candidates import Candidates
+from rlrf.data.dataset import Dataset, load_dataset
+from rlrf.data.lists import RerankList, build_lists, check_source, save_lists
+
+
+@dataclass
+class RunData:
+    """What `rlrf data` computes before it writes anything into the run directory."""
+
+    dataset: Dataset
+    candidates: Candidates | None  # SASRec's, with `sasrec.enabled`
+    lists: dict[str, RerankList]
 
 
 @dataclass
@@ -16,17 +27,23 @@ class PreparedData:
     summary: dict  # what data.json holds: statistics, list statistics, SASRec validation metrics (None if skipped)
 
 
-def prepare_data(cfg: RunConfig) -> PreparedData:
+def build_run_data(data: DataConfig, sasrec: SASRecConfig, layout: RunLayout, seed: int) -> RunData:
+    """Load and split the dataset, train or reuse SASRec (into `layout.sasrec`), build the lists; a
+    bad dataset or list source fails here, before the run directory holds any record."""
     from rlrf.data.candidates import generate_candidates
 
-    layout = RunLayout(cfg.run_dir)
-    ds = load_dataset(cfg.data, seed=cfg.seed)
-    candidates = (generate_candidates(ds, cfg.sasrec, cfg.data.lists.max_history, layout.sasrec, cfg.seed)
-                  if cfg.sasrec.enabled else None)
-    lists = build_lists(ds, cfg.data.lists, cfg.seed, cfg.data.positive_rating, candidates and candidates.items)
+    ds = load_dataset(data, seed=seed)
+    check_source(ds, data.lists)
+    candidates = (generate_candidates(ds, sasrec, data.lists.max_history, layout.sasrec, seed)
+                  if sasrec.enabled else None)
+    lists = build_lists(ds, data.lists, seed, data.positive_rating, candidates and candidates.items)
+    return RunData(ds, candidates, lists)
 
+
+def write_run_data(run: RunData, data: DataConfig, layout: RunLayout) -> PreparedData:
+    """candidates.jsonl, lists.jsonl and data.json."""
+    ds, candidates, lists = run.dataset, run.candidates, run.lists
     layout.root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, layout.config)
     if candidates is not None:
         atomic_write_jsonl(layout.candidates, (
             {"user": u, "items": [ds.catalog.ids[i] for i in items]} for u, items in candidates.items.items()))
@@ -37,9 +54,9 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         "path": str(ds.path),
         "stats": ds.stats.as_dict(),
         "lists": {
-            "source": cfg.data.lists.source,
+            "source": data.lists.source,
             "count": len(lists),
-            "length": cfg.data.lists.length,
+            "length": data.lists.length,
             "mean_positives": sum(positives) / max(1, len(positives)),
             "without_positive": sum(p == 0 for p in positives),
         },
@@ -47,3 +64,12 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     }
     atomic_write_json(layout.data_summary, summary)
     return PreparedData(ds, summary)
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """The stage for a whole run config: compute, then the resolved config, then the records."""
+    layout = RunLayout(cfg.run_dir)
+    run = build_run_data(cfg.data, cfg.sasrec, layout, cfg.seed)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, layout.config)
+    return write_run_data(run, cfg.data, layout)

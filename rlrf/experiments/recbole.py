@@ -96,7 +96,7 @@ def run_context_experiment(cfg, export_dir: Path, model: str = "DeepFM", epochs:
                            show_progress: bool = True, extra_config: dict | None = None, log=print) -> dict:
     """The CLI's adapter: the run's dataset and lists, then `context_experiment` on the export."""
     from rlrf.data.dataset import load_dataset
-    from rlrf.reward.model import load_lists_for
+    from rlrf.reward.inputs import load_lists_for
 
     use_threads(cfg)
     ds = load_dataset(cfg.data, seed=cfg.seed)

@@ -124,7 +124,8 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     from rich.console import Console
 
     from rlrf.generation.knowledge import generate_user_knowledge
-    from rlrf.reward import model as reward
+    from rlrf.reward import inputs as reward_inputs
+    from rlrf.reward import training as reward
 
     console = console or Console(width=None if Console().is_terminal else 200)  # tables, written paths
     log = Console(stderr=True)  # progress lines and notes
@@ -143,7 +144,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     # the context: dataset, lists, encoder, item knowledge, "self" user texts (for the reference row)
     t0 = time.perf_counter()
     self_cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"user_knowledge": "self"})})
-    ctx = reward.prepare(self_cfg, progress=show_progress)
+    ctx = reward_inputs.prepare(self_cfg, progress=show_progress)
     notes = list(ctx.notes)
     timings["prepare_s"] = time.perf_counter() - t0
 
@@ -231,8 +232,8 @@ def policy_knowledge(ctx, rows: list[Row], protocol: str, layout: RunLayout,
 
 
 def _policy_texts(layout: RunLayout, iteration, splits, ctx, write_knowledge, console) -> tuple[dict[str, str], Path]:
-    from recmodels import knowledge as kn
     from rlrf.core.io import JsonlLog
+    from rlrf.data import texts as kn
     from rlrf.generation.knowledge import knowledge_layout, policy_tag
 
     path = knowledge_layout(layout.root, iteration).responses(0)
@@ -283,7 +284,7 @@ def _texts_hash(texts: dict[str, str], data: dict) -> str:
 
 
 def _model_file(layout: RunLayout, kind: str, row: Row, seed: int, protocol: str) -> Path:
-    from rlrf.reward.model import model_name
+    from rlrf.reward.training import model_name
 
     if protocol == "retrain" and row.policy is not None:
         return layout.experiment_model(experiment_name(protocol), row.policy, model_name(kind, True), seed)
@@ -300,7 +301,8 @@ def _load(file: Path, ctx):
 def ensure_models(reward_cfg, ctx, rows, seeds, protocol, layout: RunLayout, policy_texts, show_progress,
                   console) -> list[str]:
     """Train every model file the cells need that does not exist yet; returns the files trained now."""
-    from rlrf.reward import model as reward
+    from rlrf.reward import inputs as reward_inputs
+    from rlrf.reward import training as reward
 
     jobs = []  # (file, kind, knowledge, seed, texts or None)
     seen = set()
@@ -320,13 +322,13 @@ def ensure_models(reward_cfg, ctx, rows, seeds, protocol, layout: RunLayout, pol
     if reward_cfg.user_knowledge != "self":
         console.print(f"[yellow]reward.user_knowledge is {reward_cfg.user_knowledge}: missing reward models "
                       "of the run are trained on \"self\" texts here[/yellow]")
-    data_for: dict[int, reward.TrainingData] = {}  # one training set per knowledge source
+    data_for: dict[int, reward_inputs.TrainingData] = {}  # one training set per knowledge source
     done = []
     with progress_bar(show_progress) as progress:
         task = progress.add_task("train rerankers", total=len(jobs))
         for file, kind, knowledge, seed, texts, source in jobs:
             if id(texts) not in data_for:
-                data_for[id(texts)] = reward.training_data(ctx, texts)
+                data_for[id(texts)] = reward_inputs.training_data(ctx, texts)
             meta = {"user_knowledge": source} if knowledge else None
             result = reward.fit_reranker(ctx, data_for[id(texts)], kind, knowledge, seed, file, meta=meta)
             console.print(f"trained {file}: valid MAP@5 {result['valid_map@5']:.4f} "
@@ -353,14 +355,14 @@ class Cells:
 
 def evaluate_cells(reward_cfg, ctx, rows, seeds, protocol, layout: RunLayout, policy_texts, show_progress) -> Cells:
     """Each cell's metrics, recomputed only when its model file or knowledge texts changed (cells.json)."""
-    from rlrf.reward import model as reward
+    from rlrf.reward.inputs import encode_summaries
 
     cells_path = layout.experiment_cells(experiment_name(protocol))
     cells = _read_json(cells_path) or {}
     data = {s: ctx.tensors(s) for s in SPLITS}
-    self_k = {s: reward.encode_summaries(ctx.encoder, [ctx.user_texts.get(u, "") for u in data[s].users])
+    self_k = {s: encode_summaries(ctx.encoder, [ctx.user_texts.get(u, "") for u in data[s].users])
               for s in SPLITS}
-    policy_k = {p: {s: reward.encode_summaries(ctx.encoder, [texts.get(u, "") for u in data[s].users])
+    policy_k = {p: {s: encode_summaries(ctx.encoder, [texts.get(u, "") for u in data[s].users])
                     for s in SPLITS} for p, texts in policy_texts.items()}
     text_hash = {"self": _texts_hash(ctx.user_texts, data), "none": "none",
                  **{p: _texts_hash(t, data) for p, t in policy_texts.items()}}

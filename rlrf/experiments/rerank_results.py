@@ -18,7 +18,7 @@ SPLITS = ("test",)  # evaluated; validation users only select (early stopping), 
 def aggregate(reward_cfg, seed: int, ctx, rows, seeds, cells, data, protocol, iterations) -> dict:
     """results.json from the cells: per reranker and row, mean ± sd over seeds of every metric on the
     test lists, each knowledge row paired with its references (`_paired`), and the reference orders."""
-    from rlrf.reward import model as reward
+    from rlrf.reward import training as reward
 
     k = reward_cfg.k
     models = {}

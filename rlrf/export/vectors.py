@@ -27,7 +27,7 @@ old folder whole. `load_export` reads the .npy side back and refuses another dat
 
 Knowledge texts: user ``policy`` = one greedy summary per user by that policy (the shared store of
 `rlrf.generation.knowledge`, generated if missing), ``self`` = the text built from the visible history
-(``recmodels.knowledge.user_self_text``); item ``self`` = the item's own title, year and genres,
+(``rlrf.data.texts.user_self_text``); item ``self`` = the item's own title, year and genres,
 ``policy`` = one greedy description per item by that policy (an item without one keeps its own text).
 """
 
@@ -135,7 +135,7 @@ def _user_texts(ds, lists, source: str, positive_rating: float, write_knowledge:
                 info: dict) -> dict[str, str]:
     """One text per user: `self` from the visible history, `policy` from the shared knowledge store
     (`write_knowledge()` runs the generation stage for the missing users and returns the file)."""
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
 
     if source == "self":
         texts = kn.user_self_texts(ds.catalog, lists, positive_rating)
@@ -150,7 +150,7 @@ def _user_texts(ds, lists, source: str, positive_rating: float, write_knowledge:
 
 
 def _item_texts(ds, source: str, write_knowledge: Callable[[], Path], info: dict) -> tuple[list[str], int]:
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
 
     if source == "self":
         return kn.item_self_texts(ds.catalog), 0
@@ -287,10 +287,11 @@ def run_export(cfg, iteration: int | None, *, user_source: str = "policy", item_
     `iteration`: None = the base policy, t = the adapter of iteration t (an error if it has none).
     Only the sources set to "policy" run the LLM; `dataset` / `encoder` may be passed in (tests).
     """
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
     from rlrf.data.dataset import load_dataset
     from rlrf.generation.knowledge import generate_item_knowledge, generate_user_knowledge, policy_adapter
-    from rlrf.reward.model import load_lists_for, model_name
+    from rlrf.reward.inputs import load_lists_for
+    from rlrf.reward.training import model_name
 
     check_sources(user_source, item_source)
     start = time.perf_counter()
@@ -333,7 +334,7 @@ def export_vectors(final: Path, ds, lists: dict, encoder, *, iteration: int | No
     meta.json; `started`: when the export began (its `seconds`).
     """
     from rlrf.generation.knowledge import policy_tag
-    from rlrf.reward.model import encode_summaries  # an empty text is a zero vector, flagged, as in scoring
+    from rlrf.reward.inputs import encode_summaries  # an empty text is a zero vector, flagged, as in scoring
 
     check_sources(user_source, item_source)
     start = started if started is not None else time.perf_counter()

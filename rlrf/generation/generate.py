@@ -82,7 +82,7 @@ def visible_histories(ds, lists: Path | None, max_history: int) -> dict[str, tup
     (`RunLayout.lists`) when `rlrf data` wrote it, else the same KAR cut recomputed (`max_history`
     = `data.lists.max_history`). Stages that write into a sub-folder of a run (evaluation, export)
     pass the run's own lists file, so SASRec-sourced lists keep their own history."""
-    from rlrf.data.dataset import history_cut, load_lists
+    from rlrf.data.lists import history_cut, load_lists
 
     if lists is not None and lists.exists():
         return {u: (lst.history, lst.history_ratings) for u, lst in load_lists(lists).items()}

@@ -31,7 +31,8 @@ class RLRF4Rec(Method):
 
     def prepare(self, cfg) -> None:  # policy_0 is the policy named by cfg.llm
         from rlrf.data.dataset import load_dataset
-        from rlrf.reward.model import RewardScorer, model_name, train
+        from rlrf.reward.scorer import RewardScorer
+        from rlrf.reward.training import model_name, train
 
         layout = RunLayout(cfg.run_dir)
         if not layout.lists.exists():
@@ -126,7 +127,8 @@ class RLRF4Rec(Method):
 def independent_evaluator(cfg, ds, scorer):
     """A +knowledge reranker of the other kind than `reward.model`, trained with the next seed
     (trained here if the run has none): it never scores a summary the loop optimises against."""
-    from rlrf.reward.model import RewardScorer, model_name, train
+    from rlrf.reward.scorer import RewardScorer
+    from rlrf.reward.training import model_name, train
 
     other = "prm" if cfg.reward.model == "dlcm" else "dlcm"
     seed = cfg.seed + 1

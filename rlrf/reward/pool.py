@@ -23,6 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from rlrf.core.errors import UserError
+from rlrf.reward.inputs import RerankerInputs, encode_summaries
+
 PHRASINGS = (
     "Likes {genres} movies. Favourites: {titles}.",
     "Enjoys {genres}; would happily watch {titles}.",
@@ -75,26 +78,22 @@ def future_text(catalog, liked: Sequence[int], rng: np.random.Generator, noise: 
 class PoolSampler:
     """`epoch -> (user_k [N, Dk], has_k [N])` for the training lists, one pool draw per list and epoch."""
 
-    def __init__(self, ctx, lists: Sequence, seed: int, self_k: tuple | None = None):
-        rcfg, cfg = ctx.cfg.reward, ctx.cfg
-        rng = np.random.default_rng(cfg.seed)  # the texts depend on the data seed only (encoded once, cached)
-        cat = ctx.ds.catalog
+    def __init__(self, inputs: RerankerInputs, lists: Sequence, seed: int, self_k: tuple | None = None):
+        rcfg = inputs.reward
+        rng = np.random.default_rng(inputs.seed)  # the texts depend on the data seed only (encoded once, cached)
+        cat = inputs.ds.catalog
         texts: list[str] = []
         self.n = len(lists)
         self.size = rcfg.pool_size
         for lst in lists:
-            liked = future_liked(ctx.ds, lst, cfg.data.lists.source, cfg.data.positive_rating)
-            exclude = set(lst.items) | set(ctx.ds.users[lst.user].items)
+            liked = future_liked(inputs.ds, lst, inputs.data.lists.source, inputs.data.positive_rating)
+            exclude = set(lst.items) | set(inputs.ds.users[lst.user].items)
             texts += [future_text(cat, liked, rng, rcfg.pool_noise, exclude) for _ in range(self.size)]
-        from rlrf.reward.model import encode_summaries
-
-        self.future_k, self.future_has = encode_summaries(ctx.encoder, texts)  # [N * size, Dk]
+        self.future_k, self.future_has = encode_summaries(inputs.encoder, texts)  # [N * size, Dk]
         self.texts = texts
-        self.self_k, self.self_has = self_k if self_k is not None else ctx.user_knowledge([lst.user for lst in lists])
+        self.self_k, self.self_has = self_k if self_k is not None else inputs.user_knowledge([lst.user for lst in lists])
         w = np.asarray(rcfg.pool_weights, dtype=float)
         if w.sum() <= 0:
-            from rlrf.core.errors import UserError
-
             raise UserError("reward.pool_weights must have a positive sum")
         self.weights = torch.tensor(w / w.sum())
         self.gen = torch.Generator().manual_seed(seed)

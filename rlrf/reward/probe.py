@@ -23,7 +23,7 @@ whether the model reads the summary. `ties_at_ceiling` counts those ties.
 
 The probe summaries are built from the list's labels, i.e. from the users' future: they are a
 diagnostic only, on held-out users, never a training input (training summaries come from TRAIN
-users only, see `rlrf.reward.model`).
+users only, see `rlrf.reward.pool`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rlrf.core.config import DataConfig, EncoderConfig, RewardConfig
+from rlrf.core.layout import RunLayout
 from rlrf.evaluation.stats import bootstrap_ci
 
 VARIANTS = ("positives", "negatives", "other user", "empty", "history")
@@ -73,7 +75,7 @@ def probe_users(ds, lists, splits: Sequence[str] = ("valid", "test")) -> list[st
 
 def probe_texts(ds, lists, users: Sequence[str], positive_rating: float = 4.0) -> dict[str, list[str]]:
     """{variant: [text per user]} for VARIANTS, aligned with `users`."""
-    from recmodels import knowledge as kn
+    from rlrf.data import texts as kn
 
     cat = ds.catalog
     pos = [items_summary(cat, [i for i, y in zip(lists[u].items, lists[u].labels) if y > 0]) for u in users]
@@ -119,7 +121,7 @@ def summarize(scores: dict[str, dict[str, np.ndarray]], metric: str, seed: int =
 
 def response_spread(scorer, responses: dict[str, list[str]], metric: str) -> dict:
     """Real policy summaries: mean reward, and per-user spread (max − min) of `metric` and of the margin."""
-    from rlrf.reward.model import score_summaries
+    from rlrf.reward.scorer import score_summaries
 
     users = [u for u in responses if u in scorer.row and responses[u]]
     if not users:
@@ -190,37 +192,47 @@ def read_responses(path: Path, known_users) -> dict[str, list[str]]:
 
 def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = None,
               responses: Path | None = None, out: Path | None = None, console=None) -> dict:
+    """`probe_rewards` for a whole run config, with the run's torch threads (the CLI's adapter)."""
+    from rlrf.core.threads import use_threads
+    from rlrf.reward.training import seeds_for
+
+    use_threads(cfg)
+    return probe_rewards(cfg.data, cfg.reward, cfg.encoder, RunLayout(cfg.run_dir), cfg.seed, seeds_for(cfg, n_seeds),
+                         kinds=kinds, responses=responses, out=out, console=console)
+
+
+def probe_rewards(data: DataConfig, reward: RewardConfig, encoder: EncoderConfig, layout: RunLayout, seed: int,
+                  seeds: Sequence[int], *, kinds: Sequence[str] | None = None, responses: Path | None = None,
+                  out: Path | None = None, console=None) -> dict:
     """Score the probe summaries with each +knowledge model/seed; print a table; write reward/probe.json."""
-    import torch
     from rich.console import Console
     from rich.table import Table
 
-    from recmodels import knowledge as kn
     from recmodels.train import load_reranker
-    from rlrf.data.dataset import load_dataset
     from rlrf.core.errors import UserError
-    from rlrf.core.layout import RunLayout
-    from rlrf.reward.model import RewardScorer, load_lists_for, model_name, seeds_for
     from rlrf.core.io import atomic_write_json
+    from rlrf.data import texts as kn
+    from rlrf.data.dataset import load_dataset
+    from rlrf.reward.inputs import run_lists
+    from rlrf.reward.scorer import RewardScorer
+    from rlrf.reward.training import model_name
 
     console = console or Console(width=None if Console().is_terminal else 200)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    kinds = list(kinds or [cfg.reward.model])
-    seeds = seeds_for(cfg, n_seeds)
-    k = cfg.reward.k
+    seeds = list(seeds)
+    kinds = list(kinds or [reward.model])
+    k = reward.k
     metric = f"ndcg@{k}"
-    ds = load_dataset(cfg.data, seed=cfg.seed)
-    lists = load_lists_for(cfg, ds)
+    ds = load_dataset(data, seed=seed)
+    lists = run_lists(data, layout, seed, ds)
     users = probe_users(ds, lists)
     if not users:
         raise UserError("no validation/test user has a list with both positives and negatives")
     whole = max(len(lists[u].items) for u in users)  # NDCG@whole = the NDCG of each whole list
     list_metric = f"ndcg@{whole}"
-    texts = probe_texts(ds, lists, users, cfg.data.positive_rating)
-    encoder = kn.load_encoder(cfg.encoder, progress=False)
+    texts = probe_texts(ds, lists, users, data.positive_rating)
+    text_encoder = kn.load_encoder(encoder, progress=False)
     policy = read_responses(responses, set(ds.splits["valid"]) | set(ds.splits["test"])) if responses else None
-    result = {"dataset": ds.name, "lists": cfg.data.lists.model_dump(mode="json"), "users": len(users),
+    result = {"dataset": ds.name, "lists": data.lists.model_dump(mode="json"), "users": len(users),
               "splits": ["valid", "test"], "metric": metric, "list_metric": list_metric, "seeds": seeds,
               "ties": "P(pos > neg) counts a tie as 1/2",
               "ci": "paired percentile bootstrap over users, 2000 resamples, 95%",
@@ -231,18 +243,19 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
     for kind in kinds:
         name = model_name(kind, True)
         per_seed = []
-        for seed in seeds:
-            model, _ = load_reranker(RunLayout(cfg.run_dir).reward_model(name), ds.name, encoder.key, len(ds.catalog),
-                                     ds.catalog.genre_matrix(), name=f"seed_{seed}.pt")
-            scorer = RewardScorer(model, lists, encoder, cfg.data.lists.max_history, cfg.data.positive_rating, ks=(k, whole))
+        for model_seed in seeds:
+            file = layout.reward_model_file(name, model_seed)
+            model, _ = load_reranker(file.parent, ds.name, text_encoder.key, len(ds.catalog), ds.catalog.genre_matrix(),
+                                     name=file.name)
+            scorer = RewardScorer(model, lists, text_encoder, data.lists.max_history, data.positive_rating, ks=(k, whole))
             scores = {v: scorer.score(users, t) for v, t in texts.items()}
-            row = {"seed": seed, **summarize(scores, metric, seed=cfg.seed, list_metric=list_metric)}
+            row = {"seed": model_seed, **summarize(scores, metric, seed=seed, list_metric=list_metric)}
             if policy is not None:
                 row["policy_summaries"] = response_spread(scorer, policy, metric)
-                row["policy_split_half"] = split_half(scorer, policy, seed=cfg.seed)
+                row["policy_split_half"] = split_half(scorer, policy, seed=seed)
             per_seed.append(row)
             mm = row["mean"]
-            table.add_row(name.replace("_knowledge", " +knowledge"), str(seed), f"{row['p_pos_gt_neg']:.3f}",
+            table.add_row(name.replace("_knowledge", " +knowledge"), str(model_seed), f"{row['p_pos_gt_neg']:.3f}",
                           f"{row['ties_pos_neg']:.3f} ({row['ties_at_ceiling']:.3f})",
                           f"{row['p_pos_gt_neg_list']:.3f}", f"{row['p_pos_gt_neg_margin']:.3f}",
                           *[f"{mm[v]:.4f}" for v in ("positives", "negatives", "other user", "empty", "history")],
@@ -263,7 +276,7 @@ def run_probe(cfg, kinds: Sequence[str] | None = None, n_seeds: int | None = Non
                 console.print(f"{name} seed {row['seed']}: split-half, {sh['users']} users: within-user correlation of "
                               f"the halves' margins {sh['within_user_corr']:+.3f} [{lo:+.3f}, {hi:+.3f}], same best "
                               f"summary on both halves {sh['same_best']:.3f} (chance {sh['same_best_chance']:.3f})")
-    path = Path(out) if out else RunLayout(cfg.run_dir).reward_probe
+    path = Path(out) if out else layout.reward_probe
     atomic_write_json(path, result)
     console.print(f"written {path}")
     return result

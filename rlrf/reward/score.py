@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
+from rlrf.core.config import ScoreConfig
 from rlrf.core.errors import UserError
 from rlrf.core.io import JsonlLog, atomic_write_json, atomic_write_jsonl, read_jsonl
 from rlrf.core.layout import RunLayout
@@ -104,18 +104,17 @@ def guard_changes(guarded: list[dict], plain: list[dict]) -> dict[str, int]:
             "rejected": sum(g["rejected_k"] != q["rejected_k"] for g, q in both)}
 
 
-def score_responses(cfg, iteration: int, scorer, show_progress: bool = True,
+def score_iteration(layout: RunLayout, iteration: int, scorer, score: ScoreConfig, show_progress: bool = True,
                     label: str | None = None) -> tuple[list[dict], dict[tuple[str, int], dict]]:
     """Score every response of the iteration not yet in scores.jsonl; returns (responses, scores by (user, k))."""
     from rlrf.generation.generate import load_responses
 
-    layout = RunLayout(cfg.run_dir)
-    responses = load_responses(cfg.run_dir, iteration)
+    responses = load_responses(layout.root, iteration)
     if not responses:
         raise UserError(f"{layout.responses(iteration)}: no responses; run `rlrf generate` for iteration {iteration} first")
     log = JsonlLog(layout.scores(iteration), key=lambda r: (r["user"], r["k"]))
     todo = [r for r in responses if (r["user"], r["k"]) not in log]
-    batch = cfg.score.batch_size
+    batch = score.batch_size
     with progress_bar(show_progress) as progress:
         task = progress.add_task(label or f"score iter {iteration}", total=len(todo))
         for start in range(0, len(todo), batch):
@@ -129,34 +128,45 @@ def score_responses(cfg, iteration: int, scorer, show_progress: bool = True,
             )
             progress.advance(task, len(chunk))
     scored = {(s["user"], s["k"]): s for s in read_jsonl(log.path)}
-    if cfg.score.metric not in next(iter(scored.values())):
+    if score.metric not in next(iter(scored.values())):
         names = sorted(k for k in next(iter(scored.values())) if "@" in k)
-        raise UserError(f"score.metric: '{cfg.score.metric}' is not one of {', '.join(names)}")
+        raise UserError(f"score.metric: '{score.metric}' is not one of {', '.join(names)}")
     return responses, scored
 
 
-def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress: bool = True) -> PairStats:
-    """Score the iteration's responses (skipping rows already scored), then rewrite its pairs."""
-    from rlrf.data.dataset import load_dataset
-    from rlrf.generation.generate import load_prompts
-    from rlrf.reward.model import RewardScorer
+def score_responses(cfg, iteration: int, scorer, show_progress: bool = True,
+                    label: str | None = None) -> tuple[list[dict], dict[tuple[str, int], dict]]:
+    """`score_iteration` for a whole run config (the recipes' adapter)."""
+    return score_iteration(RunLayout(cfg.run_dir), iteration, scorer, cfg.score, show_progress, label)
 
-    ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
-    scorer = scorer if scorer is not None else RewardScorer.from_run(cfg, ds=ds, progress=show_progress)
-    responses, scored = score_responses(cfg, iteration, scorer, show_progress)
-    metric = cfg.score.metric
-    prompts = {u: r["prompt"] for u, r in load_prompts(cfg.run_dir, iteration).items()}
-    train_users = set(ds.splits["train"])
+
+def score_and_pair(layout: RunLayout, iteration: int, scorer, score: ScoreConfig, train_users: set[str],
+                   show_progress: bool = True) -> PairStats:
+    """Score the iteration's responses (skipping rows already scored), then rewrite its pairs."""
+    from rlrf.generation.generate import load_prompts
+
+    responses, scored = score_iteration(layout, iteration, scorer, score, show_progress)
+    metric = score.metric
+    prompts = {u: r["prompt"] for u, r in load_prompts(layout.root, iteration).items()}
 
     def pairs_by(copy_penalty: float) -> tuple[list[dict], PairStats]:
         rewards = pair_rewards(responses, scored, prompts, metric, copy_penalty)
-        return build_pairs(responses, rewards, prompts, train_users, cfg.score.negatives, cfg.score.min_margin)
+        return build_pairs(responses, rewards, prompts, train_users, score.negatives, score.min_margin)
 
-    pairs, stats = pairs_by(cfg.score.copy_penalty)
-    meta = {"metric": metric, "copy_penalty": cfg.score.copy_penalty, **asdict(stats)}
-    if cfg.score.copy_penalty:
+    pairs, stats = pairs_by(score.copy_penalty)
+    meta = {"metric": metric, "copy_penalty": score.copy_penalty, **asdict(stats)}
+    if score.copy_penalty:
         meta["changed_by_copy_penalty"] = guard_changes(pairs, pairs_by(0.0)[0])
-    layout = RunLayout(cfg.run_dir)
     atomic_write_jsonl(layout.pairs(iteration), pairs)
     atomic_write_json(layout.pairs_meta(iteration), meta)
     return stats
+
+
+def run_score(cfg, iteration: int = 0, scorer=None, dataset=None, show_progress: bool = True) -> PairStats:
+    """`score_and_pair` for a whole run config: the run's dataset and reward model unless given."""
+    from rlrf.data.dataset import load_dataset
+    from rlrf.reward.scorer import RewardScorer
+
+    ds = dataset if dataset is not None else load_dataset(cfg.data, seed=cfg.seed)
+    scorer = scorer if scorer is not None else RewardScorer.from_run(cfg, ds=ds, progress=show_progress)
+    return score_and_pair(RunLayout(cfg.run_dir), iteration, scorer, cfg.score, set(ds.splits["train"]), show_progress)

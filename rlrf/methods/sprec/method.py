@@ -258,7 +258,7 @@ class SPRec(Method):
 
 
 def make_grounder(cfg, ds, popularity=None):
-    from recmodels.knowledge import load_encoder
+    from rlrf.data.texts import load_encoder
     from rlrf.generation.grounding import TitleGrounder
 
     return TitleGrounder(ds.catalog, load_encoder(cfg.encoder, progress=False), min_similarity=cfg.sprec.min_similarity,

@@ -10,9 +10,12 @@ rating >= positive_rating, padded with sampled unseen items, shuffled) with its 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from rlrf.data.dataset import RerankList, future_list_at, history_cut, visible_popularity
+from rlrf.core.config import ListsConfig, SASRecConfig
+from rlrf.data.lists import RerankList, check_unseen, future_list_at, history_cut, visible_popularity
 
 
 def extra_cuts(n: int, main: int, length: int, count: int) -> list[int]:
@@ -31,6 +34,7 @@ def kar_list_at(ds, uid: str, cut: int, length: int, positive_rating: float, rng
     future = user.items[cut: cut + length]
     labels = [int(r is not None and r >= positive_rating) for r in user.ratings[cut: cut + len(future)]]
     seen = set(user.items)
+    check_unseen(uid, len(ds.catalog) - len(seen), length - len(future), length)
     pad: list[int] = []
     while len(future) + len(pad) < length:
         c = int(rng.integers(len(ds.catalog)))
@@ -55,22 +59,22 @@ def extra_train_lists(ds, users, lists_cfg, positive_rating: float, train_cuts: 
     return out
 
 
-def extra_sasrec_train_lists(cfg, ds, users, train_cuts: int) -> list[RerankList]:
+def extra_sasrec_train_lists(ds, users, lists_cfg: ListsConfig, sasrec: SASRecConfig, sasrec_dir: Path, seed: int,
+                             train_cuts: int) -> list[RerankList]:
     """(train_cuts − 1) more SASRec candidate lists per TRAIN user at other cuts (label = watched after the cut).
 
-    Reuses the run's SASRec (`<run_dir>/sasrec`, trained by `rlrf data`; retrained only if missing).
+    Reuses the run's SASRec (`sasrec_dir`, trained by `rlrf data`; retrained only if missing).
     """
     from recmodels.sequential import score_histories, top_m, train_sasrec
-    from rlrf.core.layout import RunLayout
-    from rlrf.data.dataset import visible_sequences
+    from rlrf.data.candidates import sasrec_settings
+    from rlrf.data.lists import visible_sequences
 
-    model, dataset = train_sasrec(visible_sequences(ds, cfg.data.lists.max_history), cfg.sasrec,
-                                  RunLayout(cfg.run_dir).sasrec, cfg.seed)
-    length = cfg.data.lists.length
+    model, dataset = train_sasrec(visible_sequences(ds, lists_cfg.max_history), sasrec_settings(sasrec), sasrec_dir, seed)
+    length = lists_cfg.length
     keys, histories, futures = [], {}, {}
     for uid in users:
         items = ds.users[uid].items
-        main = history_cut(len(items), cfg.data.lists.max_history)
+        main = history_cut(len(items), lists_cfg.max_history)
         for cut in extra_cuts(len(items), main, length, train_cuts - 1):
             key = f"{uid}\t{cut}"
             keys.append((uid, cut))

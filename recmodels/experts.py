@@ -1,4 +1,4 @@
-"""KAR's hybrid-expert adapter: knowledge vectors → compact features for each list position.
+"""KAR's hybrid-expert network (its "adaptor"; not a LoRA adapter): knowledge vectors → compact features for each list position.
 
 Two towers, user knowledge (one summary vector per list) and item knowledge (one vector per item).
 Each tower mixes its own specific experts with experts shared by both towers; its gate is a softmax
@@ -18,7 +18,7 @@ def _expert(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
 
 
-class HybridExpertAdapter(nn.Module):
+class HybridExperts(nn.Module):
     """shared + user-specific + item-specific experts; per-tower softmax gates."""
 
     def __init__(self, d_knowledge: int, d_out: int = 32, hidden: int = 64, n_shared: int = 2,
@@ -99,7 +99,8 @@ class ListFeatures(nn.Module):
             self.register_buffer("item_k", table)
             self.d_knowledge = item_knowledge.shape[1]
             self.missing_user = nn.Parameter(torch.zeros(self.d_knowledge))
-            self.adapter = HybridExpertAdapter(self.d_knowledge, adapter_out, adapter_hidden, n_shared, n_specific, dropout)
+            # "adapter": the attribute name is part of saved files' state-dict keys (features.adapter.*)
+            self.adapter = HybridExperts(self.d_knowledge, adapter_out, adapter_hidden, n_shared, n_specific, dropout)
             self.out_dim += 3 * adapter_out
         self.history_dropout = history_dropout  # train-time: a list's whole history hidden with this probability
         self.summary_match = bool(summary_match) and self.knowledge
