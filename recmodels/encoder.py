@@ -109,6 +109,12 @@ def default_cache_dir() -> Path:
     return Path(env) / "embeddings" if env else Path.home() / ".cache" / "rlrf" / "embeddings"
 
 
+# How the vectors in a cache folder were batched. Folders written before encoding batched only texts
+# of one token count hold vectors that depended on their batch-mates (~1e-7); naming the scheme in the
+# folder's hash leaves those behind instead of mixing the two kinds.
+CACHE_SCHEME = "one-token-count-per-batch"
+
+
 class EmbeddingCache:
     """Vectors by sha256(text) for one encoder key, in `<root>/<slug>/` as append-only .npy shards."""
 
@@ -117,7 +123,8 @@ class EmbeddingCache:
     def __init__(self, root: Path, key: str):
         self.key = key
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key.split("|")[0])[-60:].strip("_")
-        self.dir = Path(root) / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+        folder_hash = hashlib.sha256(f"{key}\n{CACHE_SCHEME}".encode()).hexdigest()[:10]
+        self.dir = Path(root) / f"{slug}-{folder_hash}"
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "encoder.json"
         if not meta.exists():
