@@ -43,7 +43,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rlrf.alignment.adapters import previous_adapter, train_adapter, trainable_policy, trainer_args
+from rlrf.alignment.adapters import (previous_adapter, train_adapter, train_in_mixed_bf16, trainable_policy,
+                                     trainer_args)
+from rlrf.alignment.fast import fast_training
 from rlrf.core.errors import UserError
 from rlrf.core.io import read_jsonl
 from rlrf.core.layout import RunLayout
@@ -180,7 +182,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             peft_config=lora, callbacks=[timer], loss_name=a.loss, negatives=negatives,
             sft_weight=a.sft_weight if a.loss in LOSSES else 0.0,
             rosepo_eps_max=a.rosepo_eps_max, rosepo_tau=a.rosepo_tau, share_prompt=a.share_prompt,
-            length_alpha=a.length_alpha,
+            length_alpha=a.length_alpha, fast_path=fast_training(), mixed_bf16=train_in_mixed_bf16(cfg.llm),
         )
         if len(trainer.train_dataset) == 0:
             raise UserError(f"align.trainer_args.max_length: {args.max_length} tokens is shorter than every prompt; no pair left")
@@ -213,7 +215,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             "start_adapter": str(start_adapter) if start_adapter else None,
             "reference": f"{cfg.llm.model or 'default'} + {start_adapter or 'no adapter'}",
             "device": str(param.device),
-            "dtype": str(param.dtype).replace("torch.", ""),
+            "dtype": "mixed-bfloat16" if trainer.mixed_bf16 else str(param.dtype).replace("torch.", ""),
         }
 
     return train_adapter(layout.adapter(iteration), layout.align_log(iteration), build, summarize,

@@ -11,11 +11,14 @@
 (tests monkeypatch it); ``RLRF_CPU_BF16=0`` in the environment makes `auto` mean float32 on any
 CPU (the test suite sets it, so its exact-equality tests see float32 on every machine).
 
-Training: under `auto` the policy is trained in float32 on CPU
-(:func:`rlrf.alignment.adapters.training_dtype`, measured reasons there); ``llm.dtype: bfloat16``
-opts in to bf16 training, and :func:`training_precision`
-gives the ``TrainingArguments`` switches for the loaded weights (bf16 autocast over bf16 weights;
-peft keeps the LoRA parameters in float32).
+Training: the fast path (rlrf/alignment/fast.py, the default; ``RLRF_FAST_TRAIN=0`` turns it off)
+trains in mixed bf16 where :func:`mixed_bf16_training` says so: float32 weights loaded, frozen linear
+weights then stored in bf16, bf16 autocast over the decoder's matmuls, float32 residual stream, LoRA,
+LM head and log-softmax; its DPO losses track float32 (bench/train.py). Without the fast path,
+`auto` trains in float32 on CPU (:func:`rlrf.alignment.adapters.training_dtype`: bf16 weights +
+autocast did not track) and ``llm.dtype: bfloat16`` opts in to that, with
+:func:`training_precision` giving the ``TrainingArguments`` switches for the loaded weights (bf16
+autocast over bf16 weights; peft keeps the LoRA parameters in float32).
 """
 
 from __future__ import annotations
@@ -70,6 +73,17 @@ def resolve_dtype(name: str, device) -> Any:
 def dtype_name(dtype) -> str:
     """'bfloat16' for torch.bfloat16 (what run records store)."""
     return str(dtype).replace("torch.", "")
+
+
+def mixed_bf16_training(name: str, device) -> bool:
+    """Whether the fast training path runs mixed bf16 for `llm.dtype` `name` on `device`: on CPU,
+    under `auto` where the CPU has native bf16 (and ``RLRF_CPU_BF16`` allows it), and under an
+    explicit ``bfloat16``. Elsewhere training runs in the loaded dtype."""
+    import torch
+
+    if device.type != "cpu":
+        return False
+    return name == "bfloat16" or (name == "auto" and resolve_dtype("auto", device) == torch.bfloat16)
 
 
 def training_precision(model) -> dict:
