@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlrf.alignment.adapters import training_dtype
+from rlrf.alignment.adapters import train_in_mixed_bf16, training_dtype
 from rlrf.core import precision
 from rlrf.generation.backends import Request, SamplingParams, TransformersBackend
 from rlrf.core.config import LLMConfig
@@ -115,9 +115,26 @@ def test_bf16_decoding_is_deterministic(tiny_model_dir):
     assert run(8) == run(8)
 
 
-def test_training_stays_fp32_on_cpu_under_auto(bf16_cpu):
-    """bf16 DPO does not track fp32 (rlrf.alignment.adapters.training_dtype): `auto` trains in fp32 on CPU."""
+def test_auto_trains_mixed_bf16_on_cpus_with_native_bf16(bf16_cpu, monkeypatch):
+    """The fast path loads fp32 and trains mixed bf16 where the CPU multiplies bf16 natively (its DPO
+    losses track fp32: bench/train.py); RLRF_FAST_TRAIN=0 keeps the earlier rule."""
+    bf16_cpu(True)
+    assert training_dtype(LLMConfig(device="cpu")) == "float32"
+    assert train_in_mixed_bf16(LLMConfig(device="cpu"))
+    assert train_in_mixed_bf16(LLMConfig(device="cpu", dtype="bfloat16"))
+    assert not train_in_mixed_bf16(LLMConfig(device="cpu", dtype="float32"))
+    bf16_cpu(False)
+    assert not train_in_mixed_bf16(LLMConfig(device="cpu"))
+    monkeypatch.setenv("RLRF_CPU_BF16", "0")
+    bf16_cpu(True)
+    assert not train_in_mixed_bf16(LLMConfig(device="cpu"))
+
+
+def test_without_the_fast_path_training_stays_fp32_on_cpu_under_auto(bf16_cpu, monkeypatch):
+    """bf16 weights + autocast did not track fp32 (rlrf.alignment.adapters.training_dtype)."""
+    monkeypatch.setenv("RLRF_FAST_TRAIN", "0")
     bf16_cpu(True)
     assert training_dtype(LLMConfig(device="cpu")) == "float32"
     assert training_dtype(LLMConfig(device="cpu", dtype="bfloat16")) == "bfloat16"  # opt-in
     assert training_dtype(LLMConfig(device="cpu", dtype="float32")) == "float32"
+    assert not train_in_mixed_bf16(LLMConfig(device="cpu"))
