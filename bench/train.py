@@ -10,10 +10,13 @@ Rows (each stage of each row in its own subprocess: its own peak RSS, threads an
   reference computed at every step, full-vocabulary logits), our learning rate, batch and lengths;
 * ``today`` — rlrf with ``RLRF_FAST_TRAIN=0``: the path before the fast path (fp32; shared-prompt
   forward, precomputed reference, trl's SFT loss);
-* ``fast-fp32`` — the fast path in fp32 (``llm.dtype: float32``): each example alone without
+* ``fast`` — the fast path as ``llm.dtype: auto`` trains (fp32 on CPU): each example alone without
   padding, the LM head at completion positions only, SFT on the same path (rlrf/alignment/fast.py);
-* ``fast`` — the fast path as ``llm.dtype: auto`` runs it: mixed bf16 on CPUs with native bf16
-  (bf16-stored frozen linears under autocast; fp32 residual stream, LoRA, LM head, log-softmax).
+* ``fast-bf16`` — the fast path in mixed bf16 (``llm.dtype: bfloat16``, opt-in: bf16-stored frozen
+  linears under autocast; fp32 residual stream, LoRA updates, LM head, log-softmax).
+
+The reference rows are capped (``--ref-dpo-steps``, ``--ref-sft-steps``: their tokens/s is a rate,
+their losses are compared over the steps they ran) so that the whole run fits ~15-20 min on 2 idle cores.
 
 Stages, same data, seed and order for every row: DPO (``--dpo-steps`` x ``--dpo-batch`` pairs: the
 quickstart's real user-preference prompts of the first train users, two fixed summaries);
@@ -46,10 +49,10 @@ REJECTED = ("This user watches everything. They like movies. Movies are good. Th
 NEGATIVES = [REJECTED, "This user likes films.",
              "Comedies, comedies and more comedies: this user only ever watches light musicals and cartoons."]
 ROWS = {  # name: (environment, llm.dtype)
-    "trl": ({}, "float32"),
+    "trl": ({"RLRF_FAST_TRAIN": "0"}, "float32"),
     "today": ({"RLRF_FAST_TRAIN": "0"}, "float32"),
-    "fast-fp32": ({"RLRF_FAST_TRAIN": "1"}, "float32"),
     "fast": ({"RLRF_FAST_TRAIN": "1"}, "auto"),
+    "fast-bf16": ({"RLRF_FAST_TRAIN": "1"}, "bfloat16"),
 }
 STAGES = ("dpo", "sdpo", "sft", "grpo")
 GFLOP_PER_TOKEN = 0.55
@@ -86,12 +89,16 @@ def _setup(args, row: str, stage: str):
     torch.set_num_threads(args.threads)
     run_dir = Path(tempfile.mkdtemp(prefix=f"rlrf-bench-train-{row}-{stage}-"))
     steps = {"dpo": args.dpo_steps, "sdpo": args.sdpo_steps}.get(stage, 0)
+    if stage == "dpo" and row == "trl":
+        steps = min(steps, args.ref_dpo_steps)
+    sft_steps = min(args.sft_steps, args.ref_sft_steps) if row in ("trl", "today") else args.sft_steps
     overrides = {
         "run_dir": str(run_dir), "threads": args.threads, "llm.dtype": ROWS[row][1],
         "generate.max_users": max(args.dpo_steps, args.sdpo_steps) * args.dpo_batch, "generate.users": "train",
         "align.trainer_args": {"max_steps": steps, "report_to": [], "per_device_train_batch_size": args.dpo_batch},
-        "sft.users": args.sft_steps * args.sft_batch,
-        "sft.trainer_args": {"per_device_train_batch_size": args.sft_batch, "num_train_epochs": 1.0, "report_to": []},
+        "sft.users": max(1, args.sft_steps * args.sft_batch),
+        "sft.trainer_args": {"per_device_train_batch_size": args.sft_batch, "num_train_epochs": 1.0, "report_to": [],
+                             "max_steps": max(1, sft_steps)},
     }
     if stage == "sdpo":
         overrides.update({"align.loss": "sdpo", "score.negatives": 3})
@@ -145,7 +152,7 @@ def _stock_trl_sft(cfg, records, work: Path):
     policy = load_policy(cfg.llm.model_copy(update={"dtype": "float32"}), merge_adapter=False)
     t = cfg.sft.trainer_args
     args = SFTConfig(output_dir=str(work), learning_rate=t["learning_rate"],
-                     per_device_train_batch_size=t["per_device_train_batch_size"], num_train_epochs=1.0,
+                     per_device_train_batch_size=t["per_device_train_batch_size"], max_steps=t["max_steps"],
                      max_length=t["max_length"], lr_scheduler_type="linear", logging_steps=1, save_strategy="no",
                      report_to=[], use_cpu=True, seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=True)
     timer = _Timer()
@@ -175,7 +182,7 @@ def worker(args) -> dict:
     out: dict = {"row": row, "stage": stage}
     if stage in ("dpo", "sdpo"):
         negatives = 3 if stage == "sdpo" else 1
-        steps = args.dpo_steps if stage == "dpo" else args.sdpo_steps
+        steps = args.dpo_steps if stage == "dpo" else args.sdpo_steps  # the data; a capped row runs fewer steps
         pairs = _pairs(cfg, ds, tokenizer, steps * args.dpo_batch, negatives)
         if row == "trl":
             losses, seconds, reference = _stock_trl_dpo(cfg, pairs, cfg.run_dir / "trl")
@@ -190,13 +197,13 @@ def worker(args) -> dict:
             losses = [e["loss"] for e in steps_log]
             seconds, reference, dtype = sum(e["seconds"] for e in steps_log), summary["reference_seconds"], summary["dtype"]
         texts = [CHOSEN] + (NEGATIVES[:negatives] if negatives > 1 else [REJECTED])
-        tokens = sum(n_tokens(p["prompt"], t) for p in pairs for t in texts)
+        tokens = sum(n_tokens(p["prompt"], t) for p in pairs for t in texts) * len(losses) // steps
         out.update(steps=len(losses), tokens=tokens, train_s=round(seconds, 2), reference_s=round(reference, 2),
                    seconds=round(seconds + reference, 2), losses=[round(x, 5) for x in losses], dtype=dtype)
     elif stage == "sft":
         from rlrf.methods.sprec import sft_records, sft_users
 
-        records = sft_records(cfg, ds, tokenizer, sft_users(ds, cfg))[: args.sft_steps * args.sft_batch]
+        records = sft_records(cfg, ds, tokenizer, sft_users(ds, cfg))[: cfg.sft.users]
         if row == "trl":
             losses, seconds = _stock_trl_sft(cfg, records, cfg.run_dir / "trl")
         else:
@@ -206,7 +213,8 @@ def worker(args) -> dict:
             log = json.loads(layout.sft_log.read_text())
             losses = [e["loss"] for e in log["steps"] if "loss" in e]
             seconds = next(e["train_runtime"] for e in log["steps"] if "train_runtime" in e)
-        tokens = sum(n_tokens(r["prompt"], r["completion"]) for r in records)
+        # a capped row trains on len(losses) of the batches: its share of the tokens (mean per example)
+        tokens = sum(n_tokens(r["prompt"], r["completion"]) for r in records) * len(losses) * args.sft_batch // len(records)
         out.update(steps=len(losses), tokens=tokens, seconds=round(seconds, 2), losses=[round(x, 5) for x in losses],
                    dtype=ROWS[row][1])
     elif stage == "grpo":
@@ -243,8 +251,6 @@ def _plan(args) -> list[tuple[str, str]]:
                 continue
             if row == "trl" and stage in ("sdpo", "grpo"):  # trl has no k-negative loss; GRPO: one row suffices
                 continue
-            if stage in ("sdpo", "grpo") and row == "fast-fp32":
-                continue
             if stage == "grpo" and row != "fast":  # the fast path leaves the online trainer as it was
                 continue
             plan.append((row, stage))
@@ -259,35 +265,36 @@ def _max_diff(a: list[float], b: list[float]) -> float | None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/quickstart.yaml")
-    ap.add_argument("--rows", default="trl,today,fast-fp32,fast")
+    ap.add_argument("--rows", default="trl,today,fast,fast-bf16")
     ap.add_argument("--dpo-steps", type=int, default=32)
     ap.add_argument("--sdpo-steps", type=int, default=4)
     ap.add_argument("--dpo-batch", type=int, default=2)
     ap.add_argument("--sft-steps", type=int, default=8)
     ap.add_argument("--sft-batch", type=int, default=8)
+    ap.add_argument("--ref-dpo-steps", type=int, default=16, help="cap on the trl row's DPO steps")
+    ap.add_argument("--ref-sft-steps", type=int, default=4, help="cap on the trl and today rows' SFT steps")
     ap.add_argument("--grpo", type=int, default=1, help="0 skips the GRPO step")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--short", action="store_true", help="4 DPO, 2 S-DPO, 2 SFT steps, rows today and fast")
+    ap.add_argument("--short", action="store_true", help="4 DPO, 2 S-DPO, 2 SFT steps, rows today, fast, fast-bf16")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.short:
         args.dpo_steps, args.sdpo_steps, args.sft_steps = 4, 2, 2
-        args.rows = "today,fast"
+        args.rows = "today,fast,fast-bf16"
     if args.worker:
         emit(worker(args))
         return 0
 
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--short"]
     forwarded += ["--dpo-steps", str(args.dpo_steps), "--sdpo-steps", str(args.sdpo_steps),
-                  "--sft-steps", str(args.sft_steps)]
+                  "--sft-steps", str(args.sft_steps), "--ref-dpo-steps", str(args.ref_dpo_steps),
+                  "--ref-sft-steps", str(args.ref_sft_steps)]
     results: list[dict] = []
     started = time.perf_counter()
     for row, stage in _plan(args):
         t0 = time.perf_counter()
         env = {**ROWS[row][0]}
-        if row == "trl":
-            env["RLRF_FAST_TRAIN"] = "0"
         result, why = run_row(__file__, f"{row}:{stage}", forwarded, env=env)
         if result is None:
             print(f"{row} {stage}: {why}", flush=True)
@@ -314,11 +321,12 @@ def main(argv=None) -> int:
 
     summary: dict = {"wall_s": round(time.perf_counter() - started, 1), "threads": args.threads}
     for stage in ("dpo", "sft", "sdpo"):
-        new, today = get("fast", stage), get("today", stage)
-        if new and today:
-            summary[f"{stage}_speedup"] = round(new["tok_per_s"] / today["tok_per_s"], 2)
-        if new and get("trl", stage):
-            summary[f"{stage}_speedup_vs_trl"] = round(new["tok_per_s"] / get("trl", stage)["tok_per_s"], 2)
+        for row, suffix in (("fast", ""), ("fast-bf16", "_bf16")):
+            new, today = get(row, stage), get("today", stage)
+            if new and today:
+                summary[f"{stage}_speedup{suffix}"] = round(new["tok_per_s"] / today["tok_per_s"], 2)
+            if new and get("trl", stage):
+                summary[f"{stage}_speedup{suffix}_vs_trl"] = round(new["tok_per_s"] / get("trl", stage)["tok_per_s"], 2)
     new = get("fast", "dpo")
     if new:
         if get("today", "dpo"):
@@ -326,9 +334,10 @@ def main(argv=None) -> int:
         if get("trl", "dpo"):
             summary["dpo_loss_max_abs_diff_vs_trl"] = _max_diff(new["losses"], get("trl", "dpo")["losses"])
         summary["dpo_first_loss_minus_log2"] = round(new["losses"][0] - 0.6931471805599453, 6) if new["losses"] else None
-    if get("fast-fp32", "dpo") and get("today", "dpo"):
-        summary["dpo_loss_max_abs_diff_fast_fp32"] = _max_diff(get("fast-fp32", "dpo")["losses"],
-                                                               get("today", "dpo")["losses"])
+    bf16 = get("fast-bf16", "dpo")
+    if bf16 and get("today", "dpo"):
+        summary["dpo_loss_max_abs_diff_bf16"] = _max_diff(bf16["losses"], get("today", "dpo")["losses"])
+        summary["dpo_first_loss_minus_log2_bf16"] = round(bf16["losses"][0] - 0.6931471805599453, 6)
     print("\n" + json.dumps(summary))
     if args.json:
         args.json.write_text(json.dumps({**summary, "rows": results}, indent=2) + "\n")

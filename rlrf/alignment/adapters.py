@@ -49,9 +49,9 @@ def lora_config(cfg):
 def training_dtype(llm_cfg) -> str:
     """The `llm.dtype` training loads the policy with.
 
-    Fast path (rlrf/alignment/fast.py, default): float32 on CPU, whatever `llm.dtype` says; where
-    :func:`rlrf.core.precision.mixed_bf16_training` holds, the trainer then stores the frozen linear
-    weights in bf16 and runs the decoder under bf16 autocast (:func:`train_in_mixed_bf16`).
+    Fast path (rlrf/alignment/fast.py, default): float32 on CPU, whatever `llm.dtype` says; under
+    ``llm.dtype: bfloat16`` (:func:`rlrf.core.precision.mixed_bf16_training`) the trainer then stores
+    the frozen linear weights in bf16 and runs the decoder under bf16 autocast (:func:`train_in_mixed_bf16`).
 
     ``RLRF_FAST_TRAIN=0`` (the path before): `auto` stays float32 on CPU and an explicit type is kept
     (``llm.dtype: bfloat16`` trains bf16 weights under autocast). Why not bf16 weights under `auto`:
