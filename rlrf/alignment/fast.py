@@ -59,13 +59,6 @@ def _float32_output(module, args, output):
     return output.float()
 
 
-def mixed_bf16(model) -> bool:
-    """True when `model` runs the mixed path: some frozen linear weights stored in bf16."""
-    import torch
-
-    return any(isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.bfloat16 for m in model.modules())
-
-
 def autocast(enabled: bool):
     """bf16 autocast on CPU for the decoder when `enabled`."""
     import torch
