@@ -32,7 +32,10 @@ worst one. rosepo's per-pair ε comes from the pair's reward margin (:func:`rlrf
 Speed: the ~500-token prompt dominates each sequence (~130 response tokens), so with our losses
 (``align.share_prompt``, default) each prompt is run once and its KV cache repeated for the chosen
 response and the k negatives; gradients flow through the cache. Log-probs and gradients equal the
-full-sequence pass (tested); trl's pass-through losses use trl's full-sequence pass.
+full-sequence pass (tested); trl's pass-through losses use trl's full-sequence pass. The fast path
+(rlrf/alignment/fast.py, default; ``RLRF_FAST_TRAIN=0`` turns it off) runs each example alone without
+padding and the LM head only at completion positions, and computes the reference by the same
+function (adapter disabled), so at the initial adapter the loss is exactly log 2.
 
 The stage is idempotent: a finished ``iter_<t>/adapter`` (written to a temporary folder, then
 renamed) makes a rerun skip and return the saved log's summary.
