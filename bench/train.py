@@ -103,7 +103,8 @@ def _setup(args, row: str, stage: str):
     if stage == "sdpo":
         overrides.update({"align.loss": "sdpo", "score.negatives": 3})
     if stage == "grpo":
-        overrides.update({"align.method": "grpo", "online.trainer_args": {"max_steps": 1, "report_to": []}})
+        overrides.update({"align.method": "grpo", "generate.max_users": 16,  # 4 prompts x 4 summaries per step
+                          "online.trainer_args": {"max_steps": 1, "report_to": []}})
     return load_config(args.config, overrides)
 
 
