@@ -22,10 +22,11 @@ def emit(row: dict) -> None:
     print("ROW " + json.dumps(row), flush=True)
 
 
-def run_row(script: str, name: str, argv: list[str], extra_path: list[str] = ()) -> tuple[dict | None, str]:
-    """Run `script --worker name argv...` with the repository (and `extra_path`) importable;
-    returns (its row, "") or (None, why it failed)."""
-    env = dict(os.environ)
+def run_row(script: str, name: str, argv: list[str], extra_path: list[str] = (),
+            env: dict[str, str] | None = None) -> tuple[dict | None, str]:
+    """Run `script --worker name argv...` with the repository (and `extra_path`) importable and
+    `env` added to the environment; returns (its row, "") or (None, why it failed)."""
+    env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *extra_path, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, script, "--worker", name, *argv], env=env, cwd=ROOT,
                           capture_output=True, text=True)

@@ -76,16 +76,16 @@ def test_shared_prompts_give_trl_log_probs_entropies_and_gradients(tmp_path, tin
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
-    from rlrf.alignment.online import shared_prompt_trainer
+    from rlrf.alignment.online_trainer import SharedPromptGRPOTrainer
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, use_cpu=True,
                       report_to=[], temperature=0.7, max_completion_length=8, activation_checkpointing=False,
                       bf16=False)
-    trainer = shared_prompt_trainer(GRPOTrainer)(
+    trainer = SharedPromptGRPOTrainer(
         model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
         processing_class=tiny_tokenizer, train_dataset=Dataset.from_list([{"prompt": "a b"}]),
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlrf.alignment.adapters import training_dtype
+from rlrf.alignment.adapters import train_in_mixed_bf16, training_dtype
 from rlrf.core import precision
 from rlrf.generation.backends import Request, SamplingParams, TransformersBackend
 from rlrf.core.config import LLMConfig
@@ -115,9 +115,23 @@ def test_bf16_decoding_is_deterministic(tiny_model_dir):
     assert run(8) == run(8)
 
 
-def test_training_stays_fp32_on_cpu_under_auto(bf16_cpu):
-    """bf16 DPO does not track fp32 (rlrf.alignment.adapters.training_dtype): `auto` trains in fp32 on CPU."""
+def test_auto_trains_fp32_and_bfloat16_opts_in_to_mixed_bf16(bf16_cpu):
+    """The fast path loads fp32; mixed bf16 does not track fp32 closely enough for `auto`
+    (rlrf.core.precision.mixed_bf16_training), so only an explicit bfloat16 trains in it."""
+    for native in (True, False):
+        bf16_cpu(native)
+        assert training_dtype(LLMConfig(device="cpu")) == "float32"
+        assert not train_in_mixed_bf16(LLMConfig(device="cpu"))
+        assert train_in_mixed_bf16(LLMConfig(device="cpu", dtype="bfloat16"))
+        assert training_dtype(LLMConfig(device="cpu", dtype="bfloat16")) == "float32"  # stored bf16 by the trainer
+        assert not train_in_mixed_bf16(LLMConfig(device="cpu", dtype="float32"))
+
+
+def test_without_the_fast_path_training_stays_fp32_on_cpu_under_auto(bf16_cpu, monkeypatch):
+    """bf16 weights + autocast did not track fp32 (rlrf.alignment.adapters.training_dtype)."""
+    monkeypatch.setenv("RLRF_FAST_TRAIN", "0")
     bf16_cpu(True)
     assert training_dtype(LLMConfig(device="cpu")) == "float32"
     assert training_dtype(LLMConfig(device="cpu", dtype="bfloat16")) == "bfloat16"  # opt-in
     assert training_dtype(LLMConfig(device="cpu", dtype="float32")) == "float32"
+    assert not train_in_mixed_bf16(LLMConfig(device="cpu"))

@@ -47,20 +47,37 @@ def lora_config(cfg):
 
 
 def training_dtype(llm_cfg) -> str:
-    """The `llm.dtype` training loads the policy with: `auto` stays float32 on CPU, an explicit type
-    is kept (so ``llm.dtype: bfloat16`` trains in bf16, opt-in).
+    """The `llm.dtype` training loads the policy with.
 
-    Why not bf16 under `auto` on CPU: measured with bench/train.py (SmolLM2-135M, LoRA r 8, lr 2e-4,
-    batch 2), bf16 weights + autocast make a DPO step ~1.7x faster, but the DPO loss does not track
-    float32 (4 steps: 0.670 0.631 0.555 0.471 vs 0.693 0.411 0.262 0.184): the first loss is off
-    log 2 (policy and reference log-probs differ by bf16 rounding, ~0.5 nats per pair) and small
-    LoRA updates drown in the bf16 residual stream. SFT losses agree within ~3 %.
+    Fast path (rlrf/alignment/fast.py, default): float32 on CPU, whatever `llm.dtype` says; under
+    ``llm.dtype: bfloat16`` (:func:`rlrf.core.precision.mixed_bf16_training`) the trainer then stores
+    the frozen linear weights in bf16 and runs the decoder under bf16 autocast (:func:`train_in_mixed_bf16`).
+
+    ``RLRF_FAST_TRAIN=0`` (the path before): `auto` stays float32 on CPU and an explicit type is kept
+    (``llm.dtype: bfloat16`` trains bf16 weights under autocast). Why not bf16 weights under `auto`:
+    measured with bench/train.py (SmolLM2-135M, LoRA r 8, lr 2e-4, batch 2), that makes a DPO step
+    ~1.7x faster, but the DPO loss does not track float32 (4 steps: 0.670 0.631 0.555 0.471 vs 0.693
+    0.411 0.262 0.184): the first loss is off log 2 (the reference pass ran without autocast, the
+    policy with it) and the bf16 residual stream rounds small LoRA updates away.
     """
-    if llm_cfg.dtype != "auto":
-        return llm_cfg.dtype
+    from rlrf.alignment.fast import fast_training
     from rlrf.generation.policy import resolve_device
 
-    return "float32" if resolve_device(llm_cfg.device).type == "cpu" else "auto"
+    on_cpu = resolve_device(llm_cfg.device).type == "cpu"
+    if fast_training() and on_cpu:
+        return "float32"
+    if llm_cfg.dtype != "auto":
+        return llm_cfg.dtype
+    return "float32" if on_cpu else "auto"
+
+
+def train_in_mixed_bf16(llm_cfg) -> bool:
+    """Whether the fast path trains this policy in mixed bf16 (see :func:`training_dtype`)."""
+    from rlrf.alignment.fast import fast_training
+    from rlrf.core.precision import mixed_bf16_training
+    from rlrf.generation.policy import resolve_device
+
+    return fast_training() and mixed_bf16_training(llm_cfg.dtype, resolve_device(llm_cfg.device))
 
 
 def trainable_policy(cfg, policy, start_adapter: Path | None):

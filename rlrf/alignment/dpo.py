@@ -32,7 +32,10 @@ worst one. rosepo's per-pair ε comes from the pair's reward margin (:func:`rlrf
 Speed: the ~500-token prompt dominates each sequence (~130 response tokens), so with our losses
 (``align.share_prompt``, default) each prompt is run once and its KV cache repeated for the chosen
 response and the k negatives; gradients flow through the cache. Log-probs and gradients equal the
-full-sequence pass (tested); trl's pass-through losses use trl's full-sequence pass.
+full-sequence pass (tested); trl's pass-through losses use trl's full-sequence pass. The fast path
+(rlrf/alignment/fast.py, default; ``RLRF_FAST_TRAIN=0`` turns it off) runs each example alone without
+padding and the LM head only at completion positions, and computes the reference by the same
+function (adapter disabled), so at the initial adapter the loss is exactly log 2.
 
 The stage is idempotent: a finished ``iter_<t>/adapter`` (written to a temporary folder, then
 renamed) makes a rerun skip and return the saved log's summary.
@@ -43,7 +46,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rlrf.alignment.adapters import previous_adapter, train_adapter, trainable_policy, trainer_args
+from rlrf.alignment.adapters import (previous_adapter, train_adapter, train_in_mixed_bf16, trainable_policy,
+                                     trainer_args)
+from rlrf.alignment.fast import fast_training
 from rlrf.core.errors import UserError
 from rlrf.core.io import read_jsonl
 from rlrf.core.layout import RunLayout
@@ -180,7 +185,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             peft_config=lora, callbacks=[timer], loss_name=a.loss, negatives=negatives,
             sft_weight=a.sft_weight if a.loss in LOSSES else 0.0,
             rosepo_eps_max=a.rosepo_eps_max, rosepo_tau=a.rosepo_tau, share_prompt=a.share_prompt,
-            length_alpha=a.length_alpha,
+            length_alpha=a.length_alpha, fast_path=fast_training(), mixed_bf16=train_in_mixed_bf16(cfg.llm),
         )
         if len(trainer.train_dataset) == 0:
             raise UserError(f"align.trainer_args.max_length: {args.max_length} tokens is shorter than every prompt; no pair left")
@@ -213,7 +218,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             "start_adapter": str(start_adapter) if start_adapter else None,
             "reference": f"{cfg.llm.model or 'default'} + {start_adapter or 'no adapter'}",
             "device": str(param.device),
-            "dtype": str(param.dtype).replace("torch.", ""),
+            "dtype": "mixed-bfloat16" if trainer.mixed_bf16 else str(param.dtype).replace("torch.", ""),
         }
 
     return train_adapter(layout.adapter(iteration), layout.align_log(iteration), build, summarize,

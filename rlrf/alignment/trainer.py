@@ -15,6 +15,7 @@ from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
+from rlrf.alignment import fast
 from rlrf.alignment.collator import EXTRA_KEYS
 from rlrf.alignment.losses import LOSSES, length_regularized, rosepo_epsilon, sequence_nll_per_token
 
@@ -24,8 +25,9 @@ class PreferenceTrainer(DPOTrainer):
 
     def __init__(self, *args, loss_name: str, negatives: int, sft_weight: float,
                  rosepo_eps_max: float, rosepo_tau: float, share_prompt: bool = True, length_alpha: float = 0.0,
-                 **kwargs):
+                 fast_path: bool = False, mixed_bf16: bool = False, **kwargs):
         self.share_prompt = share_prompt
+        self.fast_path = fast_path
         self.length_alpha = length_alpha
         self.loss_name = loss_name
         self.n_negatives = negatives
@@ -33,6 +35,12 @@ class PreferenceTrainer(DPOTrainer):
         self.rosepo_eps_max = rosepo_eps_max
         self.rosepo_tau = rosepo_tau
         super().__init__(*args, **kwargs)
+        # the fast path (rlrf/alignment/fast.py) covers our losses on one process; trl's losses and
+        # DDP run trl's forward, which knows nothing of bf16-stored weights
+        self.fast_path = fast_path and share_prompt and loss_name in LOSSES and self._prompt_sharing_supported(self.model)
+        self.mixed_bf16 = self.fast_path and mixed_bf16
+        if self.mixed_bf16:
+            fast.store_frozen_linears_in_bf16(self._causal_lm(self.model))
 
     # -- reference -------------------------------------------------------------------
     def reference_context(self):
@@ -44,6 +52,8 @@ class PreferenceTrainer(DPOTrainer):
 
     def _sequence_logps(self, model, inputs):
         """Summed completion log-probs (N,) and completion lengths (N,) of every row of the batch."""
+        if self.fast_path and "prompt_input_ids" in inputs:
+            return self._per_example_logps(model, inputs)
         if self.share_prompt and "prompt_input_ids" in inputs and self._prompt_sharing_supported(model):
             return self._shared_prompt_logps(model, inputs)
         return self._full_sequence_logps(model, inputs)
@@ -97,6 +107,26 @@ class PreferenceTrainer(DPOTrainer):
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(N, device=perm.device)
         return logps[inverse], lengths[inverse]
+
+    def _per_example_logps(self, model, inputs):
+        """The fast path's `_shared_prompt_logps`: each example alone, its prompt without pads run once
+        for its chosen and k negatives, the LM head at completion positions only (rlrf/alignment/fast.py).
+        Same numbers as the full-sequence pass; no work on padding; an example's numbers do not
+        depend on its batch (so the precomputed reference and the step agree exactly)."""
+        lm = self._causal_lm(model)
+        backbone, head = getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
+        p_ids, p_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        c_ids, c_mask = inputs["completion_input_ids"], inputs["completion_attention_mask"]
+        B, N = p_ids.size(0), c_ids.size(0)
+        lengths = c_mask.sum(1)
+        logps = [None] * N
+        for b in range(B):
+            rows = list(range(b, N, B))  # the collator's layout: chosen x B, negative_1 x B, ...
+            prompt = p_ids[b][p_mask[b].bool()]
+            values = fast.completion_logps(backbone, head, prompt, c_ids[rows], lengths[rows], mixed=self.mixed_bf16)
+            for row, value in zip(rows, values):
+                logps[row] = value
+        return torch.stack(logps), lengths
 
     def _full_sequence_logps(self, model, inputs):
         completion_mask = inputs["completion_mask"]
