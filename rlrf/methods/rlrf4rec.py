@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.layout import RunLayout
+from rlrf.core.progress import stage
 from rlrf.core.records import Evaluation, PerUser
 from rlrf.evaluation.copying import copied_share
 from rlrf.evaluation.text import ends_on_its_own, has_repeat
@@ -38,9 +39,11 @@ class RLRF4Rec(Method):
         if not layout.lists.exists():
             from rlrf.data.prepare import prepare_data
 
+            stage(f"[{self.name}] data: users, split and reranking lists from {cfg.data.path or 'ml-100k'}")
             prepare_data(cfg)
         self.dataset = load_dataset(cfg.data, seed=cfg.seed)
         if not layout.reward_model_file(model_name(cfg.reward.model, cfg.reward.knowledge)).exists():
+            stage(f"[{self.name}] reward model: training {cfg.reward.model}")
             train(cfg, kinds=[cfg.reward.model], seeds=[cfg.seed])
         self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
         if cfg.loop.independent_evaluator:
