@@ -98,3 +98,16 @@ def test_a_command_that_wrote_nothing_else_leaves_no_run_log(tmp_path):
     with run_log(tmp_path / "run.log", "rlrf data", companions=(".writer.lock",)):
         print("error: something the user must fix")
     assert not (tmp_path / "run.log").exists()
+
+
+def test_a_handler_that_kept_the_tee_past_the_command_writes_to_the_console_only(tmp_path, capsys):
+    import logging
+
+    from rlrf.core.progress import run_log
+
+    with run_log(tmp_path / "run.log", "rlrf data"):
+        handler = logging.StreamHandler()  # made during the command: holds the tee, as RecBole's logger does
+        print("inside")
+    handler.stream.write("after\n")
+    assert "after" in capsys.readouterr().err
+    assert "after" not in (tmp_path / "run.log").read_text()

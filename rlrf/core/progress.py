@@ -112,6 +112,9 @@ class _Tee(io.TextIOBase):
     def isatty(self) -> bool:
         return self.stream.isatty()
 
+    def writable(self) -> bool:
+        return True
+
     def fileno(self) -> int:
         return self.stream.fileno()
 
@@ -129,9 +132,11 @@ class _LogFile:
     """The file is only created by the first line, so a command that printed nothing leaves none."""
 
     def __init__(self, path: Path, header: str):
-        self.path, self.header, self.file = path, header, None
+        self.path, self.header, self.file, self.closed = path, header, None, False
 
     def line(self, text: str) -> None:
+        if self.closed:  # a logging handler that kept the console stream past the command: console only
+            return
         text = _CLOCK.sub("", _ANSI.sub("", text.rsplit("\r", 1)[-1]).rstrip())
         if not text:
             return
@@ -145,6 +150,7 @@ class _LogFile:
         self.file.flush()
 
     def close(self) -> None:
+        self.closed = True
         if self.file is not None:
             self.file.close()
 
