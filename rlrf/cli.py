@@ -70,6 +70,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # plain tqdm bars too (transformers' GGUF conversion); read at tqdm's import
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*torch.cuda.amp.*")
@@ -163,9 +164,11 @@ def _load(config: str | None, run_dir: Path | None, values: dict):
 def _prepared(config: str | None, run_dir: Path | None, overrides: list[str] | None, iteration: int | None = None):
     """The config of a command that writes into the run directory, once the directory is its own:
     the config agrees with the run's saved one (rlrf/core/rundir.py), and this process holds the
-    directory's writer lock until the command returns. With `iteration`, `llm.adapter` is the
+    directory's writer lock until the command returns, its console lines going to run.log too. With `iteration`, `llm.adapter` is the
     policy that iteration starts from, as `rlrf run` threads it, unless an override names one."""
     from rlrf.core.distributed import is_main
+    from rlrf.core.layout import RunLayout
+    from rlrf.core.progress import run_log
     from rlrf.core.rundir import check_same_run, writer_lock
     from rlrf.core.threads import use_threads
 
@@ -176,7 +179,10 @@ def _prepared(config: str | None, run_dir: Path | None, overrides: list[str] | N
         raise UserError(f"run_dir {cfg.run_dir}: not a directory")
     check_same_run(cfg)
     if is_main() and _command_scope is not None:  # under torchrun the ranks of one command share the lock
-        _command_scope.enter_context(writer_lock(cfg.run_dir, " ".join(["rlrf", *sys.argv[1:]])))
+        command = " ".join(["rlrf", *sys.argv[1:]])
+        _command_scope.enter_context(writer_lock(cfg.run_dir, command))
+        layout = RunLayout(cfg.run_dir)
+        _command_scope.enter_context(run_log(layout.run_log, command, companions=(layout.writer_lock.name,)))
     if iteration is not None and "llm.adapter" not in values:
         cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"adapter": _policy_adapter(cfg, iteration)})})
     return cfg
@@ -379,13 +385,17 @@ def align(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: 
 def run_command(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
                 quiet: QuietOption = False) -> None:
     """RLRF4Rec end to end: data, reward model, then loop.iterations x (generate -> score -> align), evaluated each time."""
+    from rlrf.core.progress import stage
     from rlrf.methods.loop import run_loop
     from rlrf.methods.rlrf4rec import RLRF4Rec
     from rlrf.report import write_report
+    from rlrf.report.rlrf4rec import headline
 
     cfg = _prepared(config, run_dir, overrides)
-    metrics = run_loop(cfg, RLRF4Rec(show_progress=not quiet), cfg.loop.iterations)
+    metrics = run_loop(cfg, RLRF4Rec(show_progress=not quiet), cfg.loop.iterations, log=stage)
     print(f"wrote {write_report(cfg.run_dir, metrics)}")
+    if (result := headline(metrics)) is not None:
+        stage(result)
 
 
 @app.command()

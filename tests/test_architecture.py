@@ -71,7 +71,7 @@ def test_docs_point_only_inside_the_repository():
 RUN_FILES = ["responses.jsonl", "scores.jsonl", "pairs.jsonl", "pairs.meta.json", "lists.jsonl", "candidates.jsonl",
              "metrics.json", "align_log.json", "data.json", "config.yaml", "report.md", "eval.json", "train.json",
              "train_log.jsonl", "probe.json", "sft_adapter", "recommendations.jsonl", "meta.json", "cells.json",
-             "results.json", "table.md", "model.pt", ".writer.lock"]
+             "results.json", "table.md", "model.pt", ".writer.lock", "run.log"]
 # the extensions of files a stage writes into a run directory
 RUN_FILE_SUFFIXES = (".json", ".jsonl", ".md", ".pt", ".png", ".yaml", ".npy", ".safetensors", ".faiss")
 # files of a model or adapter folder, named by that folder's format (transformers, peft), not by the run

@@ -85,3 +85,18 @@ def test_an_evaluation_as_the_loop_records_it_round_trips_in_key_order():
     iteration = {"pairs": {"users": 8, "pairs": 8}, "adapter": "iter_0/adapter", "seconds": 29.0}
     assert rec.IterationRecord.from_dict(iteration).to_dict() == iteration
     assert rec.IterationRecord.from_dict({"pairs": {"prompts": 4}, "adapter": None}).trained_on == 4
+
+
+def test_an_evaluation_records_per_user_whether_the_greedy_summary_ends_and_repeats():
+    from rlrf.methods.rlrf4rec import summarize_rewards
+
+    texts = {"u1": ("They love horror. They love horror.", True), "u2": ("They like comedies and", False),
+             "u3": ("They like comedies.", False)}
+    users = sorted(texts)
+    responses = [{"user": u, "k": 0, "text": "t", "n_tokens": 1} for u in users]
+    scored = {(u, 0): {"ndcg@5": 0.5, "map@5": 0.25, "empty": False} for u in users}
+    greedy = [{"user": u, "k": 0, "text": t, "n_tokens": 5, "finished": f} for u, (t, f) in texts.items()]
+    evaluation = summarize_rewards(responses, scored, greedy, scored, None, "ndcg@5")
+    assert evaluation["per_user"]["ended"] == [1, 0, 1] and evaluation["per_user"]["repeated"] == [1, 0, 0]
+    assert evaluation["ended"] == pytest.approx(2 / 3) and evaluation["repeated"] == pytest.approx(1 / 3)
+    assert list(evaluation)[-4:] == ["empty", "flagged", "rewards", "per_user"]  # the new keys sit with the means

@@ -116,3 +116,22 @@ def test_a_run_without_its_files_still_reports(tmp_path, run):
     (tmp_path / "bare").mkdir()
     report = write_report(tmp_path / "bare", metrics).read_text()
     assert "## Run" in report and "validation MAP@5" not in report and "Greedy summaries" not in report
+
+
+def test_the_change_table_shows_the_shares_that_end_and_repeat_and_the_closing_line_the_result(run):
+    from rlrf.report.rlrf4rec import headline
+
+    layout, metrics = run
+    for label, ended, repeated in (("policy_0", [1, 1, 0, 0], [0, 0, 0, 0]), ("policy_1", [0, 0, 0, 0], [1, 1, 0, 0])):
+        ev = metrics["evaluations"][label]
+        ev["per_user"].update(ended=ended, repeated=repeated)
+        ev.update(ended=sum(ended) / 4, repeated=sum(repeated) / 4)
+    report = write_report(layout.root, metrics).read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| policy | mean reward"))
+    assert header.endswith("| ends on its own (greedy) | repeats itself (greedy) | degenerate |")
+    row = next(line for line in report.splitlines() if line.startswith("| policy_1 | +"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-2].startswith("-0.5000 (-100.0%) [") and cells[-1].startswith("+0.5000 [")
+    line = headline(metrics)
+    assert line.startswith("result: policy_1 vs policy_0 on 4 test users: mean reward +0.0500 [")  # NDCG 0.5 -> 0.55
+    assert "independent" not in line  # this run has no independent evaluator

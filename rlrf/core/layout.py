@@ -36,6 +36,11 @@ class RunLayout:
         return self.root / ".writer.lock"
 
     @property
+    def run_log(self) -> Path:
+        """Every writing command's console lines, time-stamped, one command after another."""
+        return self.root / "run.log"
+
+    @property
     def data_summary(self) -> Path:
         return self.root / "data.json"
 

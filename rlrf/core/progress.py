@@ -2,13 +2,19 @@
 
 rich redraws one bar in a terminal; written to a file it shows only the bar's last state, so a long
 stage run under nohup or a scheduler prints nothing for minutes. Outside a terminal the same calls
-print one plain line every `every` seconds instead: done/total, rate and ETA.
+print one plain line every `every` seconds instead: done/total, rate and ETA. Every writing command
+also keeps its console lines, time-stamped, in the run directory's run.log (`run_log`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import sys
 import time
+from pathlib import Path
+from typing import Iterator
 
 
 def progress_bar(show: bool = True, *, unit: str = "", every: float = 30.0):
@@ -71,3 +77,103 @@ class LineProgress:
         if total and rate > 0 and t["done"] < total:
             parts.append(f"ETA {(total - t['done']) / rate:.0f} s")
         return ", ".join(parts)
+
+
+def stage(message: str) -> None:
+    """A stage marker (data, reward model, generate, score, align, evaluate) with the time it began,
+    so a log shows where the hours went."""
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+# a cursor movement or line erase: a live bar redrawing itself in a terminal, not a line to keep
+_REDRAW = re.compile(r"\x1b\[(?:\d*[ABCDK]|\?25[lh])")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_CLOCK = re.compile(r"^\d\d:\d\d:\d\d (?=\S)")  # a stage marker's time: the log's own stamp says it
+
+
+class _Tee(io.TextIOBase):
+    """A console stream that also appends each finished line, time-stamped, to a log file: what a
+    carriage return overwrote and a terminal bar's redraws are left out, as the eye would."""
+
+    def __init__(self, stream, log: "_LogFile"):
+        self.stream, self.log, self.pending = stream, log, ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        if not _REDRAW.search(text):
+            *lines, self.pending = (self.pending + text).split("\n")
+            for line in lines:
+                self.log.line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self):
+        return getattr(self.stream, "encoding", "utf-8")
+
+    def close_pending(self) -> None:
+        if self.pending:
+            self.log.line(self.pending)
+            self.pending = ""
+
+
+class _LogFile:
+    """The file is only created by the first line, so a command that printed nothing leaves none."""
+
+    def __init__(self, path: Path, header: str):
+        self.path, self.header, self.file, self.closed = path, header, None, False
+
+    def line(self, text: str) -> None:
+        if self.closed:  # a logging handler that kept the console stream past the command: console only
+            return
+        text = _CLOCK.sub("", _ANSI.sub("", text.rsplit("\r", 1)[-1]).rstrip())
+        if not text:
+            return
+        if self.file is None:
+            self.file = open(self.path, "a", encoding="utf-8")
+            self._write(f"=== {self.header}")
+        self._write(text)
+
+    def _write(self, text: str) -> None:
+        self.file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.file is not None:
+            self.file.close()
+
+
+@contextlib.contextmanager
+def run_log(path: Path, command: str, companions: tuple[str, ...] | None = None) -> Iterator[None]:
+    """Tee stdout and stderr into `path` (a run directory's run.log), each line time-stamped, under a
+    header naming the command: a run started in a terminal keeps its record beside its results.
+    Appends, so the commands of one run directory follow each other in one file. A log this call
+    started in a folder that holds nothing else (but `companions`, e.g. the writer lock) is removed
+    again when `companions` is given: a command that failed before writing anything leaves no run
+    directory behind."""
+    path = Path(path)
+    started = not path.exists()
+    log = _LogFile(path, command)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = tees = _Tee(streams[0], log), _Tee(streams[1], log)
+    try:
+        yield
+    finally:
+        for tee in tees:
+            tee.close_pending()
+        sys.stdout, sys.stderr = streams
+        log.close()
+        if companions is not None and started and path.exists() and {p.name for p in path.parent.iterdir()} <= {path.name, *companions}:
+            path.unlink()

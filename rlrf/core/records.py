@@ -221,7 +221,9 @@ class PerUser(Record):
 
     reward_mean / reward_best: the user's N sampled summaries under the reward model; ndcg_5 / map_5:
     the greedy summary as the user's knowledge; tokens: its length; copied: the share of its word
-    5-grams found in its prompt; independent_*: the greedy summary under the independent evaluator."""
+    5-grams found in its prompt; independent_*: the greedy summary under the independent evaluator;
+    ended / repeated: 1 when the greedy summary ends on its own or repeats itself, else 0
+    (rlrf/evaluation/text.py)."""
 
     users: list[str]
     reward_mean: list[float]
@@ -232,6 +234,8 @@ class PerUser(Record):
     copied: list[float] | None = optional()
     independent_ndcg_5: list[float] | None = optional("independent_ndcg@5")
     independent_map_5: list[float] | None = optional("independent_map@5")
+    ended: list[int] | None = optional()
+    repeated: list[int] | None = optional()
 
 
 @dataclass(kw_only=True)
@@ -251,6 +255,8 @@ class Evaluation(Record):
     copied: float | None = optional()
     independent_ndcg_5: float | None = optional("independent_ndcg@5")
     independent_map_5: float | None = optional("independent_map@5")
+    ended: float | None = optional()  # share of greedy summaries that end on their own
+    repeated: float | None = optional()  # share of greedy summaries that repeat themselves
     empty: int
     flagged: int
     rewards: list[float]

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from rlrf.core.layout import RunLayout
+from rlrf.core.progress import stage
 from rlrf.core.records import Evaluation, PerUser
 from rlrf.evaluation.copying import copied_share
+from rlrf.evaluation.text import ends_on_its_own, has_repeat
 from rlrf.methods.loop import Method
 
 
@@ -38,9 +40,11 @@ class RLRF4Rec(Method):
         if not layout.lists.exists():
             from rlrf.data.prepare import prepare_data
 
+            stage(f"[{self.name}] data: users, split and reranking lists from {cfg.data.path or 'ml-100k'}")
             prepare_data(cfg)
         self.dataset = load_dataset(cfg.data, seed=cfg.seed)
         if not layout.reward_model_file(model_name(cfg.reward.model, cfg.reward.knowledge)).exists():
+            stage(f"[{self.name}] reward model: training {cfg.reward.model}")
             train(cfg, kinds=[cfg.reward.model], seeds=[cfg.seed])
         self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
         if cfg.loop.independent_evaluator:
@@ -145,7 +149,9 @@ def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], g
     reward_mean / reward_best: the user's N sampled summaries under the reward model; ndcg@5 /
     map@5: the greedy summary as the user's knowledge; independent_*: the same greedy summary under
     the independent evaluator; tokens: the greedy summary's length, copied: the share of it copied
-    from its prompt (a policy gaming the reward with length or by restating its prompt shows here)."""
+    from its prompt (a policy gaming the reward with length or by restating its prompt shows here);
+    ended / repeated: whether it ends on its own (EOS, or a closed sentence at the cap) and whether
+    it repeats a sentence or an 8-word run (rlrf/evaluation/text.py), as 1/0 per user."""
     by_user: dict[str, list[float]] = {}
     for r in responses:
         by_user.setdefault(r["user"], []).append(scored[(r["user"], r["k"])][metric])
@@ -165,6 +171,8 @@ def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], g
         copied=[copied_share(first[u]["text"], prompts[u]) for u in users] if prompts is not None else None,
         independent_ndcg_5=independent_of.get("ndcg@5"),
         independent_map_5=independent_of.get("map@5"),
+        ended=[int(ends_on_its_own(first[u]["text"], first[u].get("finished", True))) for u in users],
+        repeated=[int(has_repeat(first[u]["text"])) for u in users],
     )
     rewards = [scored[(r["user"], r["k"])][metric] for r in responses]
     return Evaluation(
@@ -173,6 +181,7 @@ def summarize_rewards(responses: list[dict], scored: dict, greedy: list[dict], g
         ndcg_5=_mean(per_user.ndcg_5), map_5=_mean(per_user.map_5), tokens=_mean(per_user.tokens),
         copied=_mean(per_user.copied), independent_ndcg_5=_mean(per_user.independent_ndcg_5),
         independent_map_5=_mean(per_user.independent_map_5),
+        ended=_mean(per_user.ended), repeated=_mean(per_user.repeated),
         empty=int(sum(bool(s.get("empty")) for s in scored.values())),
         flagged=int(sum("flag" in r for r in responses)),
         rewards=[round(float(x), 5) for x in rewards],

@@ -3,7 +3,8 @@
 Every policy is evaluated on the same test users, so each number after policy_0 is shown as a
 paired difference with its 95% bootstrap CI over users. The reward model's numbers sit beside the
 independent evaluator's (a reranker the loop never optimised), and the summary's length and the
-share of it copied from its prompt beside both, so a policy that games the reward shows. Beside the
+share of it copied from its prompt beside both, so a policy that games the reward shows; so do the
+shares of greedy summaries that end on their own and that repeat themselves (rlrf/evaluation/text.py). Beside the
 tables: how the run was made (`rlrf.report.details`), three test users' greedy summaries before and
 after, every user's values in per_user.csv, and a plot of each user's own change.
 """
@@ -28,6 +29,8 @@ MEASURES = [
     ("independent_map@5", "MAP@5, independent evaluator"),
     ("tokens", "summary tokens"),
     ("copied", "copied from prompt"),
+    ("ended", "ends on its own (greedy)"),
+    ("repeated", "repeats itself (greedy)"),
 ]
 
 
@@ -43,6 +46,20 @@ def differences(metrics: dict) -> dict[str, dict[str, dict]]:
     base = rows[0][1]["per_user"]
     return {label: {key: paired_difference(base, ev["per_user"], key) for key, _ in MEASURES}
             for label, ev in rows[1:] if "per_user" in ev}
+
+
+def headline(metrics: dict) -> str | None:
+    """`rlrf run`'s closing line: the last policy against policy_0 on the same test users, under the
+    reward model and under the independent evaluator (None before two policies are evaluated)."""
+    diffs = differences(metrics)
+    if not diffs:
+        return None
+    label, d = list(diffs.items())[-1]
+    parts = [f"{title} {_delta(d[key], key)}" for key, title in
+             (("reward_mean", "mean reward"), ("independent_ndcg@5", "independent NDCG@5"),
+              ("independent_map@5", "independent MAP@5")) if d.get(key)]
+    users = next((d[key]["users"] for key in d if d[key]), 0)
+    return f"result: {label} vs policy_0 on {users} test users: " + ", ".join(parts)
 
 
 def _value(ev: dict, key: str) -> str:
@@ -204,7 +221,7 @@ def plot(metrics: dict, layout) -> None:
             ax.axhline(0.0, color="grey", lw=0.8, ls="--")
             ax.set_xticks(range(len(xs)), xs)
             ax.set_title(title, fontsize=9)
-            unit = metric if key.startswith("reward") else key if key in ("tokens", "copied") else \
+            unit = metric if key.startswith("reward") else key if key in ("tokens", "copied", "ended", "repeated") else \
                 key.removeprefix("independent_").upper()
             ax.set_ylabel(f"Δ {unit} vs policy_0", fontsize=8)
         for ax in list(axes.flat)[len(panels):]:
