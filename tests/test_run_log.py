@@ -41,3 +41,6 @@ def test_a_tiny_run_logs_its_stages_and_result_time_stamped_in_run_log(tmp_path,
         assert re.search(r"^\S+ \d\d:\d\d:\d\d (\[rlrf4rec\] )?" + re.escape(marker), log, re.M), marker
     assert "GGUF" not in result.stderr and "it/s]" not in result.stderr  # no tqdm bars without --verbose
     assert max(len(line) for line in lines) < 300
+    assert re.search(r"^\S+ \S+ step 1/2 \(50%\): loss \d\.\d{4}, margin [+-]\d\.\d{4}, lr \S+, \d+\.\d\d s/step, ETA \d+ s$", log, re.M)
+    assert re.search(r"^\S+ \S+ training done: 2 steps in \d+\.\d s, mean loss \d\.\d{4}$", log, re.M)
+    assert "{'loss'" not in log and "{'train_runtime'" not in log  # no raw trainer dicts

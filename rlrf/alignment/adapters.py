@@ -172,6 +172,8 @@ def train_adapter(adapter_dir: Path, log_path: Path, build: Callable[[Path], Any
     `base_model` is the portable name the adapter records as its base (see `save_adapter`)."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    from rlrf.core.train_log import follow_in_lines
+
     adapter_dir = Path(adapter_dir)
     if adapter_complete(adapter_dir):
         return {**(read_json(log_path) or {}).get("summary", {"adapter": str(adapter_dir)}), "skipped": True}
@@ -181,6 +183,7 @@ def train_adapter(adapter_dir: Path, log_path: Path, build: Callable[[Path], Any
     work_dir = adapter_dir.parent / f".{adapter_dir.name}.work"
     with _tensorboard_into(tensorboard_dir(adapter_dir)):  # trl's callback reads it when the trainer is made
         trainer = build(work_dir)
+    follow_in_lines(trainer, show_progress=not trainer.args.disable_tqdm)  # a line per logging step, no bar or raw dicts
     checkpoint = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
     history = [dict(entry) for entry in trainer.state.log_history]
