@@ -537,6 +537,25 @@ def export(
     print("\n".join(result.lines()))
 
 
+@app.command()
+@user_errors
+def merge(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
+          iteration: Annotated[int | None, typer.Option("--iteration", "-i",
+                                                        help="The aligned policy iter_<t> (default: the last one).")] = None,
+          out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: <run_dir>/export/merged/iter_<t>).")] = None
+          ) -> None:
+    """The aligned policy as a plain Hugging Face model (LoRA merged, tokenizer saved) that transformers or vLLM load."""
+    from rlrf.core.layout import RunLayout
+    from rlrf.export.merged import run_export_merged
+
+    cfg = _prepared(config, run_dir, overrides)
+    if iteration is None:
+        done = RunLayout(cfg.run_dir).aligned_iterations()
+        if not done:
+            raise UserError(f"{cfg.run_dir}: no aligned iteration yet; run `rlrf run` or `rlrf align` first")
+        iteration = done[-1]
+    print(f"wrote {run_export_merged(cfg, checked_iteration(iteration), out)}")
+
 
 @app.command()
 @user_errors
