@@ -155,3 +155,12 @@ def test_a_saved_config_reads_back_to_the_same_values(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg and again.generate.domain == "1e5" and again.align.trainer_args["learning_rate"] == 1e-5
+
+
+def test_an_unset_domain_follows_the_data_so_other_catalogues_never_get_movie_prompts(tmp_path):
+    from rlrf.core.config import RunConfig
+
+    assert RunConfig().generate.domain == "movies"  # the bundled ml-100k
+    assert RunConfig(data={"path": tmp_path / "ml-1m"}).generate.domain == "movies"
+    assert RunConfig(data={"path": tmp_path / "amazon-beauty"}).generate.domain == "items"
+    assert RunConfig(data={"path": tmp_path / "amazon-beauty"}, generate={"domain": "products"}).generate.domain == "products"

@@ -204,8 +204,10 @@ class GenerateConfig(Section):
     """The history is cut to fit the prompt in this many tokens, newest items kept."""
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     """auto = vllm if importable and on CUDA, else rlrf's batched transformers sampler."""
-    domain: str = "movies"
-    """The word the prompt templates use for the catalogue."""
+    domain: str | None = None
+    """The word the prompts use for the catalogue, and the template set: `prompts/<domain>/` when it
+    exists (movies), else the domain-neutral templates. None = movies for MovieLens (the bundled
+    ml-100k, or a data.path folder named ml-*), items for any other dataset."""
     profile: bool = True
     """Put the user's .user profile (age, occupation, ...) in the prompt."""
     item_temperature: float = Field(0.0, ge=0)
@@ -603,6 +605,14 @@ class RunConfig(Section):
     """SPRec."""
     rank: RankConfig = RankConfig()
     """`rlrf rank`: candidate ranking."""
+
+    @model_validator(mode="after")
+    def _domain_from_the_data(self) -> "RunConfig":
+        """An unset generate.domain follows the data, so a non-movie dataset never gets movie prompts."""
+        if self.generate.domain is None:
+            movielens = self.data.path is None or Path(self.data.path).name.lower().startswith("ml-")
+            self.generate.domain = "movies" if movielens else "items"
+        return self
 
     @model_validator(mode="after")
     def _sasrec_lists_need_sasrec(self) -> "RunConfig":

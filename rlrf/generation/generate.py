@@ -103,7 +103,7 @@ def make_prompts(gen: GenerateConfig, ds, tokenizer, mode: str, *, users: Sequen
     if mode not in MODES:
         raise UserError(f"generate.mode: unknown mode '{mode}' ({', '.join(MODES)})")
     builder = PromptBuilder(tokenizer, gen.templates.get(mode, mode), max_prompt_tokens=gen.max_prompt_tokens,
-                            domain=gen.domain, key=f"generate.templates.{mode}")
+                            domain=gen.domain or "movies", key=f"generate.templates.{mode}")
     cat = ds.catalog
     prompts: list[Prompt] = []
     if mode == "item_knowledge":
