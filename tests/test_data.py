@@ -235,3 +235,24 @@ def test_kar_lists_longer_than_the_unseen_catalog_are_one_clear_error(tiny):
     ds = load_dataset(DataConfig(path=tiny))  # alice has seen all 4 items
     with pytest.raises(UserError, match="data.lists.length: 4 needs 2 items user 'alice' has not seen; the catalog has 0"):
         build_lists(ds, ListsConfig(source="kar", length=4, max_history=2))
+
+
+def test_columns_named_as_the_dataset_names_them_load_like_rlrf_s_own(tmp_path, tiny):
+    def renamed(text: str, names: dict[str, str]) -> str:
+        header, rest = text.split("\n", 1)
+        for old, new in names.items():
+            header = header.replace(f"{old}:", f"{new}:")
+        return header + "\n" + rest
+
+    own = write_atomic(tmp_path / "own", "own", {
+        "inter": renamed(TINY_INTER, {"user_id": "uid", "item_id": "iid", "rating": "score", "timestamp": "ts"}),
+        "item": renamed(TINY_ITEM, {"item_id": "iid", "movie_title": "label", "class": "tags"}),
+        "user": renamed(TINY_USER, {"user_id": "uid"}),
+    })
+    fields = {"user_id": "uid", "item_id": "iid", "rating": "score", "timestamp": "ts", "title": "label", "genre": "tags"}
+    a = load_dataset(DataConfig(path=tiny, min_interactions=1))
+    b = load_dataset(DataConfig(path=own, min_interactions=1, fields=fields))
+    assert a.stats == b.stats and a.catalog.titles == b.catalog.titles and a.catalog.genres == b.catalog.genres
+    assert {u: (x.items, x.ratings) for u, x in a.users.items()} == {u: (x.items, x.ratings) for u, x in b.users.items()}
+    with pytest.raises(UserError, match=r"data.fields.rating names 'stars'"):
+        load_dataset(DataConfig(path=own, min_interactions=1, fields={**fields, "rating": "stars"}))

@@ -110,6 +110,24 @@ class ListsConfig(Section):
     """Most history items kept before the list cut (KAR: min((n + 1) // 2, max_history))."""
 
 
+class FieldsConfig(Section):
+    """The atomic files' column names, as RecBole names them (USER_ID_FIELD, ITEM_ID_FIELD,
+    RATING_FIELD, TIME_FIELD): rlrf reads these columns as the user, item, rating and time."""
+
+    user_id: str = "user_id"
+    """The user column of .inter and .user (RecBole's USER_ID_FIELD)."""
+    item_id: str = "item_id"
+    """The item column of .inter and .item (RecBole's ITEM_ID_FIELD)."""
+    rating: str = "rating"
+    """The rating column of .inter (RecBole's RATING_FIELD); data without it has no ratings."""
+    timestamp: str = "timestamp"
+    """The time column of .inter (RecBole's TIME_FIELD) that orders each history; without it, file order."""
+    title: str | None = None
+    """The .item column with the item's name; null = the first of movie_title, title, item_name, name."""
+    genre: str | None = None
+    """The .item column with the item's categories; null = the first of class, genre, genres, categories, category."""
+
+
 class DataConfig(Section):
     """The dataset: RecBole atomic files, filtering, the user split and the reranking lists."""
 
@@ -123,6 +141,8 @@ class DataConfig(Section):
     """A rating at or above this is a positive label (ML: 4 and 5)."""
     max_users: int | None = Field(None, ge=1)
     """Keep a random (seeded) subset of this many users, for quick runs and tests; null = all."""
+    fields: FieldsConfig = FieldsConfig()
+    """The atomic files' column names (RecBole's USER_ID_FIELD, ITEM_ID_FIELD, ...)."""
     split: SplitConfig = SplitConfig()
     """Fractions of users in train / valid / test."""
     lists: ListsConfig = ListsConfig()

@@ -224,7 +224,9 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     folder = Path(cfg.path) if cfg.path is not None else bundled_ml100k()
     name, inter_path, item_path, user_path = dataset_files(folder)
 
-    inter = read_atomic(inter_path, cfg.encoding)
+    fields = cfg.fields
+    inter = _as_rlrf_columns(read_atomic(inter_path, cfg.encoding), inter_path, {
+        "user_id": fields.user_id, "item_id": fields.item_id, "rating": fields.rating, "timestamp": fields.timestamp})
     missing = [f for f in ("user_id", "item_id") if f not in inter.columns]
     if missing:
         raise UserError(f"{inter_path}: missing field(s) {', '.join(missing)} (header has {', '.join(inter.columns)})")
@@ -262,7 +264,7 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     users_listed = set(sizes.index)
     profiles: dict[str, dict[str, str]] = {}
     if user_path is not None:
-        users_frame = read_atomic(user_path, cfg.encoding)
+        users_frame = _as_rlrf_columns(read_atomic(user_path, cfg.encoding), user_path, {"user_id": fields.user_id})
         if "user_id" not in users_frame.columns:
             raise UserError(f"{user_path}: missing field user_id")
         _check_ids(users_frame, ("user_id",), user_path)
@@ -277,7 +279,7 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     if inter.empty:
         raise UserError(f"{inter_path}: no user has at least {cfg.min_interactions} interactions (data.min_interactions)")
 
-    catalog, item_counts = _build_catalog(inter, item_path, cfg.encoding, warnings)
+    catalog, item_counts = _build_catalog(inter, item_path, cfg.encoding, warnings, fields)
 
     rng = np.random.default_rng(seed)
     user_ids = list(dict.fromkeys(inter["user_id"]))  # first appearance, deterministic
@@ -327,12 +329,40 @@ def _numeric_column(frame: pd.DataFrame, name: str, path: Path) -> np.ndarray:
     return values
 
 
+def _chosen_field(items: pd.DataFrame, path: Path, key: str, fields, candidates: tuple[str, ...]) -> str | None:
+    """The .item column data.fields.<key> names, else the first of `candidates` present."""
+    named = getattr(fields, key, None) if fields is not None else None
+    if named is None:
+        return _first_present(items.columns, candidates)
+    if named not in items.columns:
+        raise UserError(f"{path}: data.fields.{key} names '{named}', not a field of the file "
+                        f"(header has {', '.join(items.columns)})")
+    return named
+
+
 def _natural_key(raw: str):
     return (0, int(raw), "") if raw.isdigit() else (1, 0, raw)
 
 
+def _as_rlrf_columns(frame: pd.DataFrame, path: Path, names: dict[str, str]) -> pd.DataFrame:
+    """`frame` with the dataset's own column names (data.fields) renamed to the ones rlrf reads. A
+    field named in the config but absent from the file is an error unless it is the default name
+    (optional columns such as rating and timestamp may be missing)."""
+    renames = {}
+    for ours, theirs in names.items():
+        if theirs == ours:
+            continue
+        if theirs not in frame.columns:
+            raise UserError(f"{path}: data.fields.{ours} names '{theirs}', not a field of the file "
+                            f"(header has {', '.join(frame.columns)})")
+        renames[theirs] = ours
+    if not renames:
+        return frame
+    return frame.drop(columns=[c for c in renames.values() if c in frame.columns]).rename(columns=renames)
+
+
 def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
-                   warnings: list[str]) -> tuple[Catalog, dict[str, int]]:
+                   warnings: list[str], fields=None) -> tuple[Catalog, dict[str, int]]:
     """Items of .item joined by raw id; items only seen in .inter are kept as unknown.
     A repeated .item id: the first row wins. Returns the catalog and the .item rows skipped."""
     meta: dict[str, dict[str, str]] = {}
@@ -341,11 +371,13 @@ def _build_catalog(inter: pd.DataFrame, item_path: Path | None, encoding: str,
     counts = {"blank": 0, "duplicate": 0}
     if item_path is not None:
         items = read_atomic(item_path, encoding)
+        if fields is not None:
+            items = _as_rlrf_columns(items, item_path, {"item_id": fields.item_id})
         if "item_id" not in items.columns:
             raise UserError(f"{item_path}: missing field item_id (header has {', '.join(items.columns)})")
         _check_ids(items, ("item_id",), item_path)
-        title_f = _first_present(items.columns, TITLE_FIELDS)
-        genre_f = _first_present(items.columns, GENRE_FIELDS)
+        title_f = _chosen_field(items, item_path, "title", fields, TITLE_FIELDS)
+        genre_f = _chosen_field(items, item_path, "genre", fields, GENRE_FIELDS)
         separator = _seq_separator(items[genre_f]) if genre_f else None
         year_f = _first_present(items.columns, YEAR_FIELDS)
         if title_f is None:
