@@ -58,7 +58,7 @@ class Record:
 # the data stage
 
 
-@dataclass(kw_only=True)
+@dataclass
 class ListRecord(Record):
     """lists.jsonl: one user's reranking task. Item numbers are catalogue indices (`Catalog.ids[i]`
     is the dataset's own id). `history` is everything a stage may show about the user: the items

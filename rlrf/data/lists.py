@@ -7,8 +7,6 @@ other side of the cut: what a model may train on without seeing a held-out user'
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +14,11 @@ import numpy as np
 from rlrf.core.config import ListsConfig
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_text
+from rlrf.core.records import ListRecord
 from rlrf.data.dataset import Dataset
 
-@dataclass
-class RerankList:
-    """One user's reranking task: the history before the cut and L labelled candidates."""
-
-    user: str
-    history: list[int]
-    history_ratings: list[float | None]
-    items: list[int]
-    labels: list[int]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
+# One user's reranking task is the lists.jsonl record itself (one definition, in rlrf/core/records.py).
+RerankList = ListRecord
 
 
 def history_cut(n: int, max_history: int) -> int:

@@ -49,6 +49,7 @@ from rlrf.core.distributed import shard
 from rlrf.core.errors import UserError
 from rlrf.core.io import JsonlLog, atomic_write_json, read_jsonl
 from rlrf.core.layout import RunLayout
+from rlrf.core.records import ResponseRecord
 from rlrf.core.progress import progress_bar
 from rlrf.core.threads import use_threads
 # Prompt, PromptBuilder and neutralise are re-exported: callers outside generation/ import them from here
@@ -262,15 +263,12 @@ def generate_texts(gen: GenerateConfig, prompts: Sequence[Prompt], policy: Polic
                     continue  # written before the kill; decoded again only to keep its batch's shape
                 p = prompts[s.request]
                 text = tokenizer.decode(s.token_ids, skip_special_tokens=True).strip()
-                record = {key_field: p.key, "iter": iteration, "k": s.tag, "text": text,
-                          "n_tokens": len(s.token_ids), "prompt_hash": p.hash, "finished": s.finished}
-                if "target" in p.meta:
-                    record["target"] = p.meta["target"]
-                flag = flag_text(text)
+                flag = flag_text(text) or None
                 if flag:
-                    record["flag"] = flag
                     flagged[flag] = flagged.get(flag, 0) + 1
-                records.append(record)
+                records.append(ResponseRecord(**{key_field: p.key}, iter=iteration, k=s.tag, text=text,
+                                              n_tokens=len(s.token_ids), prompt_hash=p.hash, finished=s.finished,
+                                              target=p.meta.get("target"), flag=flag).to_dict())
             records.sort(key=lambda r: (str(r[key_field]), r["k"]))
             written += log.append(records)
             elapsed = time.perf_counter() - start

@@ -17,6 +17,7 @@ from rlrf.core.config import ScoreConfig
 from rlrf.core.errors import UserError
 from rlrf.core.io import JsonlLog, atomic_write_json, atomic_write_jsonl, read_jsonl
 from rlrf.core.layout import RunLayout
+from rlrf.core.records import PairRecord
 from rlrf.core.progress import progress_bar
 from rlrf.evaluation.copying import copied_share
 
@@ -62,24 +63,16 @@ def build_pairs(
             stats.skipped_empty_best += 1
             continue
         worst_first = ranked[::-1][: max(1, min(negatives, len(ranked) - 1))]
-        pair = {
-            "user": user,
-            "iter": best["iter"],
-            "prompt": prompts[user],
-            "chosen": best["text"],
-            "rejected": worst["text"],
-            "margin": margin,
-            "chosen_k": best["k"],
-            "rejected_k": worst["k"],
+        several = negatives > 1
+        pairs.append(PairRecord(
+            user=user, iter=best["iter"], prompt=prompts[user], chosen=best["text"], rejected=worst["text"],
+            margin=margin, chosen_k=best["k"], rejected_k=worst["k"],
             # a summary cut at generate.max_new_tokens: trained without the EOS it never wrote
-            "chosen_finished": best.get("finished", True),
-            "rejected_finished": worst.get("finished", True),
-        }
-        if negatives > 1:
-            pair["rejected_list"] = [r["text"] for r in worst_first]
-            pair["rejected_finished_list"] = [r.get("finished", True) for r in worst_first]
-            pair["rejected_margins"] = [scores[(user, best["k"])] - scores[(user, r["k"])] for r in worst_first]
-        pairs.append(pair)
+            chosen_finished=best.get("finished", True), rejected_finished=worst.get("finished", True),
+            rejected_list=[r["text"] for r in worst_first] if several else None,
+            rejected_finished_list=[r.get("finished", True) for r in worst_first] if several else None,
+            rejected_margins=[scores[(user, best["k"])] - scores[(user, r["k"])] for r in worst_first] if several else None,
+        ).to_dict())
         stats.pairs += 1
     return pairs, stats
 
