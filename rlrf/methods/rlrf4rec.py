@@ -16,7 +16,7 @@ import numpy as np
 from rlrf.core.layout import RunLayout
 from rlrf.core.records import Evaluation, PerUser
 from rlrf.evaluation.copying import copied_share
-from rlrf.methods.loop import Method, training_config
+from rlrf.methods.loop import Method
 
 
 class RLRF4Rec(Method):
@@ -68,6 +68,7 @@ class RLRF4Rec(Method):
     def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
         from rlrf.alignment.dpo import run_align
         from rlrf.alignment.online import run_online
+        from rlrf.methods.loop import training_config
 
         if cfg.align.method == "dpo":
             run_align(training_config(cfg, adapter), iteration, show_progress=self.show_progress)
