@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,33 +147,30 @@ def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_
     target_user, empty_user, hopeless_user = users[0], users[1], users[2]
     calls = []
 
-    def fake_run_generate(gcfg, *, iteration, mode, dataset, users, show_progress, **_):
-        calls.append((gcfg.generate.temperature, gcfg.generate.n, list(users)))
-        layout = RunLayout(gcfg.run_dir)
-        prompts = gen.build_prompts(gcfg, dataset, tokenizer, mode, users=users)
+    def fake_generate_texts(g, prompts, policy, layout, *, mode, iteration, sampling, n, **_):
+        calls.append((sampling.temperature, n, [p.key for p in prompts]))
         have = {(r["user"], r["k"]) for r in read_jsonl(layout.responses(iteration, mode))}
         append_jsonl(layout.prompts(iteration, mode), [{"user": p.key, "prompt_hash": p.hash} for p in prompts
                                                        if (p.key, 0) not in have])
         rows = []
         for p in prompts:
             target = cat.index(p.meta["target"])
-            for k in range(gcfg.generate.n):
+            for k in range(n):
                 if (p.key, k) in have:
                     continue
                 if p.key == hopeless_user:
                     text = answer_text(cat, target)
-                elif gcfg.generate.temperature == 0:
+                elif sampling.temperature == 0:
                     text = {target_user: answer_text(cat, target), empty_user: ""}.get(p.key, f"My own guess {p.key}")
                 else:
                     text = f"Sampled guess {k}"
                 rows.append({"user": p.key, "iter": iteration, "k": k, "text": text, "target": p.meta["target"]})
         append_jsonl(layout.responses(iteration, mode), rows)
 
-    monkeypatch.setattr(gen, "run_generate", fake_run_generate)
-    tokenizer = arm_list[0][1].tokenizer(cfg)
+    monkeypatch.setattr(gen, "generate_texts", fake_generate_texts)
     stats = {}
     for arm_cfg, method in arm_list:
-        method.generate(arm_cfg, 0)
+        method.generate(arm_cfg, 0, None)  # from the base policy
         stats[method.name] = method.score(arm_cfg, 0)
     assert calls[0] == (0.0, 1, users)  # greedy, one answer per user
     assert calls[1][0] == cfg.sprec.fallback_temperature and calls[1][1] == cfg.sprec.samples
@@ -329,7 +327,7 @@ def test_the_fallback_generation_keeps_its_own_meta_and_leaves_the_greedy_ones_i
     cfg = tiny_sprec_config.model_copy(update={"score": tiny_sprec_config.score.model_copy(update={"negatives": 2})})
     arm_cfg, method = next((c, m) for c, m in arms(cfg, show_progress=False) if m.name == "sprec")
     users = iteration_users(method.ds, arm_cfg, 0)
-    method.generate(arm_cfg, 0)
+    method.generate(arm_cfg, 0, None)  # from the base policy
     layout = RunLayout(arm_cfg.run_dir)
     greedy = read_json(layout.responses_meta(0, "next_item"))
     assert greedy["n"] == 1 and greedy["params"]["temperature"] == 0.0 and greedy["prompts"] == len(users)
@@ -347,20 +345,19 @@ JUNK = "A Film Nobody Made (2031)"
 
 
 def fake_validation_generate(ds, good_epochs: set[int], calls: list):
-    """Stands in for run_generate under the SFT stopping rule: the base policy and the epochs not in
+    """Stands in for generate_texts under the SFT stopping rule: the base policy and the epochs not in
     `good_epochs` answer the same junk title for every user, the good epochs the real next item (HR 1)."""
-    import rlrf.generation.generate as gen
 
-    def fake(gcfg, *, iteration, mode, dataset, users, show_progress, **_):
-        adapter = gcfg.llm.adapter
+    def fake(g, prompts, policy, layout, *, mode, iteration, **_):
+        adapter = None if policy.adapter is None else Path(policy.adapter)
         epoch = None if adapter is None else int(adapter.parent.name.removeprefix("epoch_"))
-        calls.append((epoch, list(users), gcfg.run_dir))
-        layout = RunLayout(gcfg.run_dir)
+        users = [p.key for p in prompts]
+        calls.append((epoch, users, layout.root))
         have = {r["user"] for r in read_jsonl(layout.responses(iteration, mode))}
-        cat = dataset.catalog
+        cat = ds.catalog
         append_jsonl(layout.responses(iteration, mode), [
             {"user": u, "iter": iteration, "k": 0,
-             "text": answer_text(cat, dataset.users[u].items[-1]) if epoch in good_epochs else JUNK}
+             "text": answer_text(cat, ds.users[u].items[-1]) if epoch in good_epochs else JUNK}
             for u in users if u not in have])
 
     return fake
@@ -378,7 +375,7 @@ def test_sft_stops_at_the_first_epoch_whose_valid_hr_beats_the_base_and_says_why
     arm_list = arms(cfg, show_progress=False)
     ds = arm_list[0][1].ds
     calls = []
-    monkeypatch.setattr(gen, "run_generate", fake_validation_generate(ds, {2}, calls))
+    monkeypatch.setattr(gen, "generate_texts", fake_validation_generate(ds, {2}, calls))
     for arm_cfg, method in arm_list:  # the first arm trains, the others find the SFT done
         assert method.prepare(arm_cfg) == RunLayout(cfg.run_dir).sft
     root = RunLayout(cfg.run_dir)
@@ -418,7 +415,7 @@ def test_sft_stops_at_the_epoch_cap_when_valid_hr_never_beats_the_base(tiny_spre
     cfg = until_better(tiny_sprec_config, sft_max_epochs=2)
     arm_cfg, method = arms(cfg, show_progress=False)[0]
     calls = []
-    monkeypatch.setattr(gen, "run_generate", fake_validation_generate(method.ds, set(), calls))
+    monkeypatch.setattr(gen, "generate_texts", fake_validation_generate(method.ds, set(), calls))
     method.prepare(arm_cfg)
     root = RunLayout(cfg.run_dir)
     summary = read_json(root.sft_log)["summary"]

@@ -123,6 +123,7 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
     """
     from rich.console import Console
 
+    from rlrf.core.threads import use_threads
     from rlrf.generation.knowledge import generate_user_knowledge
     from rlrf.reward import inputs as reward_inputs
     from rlrf.reward import training as reward
@@ -143,8 +144,10 @@ def run_rerank_experiment(cfg, iterations: list[int] | None = None, seeds: int |
               f"seeds {seed_list}, policies: base" + "".join(f", iter {t}" for t in iterations))
     # the context: dataset, lists, encoder, item knowledge, "self" user texts (for the reference row)
     t0 = time.perf_counter()
-    self_cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"user_knowledge": "self"})})
-    ctx = reward_inputs.prepare(self_cfg, progress=show_progress)
+    use_threads(cfg)
+    self_reward = cfg.reward.model_copy(update={"user_knowledge": "self"})
+    ctx = reward_inputs.prepare_inputs(cfg.data, self_reward, cfg.encoder, cfg.sasrec, layout, cfg.seed,
+                                       progress=show_progress)
     notes = list(ctx.notes)
     timings["prepare_s"] = time.perf_counter() - t0
 

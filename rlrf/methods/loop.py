@@ -19,28 +19,35 @@ from rlrf.core.records import IterationRecord, metrics_record
 
 
 class Method(Protocol):
+    """One iteration's stages. `cfg` is the run's config, the same object for every call; the policy a
+    stage samples from or trains further is the explicit `adapter` (None: the base model `cfg.llm`
+    names), which the loop threads from one iteration to the next."""
+
     name: str
 
     def prepare(self, cfg) -> Path | None:
         """One-time inputs of the loop (data, reward model, SPRec's SFT), skipped when already present;
-        returns the adapter policy_0 starts from (None: the policy named by cfg.llm)."""
+        returns the adapter policy_0 starts from (None: `llm.adapter`)."""
 
-    def generate(self, cfg, iteration: int) -> None:
-        """Sample responses with the policy named by cfg.llm (base or the newest adapter)."""
+    def generate(self, cfg, iteration: int, adapter: Path | None) -> None:
+        """Sample responses from the policy with `adapter`."""
 
     def score(self, cfg, iteration: int) -> dict:
         """Score the responses and write the iteration's pairs; returns their statistics ({"pairs": n, ...},
         or {"prompts": n} for a method whose trainer samples and scores online): `IterationRecord.pairs`."""
 
-    def align(self, cfg, iteration: int) -> Path:
-        """Train on the iteration's pairs; returns the new adapter directory."""
+    def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
+        """Train the policy with `adapter` on the iteration's pairs; returns the new adapter directory."""
 
-    def evaluate(self, cfg, label: str) -> dict:
-        """Held-out metrics of the policy named by cfg.llm (RLRF4Rec: an `Evaluation` as a dict);
+    def evaluate(self, cfg, label: str, adapter: Path | None) -> dict:
+        """Held-out metrics of the policy with `adapter` (RLRF4Rec: an `Evaluation` as a dict);
         `label` names its output folder."""
 
 
-def with_adapter(cfg, adapter: Path | None):
+def training_config(cfg, adapter: Path | None):
+    """The run config a training stage (`run_align`, `run_online`) runs under, its policy starting
+    from `adapter`: those stages read the start adapter from the whole config's `llm.adapter` only, so
+    this one copy of the root config stays until they take the adapter as an argument."""
     return cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"adapter": adapter})})
 
 
@@ -61,31 +68,30 @@ def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
     metrics["environment"] = run_environment(cfg.llm)
     start = method.prepare(cfg)
 
-    def evaluate(policy_cfg, label: str) -> None:
+    def evaluate(adapter: Path | None, label: str) -> None:
         if label not in metrics["evaluations"]:
             log(f"[{method.name}] evaluating policy {label}")
-            metrics["evaluations"][label] = method.evaluate(policy_cfg, label)
+            metrics["evaluations"][label] = method.evaluate(cfg, label, adapter)
             atomic_write_json(metrics_path, metrics)
 
     adapter = start if start is not None else cfg.llm.adapter
     for t in range(iterations):
-        current = with_adapter(cfg, adapter)
-        evaluate(current, f"policy_{t}")
+        evaluate(adapter, f"policy_{t}")
         started = time.perf_counter()
         log(f"[{method.name}] iteration {t}: generate")
-        method.generate(current, t)
+        method.generate(cfg, t, adapter)
         log(f"[{method.name}] iteration {t}: score")
-        pair_stats = method.score(current, t)
+        pair_stats = method.score(cfg, t)
         trained_on = IterationRecord(pairs=pair_stats, adapter=None).trained_on
         if trained_on > 0:
             what = f"{trained_on} pairs" if pair_stats.get("pairs") else f"{trained_on} prompts"  # prompts: online RL
             log(f"[{method.name}] iteration {t}: align on {what}")
-            adapter = method.align(current, t)
+            adapter = method.align(cfg, t, adapter)
         else:  # every user tied: no preference to learn, the policy stays as it is
             log(f"[{method.name}] iteration {t}: no pairs, policy unchanged")
         seconds = metrics["iterations"].get(str(t), {}).get("seconds", round(time.perf_counter() - started, 1))
         metrics["iterations"][str(t)] = IterationRecord(pairs=pair_stats, adapter=str(adapter) if adapter else None,
                                                         seconds=seconds).to_dict()
         atomic_write_json(metrics_path, metrics)
-    evaluate(with_adapter(cfg, adapter), f"policy_{iterations}")
+    evaluate(adapter, f"policy_{iterations}")
     return metrics

@@ -55,7 +55,7 @@ import numpy as np
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
 from rlrf.core.layout import RunLayout, adapter_complete
-from rlrf.methods.loop import Method, run_loop, with_adapter
+from rlrf.methods.loop import Method, run_loop, training_config
 from rlrf.methods.rank_examples import (
     LEVELS, RankExample, RankPrompts, TitleKeys, dmpo_pairwise, ground_answer, hallucination_negative,
     heldout_examples, margin_for_epsilon, oracle_epsilon, popular_negative, sample_examples, seeded_rng,
@@ -149,11 +149,13 @@ class RankContext:
         return items[:t]
 
     def _sasrec(self, train_sasrec):
+        from rlrf.data.candidates import sasrec_settings
+
         if not hasattr(self, "_model"):
             held_out = {u for split in ("valid", "test") for u in self.ds.splits[split]}
             sequences = {u: (user.items[:-1] if u in held_out else user.items) for u, user in self.ds.users.items()}
             sequences = {u: s for u, s in sequences.items() if s}
-            self._model = train_sasrec(sequences, self.sasrec_cfg, self.sasrec_dir, self.seed)
+            self._model = train_sasrec(sequences, sasrec_settings(self.sasrec_cfg), self.sasrec_dir, self.seed)
         return self._model
 
 
@@ -182,14 +184,15 @@ def build_context(cfg, ds=None) -> RankContext:
 # ------------------------------------------------------------------------------------ generation
 
 
-def greedy_answers(cfg, prompts) -> list[str]:
-    """The greedy answer of the policy named by cfg.llm to each prompt (the rlrf generation backends)."""
+def greedy_answers(cfg, prompts, adapter: Path | None) -> list[str]:
+    """The greedy answer of the policy with `adapter` (None: the base model) to each prompt (the rlrf
+    generation backends)."""
     from rlrf.core.threads import use_threads
     from rlrf.generation.backends import Request, SamplingParams, make_backend, sample_seed
     from rlrf.generation.policy import load_policy
 
     use_threads(cfg)
-    policy = load_policy(cfg.llm)
+    policy = load_policy(cfg.llm, adapter=adapter)
     engine = make_backend(cfg.generate.backend, policy, batch_size=cfg.generate.batch_size)
     params = SamplingParams(max_new_tokens=cfg.generate.max_new_tokens, temperature=0.0, top_p=1.0, top_k=0)
     requests = [Request(prompt_ids=p.ids, seeds=[sample_seed(cfg.seed, "rank", p.key)]) for p in prompts]
@@ -222,24 +225,24 @@ def score_answers(examples: list[RankExample], answers: list) -> dict:
     }
 
 
-def evaluate_policy(cfg, root: Path, ctx: RankContext, prompts: RankPrompts) -> dict:
-    """The policy named by cfg.llm on the held-out examples; cached in ``<root>/eval/<policy>/`` (a
-    policy shared by several arms, the SFT, is evaluated once)."""
-    slug = policy_slug(root, cfg.llm.adapter)
+def evaluate_policy(cfg, adapter: Path | None, root: Path, ctx: RankContext, prompts: RankPrompts) -> dict:
+    """The policy with `adapter` (None: the base model) on the held-out examples; cached in
+    ``<root>/eval/<policy>/`` (a policy shared by several arms, the SFT, is evaluated once)."""
+    slug = policy_slug(root, adapter)
     out = RunLayout(root).evaluation(slug)
     keys = [ex.key for ex in ctx.eval_examples]
     cached = read_json(out.eval_result)
     if cached is not None and cached.get("per_user", {}).get("users") == keys:
         return cached
     started = time.perf_counter()
-    texts = greedy_answers(cfg, [prompts.ranking(ex) for ex in ctx.eval_examples])
+    texts = greedy_answers(cfg, [prompts.ranking(ex) for ex in ctx.eval_examples], adapter)
     grounded = [ground_answer(t, ex.candidates, ctx.keys) for t, ex in zip(texts, ctx.eval_examples)]
     cat = ctx.ds.catalog
     atomic_write_jsonl(out.recommendations(0), (
         {"user": ex.key, "target": cat.ids[ex.target], "text": t, "item": None if g.item is None else cat.ids[g.item],
          "level": g.level, "outside": None if g.outside is None else cat.ids[g.outside]}
         for ex, t, g in zip(ctx.eval_examples, texts, grounded)))
-    result = {"policy": str(cfg.llm.adapter) if cfg.llm.adapter else "base", "slug": slug,
+    result = {"policy": str(adapter) if adapter else "base", "slug": slug,
               **score_answers(ctx.eval_examples, grounded), "seconds": round(time.perf_counter() - started, 1)}
     atomic_write_json(out.eval_result, result)
     return result
@@ -300,13 +303,13 @@ class RankArm(Method):
             run_sft(cfg, records, cfg.llm.adapter, self.root.sft, self.root.sft_log, self.show_progress)
         return self.root.sft
 
-    def generate(self, cfg, iteration: int) -> None:
+    def generate(self, cfg, iteration: int, adapter: Path | None) -> None:
         """Self-hard: the SFT policy's greedy answer to each preference example."""
         layout = RunLayout(cfg.run_dir)
         if self.spec.negatives != "self" or layout.responses(iteration, "next_item").exists():
             return
         exs = self.ctx.pair_examples
-        texts = greedy_answers(cfg, [self.prompts.ranking(ex) for ex in exs])
+        texts = greedy_answers(cfg, [self.prompts.ranking(ex) for ex in exs], adapter)
         atomic_write_jsonl(layout.responses(iteration, "next_item"),
                            ({"user": ex.key, "iter": iteration, "k": 0, "text": t} for ex, t in zip(exs, texts)))
 
@@ -323,14 +326,14 @@ class RankArm(Method):
         atomic_write_json(layout.pairs_meta(iteration), stats)
         return stats
 
-    def align(self, cfg, iteration: int) -> Path:
+    def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
         from rlrf.alignment.dpo import run_align
 
-        run_align(cfg, iteration, show_progress=self.show_progress)
+        run_align(training_config(cfg, adapter), iteration, show_progress=self.show_progress)
         return RunLayout(cfg.run_dir).adapter(iteration)
 
-    def evaluate(self, cfg, label: str) -> dict:
-        return evaluate_policy(cfg, self.root.root, self.ctx, self.prompts)
+    def evaluate(self, cfg, label: str, adapter: Path | None) -> dict:
+        return evaluate_policy(cfg, adapter, self.root.root, self.ctx, self.prompts)
 
 
 def negatives_of(arm: str, cfg, ctx: RankContext, ex: RankExample, answer=None) -> tuple[list[int], str]:
@@ -398,6 +401,7 @@ def arm_config(cfg, arm: str, run_dir: Path, seed: int):
     align = cfg.align.model_copy(update={
         "loss": loss or cfg.align.loss, "rosepo_eps_max": cfg.rank.eps_cap,
         "trainer_args": {**cfg.align.trainer_args, "max_steps": cfg.rank.steps}})
+    # the arm's folder, seed and align section: run_loop and run_align read all three from the whole config only
     return cfg.model_copy(update={"run_dir": Path(run_dir), "seed": seed, "align": align})
 
 
@@ -443,7 +447,7 @@ def run_rank(cfg, show_progress: bool = True, log=print) -> dict:
         baselines[name] = evaluate_baseline(name, cfg, ctx)
         seconds[name] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
-    baselines["base"] = evaluate_policy(with_adapter(cfg, None), root.root, ctx, prompts)
+    baselines["base"] = evaluate_policy(cfg, None, root.root, ctx, prompts)
     seconds["base"] = round(time.perf_counter() - started, 1)
     runs: dict[int, dict] = {}
     for seed in training_seeds(cfg):

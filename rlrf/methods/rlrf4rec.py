@@ -8,7 +8,7 @@ summaries, and the reranker's NDCG@5 / MAP@5 when each test user's knowledge is 
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +50,15 @@ class RLRF4Rec(Method):
         if cfg.loop.independent_evaluator:
             self.evaluator = independent_evaluator(cfg, self.dataset, self.scorer)
 
-    def generate(self, cfg, iteration: int) -> None:
+    def generate(self, cfg, iteration: int, adapter: Path | None) -> None:
         """N summaries per training user (DPO); the online methods sample their own inside the trainer."""
-        from rlrf.generation.generate import run_generate
+        from rlrf.generation.backends import resolve_backend
+        from rlrf.generation.generate import policy_for, run_generate
 
         if cfg.align.method != "dpo":
             return
-        run_generate(self._training(cfg), iteration=iteration, mode="user_preference", dataset=self.dataset,
+        policy = policy_for(cfg.llm, resolve_backend(cfg.generate.backend), adapter=adapter)
+        run_generate(cfg, iteration=iteration, mode="user_preference", policy=policy, dataset=self.dataset,
                      show_progress=self.show_progress, users=self._training_users(cfg))
 
     def score(self, cfg, iteration: int) -> dict:
@@ -67,20 +69,18 @@ class RLRF4Rec(Method):
         stats = run_score(cfg, iteration, scorer=self.scorer, dataset=self.dataset, show_progress=self.show_progress)
         return asdict(stats)
 
-    def align(self, cfg, iteration: int) -> Path:
+    def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
         from rlrf.alignment.dpo import run_align
         from rlrf.alignment.online import run_online
+        from rlrf.methods.loop import training_config
 
         if cfg.align.method == "dpo":
-            run_align(cfg, iteration, show_progress=self.show_progress)
+            run_align(training_config(cfg, adapter), iteration, show_progress=self.show_progress)
         else:
             metric = cfg.score.metric
-            run_online(cfg, iteration, self._online_records(cfg),
+            run_online(training_config(cfg, adapter), iteration, self._online_records(cfg),
                        lambda users, texts: self.scorer.score(users, texts)[metric], show_progress=self.show_progress)
         return RunLayout(cfg.run_dir).adapter(iteration)
-
-    def _training(self, cfg):
-        return cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"users": "train"})})
 
     def _training_users(self, cfg) -> list[str]:
         """The first `generate.max_users` training users whose list can rank: a list of only liked
@@ -96,7 +96,7 @@ class RLRF4Rec(Method):
 
         if self._tokenizer is None:
             self._tokenizer = policy_tokenizer(cfg.llm)
-        prompts = build_prompts(self._training(cfg), self.dataset, self._tokenizer, "user_preference",
+        prompts = build_prompts(cfg, self.dataset, self._tokenizer, "user_preference",
                                 users=self._training_users(cfg))
         return [{"prompt": p.text, "user": p.key} for p in prompts]
 
@@ -104,27 +104,38 @@ class RLRF4Rec(Method):
         labels = self.scorer.data.labels[self.scorer.row[user]]
         return bool((labels > 0).any() and (labels == 0).any())
 
-    def evaluate(self, cfg, label: str) -> dict:
+    def evaluate(self, cfg, label: str, adapter: Path | None) -> dict:
         """Every test user (or the first `loop.eval_users`): N sampled summaries for the mean and
         best-of-N reward, and one greedy summary for the reranking metrics, scored by the reward
         model and, when there is one, by the independent evaluator (see `prepare`)."""
-        from rlrf.generation.generate import load_prompts, run_generate
-        from rlrf.reward.score import score_responses
+        from rlrf.core.threads import use_threads
+        from rlrf.generation.backends import resolve_backend
+        from rlrf.generation.generate import (generate_texts, load_prompts, make_prompts, policy_for, sampling_for,
+                                              select_users, visible_histories)
+        from rlrf.reward.score import score_iteration
 
+        mode, gen = "user_preference", cfg.generate
         sub = RunLayout(cfg.run_dir).evaluation(label)
-        test = cfg.generate.model_copy(update={"users": "test", "max_users": cfg.loop.eval_users})
-        sampled = cfg.model_copy(update={"run_dir": sub.root, "generate": test})
-        greedy = cfg.model_copy(update={"run_dir": sub.greedy.root,
-                                        "generate": test.model_copy(update={"n": 1, "temperature": 0.0})})
-        for run, kind in ((sampled, f"{test.n} samples"), (greedy, "greedy")):
-            run_generate(run, iteration=0, mode="user_preference", dataset=self.dataset, show_progress=self.show_progress,
-                         lists_dir=Path(cfg.run_dir), label=f"evaluate {label}: test users, {kind}")
-        responses, scored = score_responses(sampled, 0, self.scorer, self.show_progress, label=f"score {label} samples")
-        firsts, first_scored = score_responses(greedy, 0, self.scorer, self.show_progress, label=f"score {label} greedy")
+        use_threads(cfg)
+        backend = resolve_backend(gen.backend)
+        policy = policy_for(cfg.llm, backend, adapter=adapter)  # one policy for both passes
+        max_history = cfg.data.lists.max_history
+        prompts = make_prompts(gen, self.dataset, policy.tokenizer, mode,
+                               users=select_users(self.dataset, "test", cfg.loop.eval_users), max_history=max_history,
+                               histories=visible_histories(self.dataset, RunLayout(cfg.run_dir).lists, max_history))
+        greedy = replace(sampling_for(gen, mode), temperature=0.0)
+        for out, sampling, n, kind in ((sub, None, None, f"{gen.n} samples"), (sub.greedy, greedy, 1, "greedy")):
+            generate_texts(gen, prompts, policy, out, mode=mode, iteration=0, seed=cfg.seed, sampling=sampling, n=n,
+                           backend=backend, show_progress=self.show_progress,
+                           label=f"evaluate {label}: test users, {kind}")
+        responses, scored = score_iteration(sub, 0, self.scorer, cfg.score, self.show_progress,
+                                            label=f"score {label} samples")
+        firsts, first_scored = score_iteration(sub.greedy, 0, self.scorer, cfg.score, self.show_progress,
+                                               label=f"score {label} greedy")
         independent = None
         if self.evaluator is not None:
             independent = self.evaluator.score([r["user"] for r in firsts], [r["text"] for r in firsts])
-        prompts = {u: r["prompt"] for u, r in load_prompts(greedy.run_dir, 0).items()}
+        prompts = {u: r["prompt"] for u, r in load_prompts(sub.greedy.root, 0).items()}
         return summarize_rewards(responses, scored, firsts, first_scored, independent, cfg.score.metric, prompts)
 
 

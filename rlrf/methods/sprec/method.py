@@ -137,7 +137,7 @@ class SPRec(Method):
             atomic_write_json(self.root.sft_log, {"summary": summary})
         return summary
 
-    def generate(self, cfg, iteration: int) -> None:
+    def generate(self, cfg, iteration: int, adapter: Path | None) -> None:
         """Self-play: the current policy's GREEDY answer for every iteration user; for users whose
         answer is the target or empty (or who need more negatives), `sprec.samples` sampled answers."""
         if not self.sampler.from_policy:
@@ -145,14 +145,14 @@ class SPRec(Method):
         s = cfg.sprec
         users = iteration_users(self.ds, cfg, iteration)
         generate_next_items(cfg, iteration=iteration, dataset=self.ds, users=users, n=1, temperature=0.0,
-                            show_progress=self.show_progress)
+                            adapter=adapter, show_progress=self.show_progress)
         candidates = self._candidates(cfg, iteration, fallback=False)
         short = [u for u in users if len(self_play_negatives(
             self.grounder, self.ds.users[u].items[-1], candidates.get(u, []), cfg.score.negatives)) < cfg.score.negatives]
         if short:  # its own sub-run: its records and .meta.json never touch the greedy generation's
             generate_next_items(cfg, iteration=iteration, dataset=self.ds, users=short, n=s.samples,
                                 temperature=s.fallback_temperature, run_dir=RunLayout(cfg.run_dir).self_play_fallback.root,
-                                show_progress=self.show_progress, label=f"self-play fallback iter {iteration}")
+                                adapter=adapter, show_progress=self.show_progress, label=f"self-play fallback iter {iteration}")
 
     def _candidates(self, cfg, iteration: int, fallback: bool = True) -> dict[str, list]:
         """user -> [(k, text, grounding)] of this iteration's predictions, k=0 (greedy) first, then (with
@@ -245,16 +245,16 @@ class SPRec(Method):
             negatives[p.key] = [Negative(answer_text(cat, i), i, source) for i in drawn]
         return negatives
 
-    def align(self, cfg, iteration: int) -> Path:
+    def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
         layout = RunLayout(cfg.run_dir)
         users = iteration_users(self.ds, cfg, iteration)
-        train_sft(cfg, sft_records(cfg, self.ds, self.tokenizer(cfg), users), cfg.llm.adapter,
+        train_sft(cfg, sft_records(cfg, self.ds, self.tokenizer(cfg), users), adapter,
                   layout.sft_adapter(iteration), layout.sft_adapter_log(iteration), self.show_progress)
         train_dpo(cfg, iteration, layout.sft_adapter(iteration), show_progress=self.show_progress)
         return layout.adapter(iteration)
 
-    def evaluate(self, cfg, label: str) -> dict:
-        return self._evaluate(cfg, held_out_spec(self.ds, cfg), cfg.llm.adapter, self.root.root)
+    def evaluate(self, cfg, label: str, adapter: Path | None) -> dict:
+        return self._evaluate(cfg, held_out_spec(self.ds, cfg), adapter, self.root.root)
 
 
 def make_grounder(cfg, ds, popularity=None):

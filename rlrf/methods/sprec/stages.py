@@ -1,32 +1,38 @@
 """The stage calls SPRec steers: generation, SFT and DPO, each behind one function.
 
-The generation and alignment stages still take the whole run config, so steering one of their
-fields (greedy decoding, one SFT epoch, the adapter DPO starts from) means a copy of it with that
-field changed. Those copies live here and nowhere else in SPRec: when a stage takes its own config
-section and explicit values, the function of that stage is the one place that changes.
+Generation takes its sections and explicit values (the adapter, the output layout, n and the
+temperature), so nothing is copied to steer it. The training stages (`run_sft`, `run_align`) still
+read everything from the whole run config, so one SFT epoch or the adapter DPO starts from is a copy
+of it with that field changed; those copies live here and nowhere else in SPRec, so when a training
+stage takes its own section and explicit values, its function here is the one place that changes.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-_KEEP = object()
+from rlrf.core.layout import RunLayout
+
+_KEEP = ...
 
 
 def generate_next_items(cfg, *, iteration: int, dataset, users, n: int, temperature: float, run_dir: Path | None = None,
                         adapter=_KEEP, show_progress: bool = True, label: str | None = None) -> None:
     """`n` next-item answers per user at `temperature` (0 = greedy) into `run_dir` (default the
-    run's), from the policy with `adapter` (default the one cfg.llm names)."""
-    from rlrf.generation.generate import run_generate
+    run's), from the policy with `adapter` (left out: the one cfg.llm names)."""
+    from rlrf.core.threads import use_threads
+    from rlrf.generation.backends import resolve_backend
+    from rlrf.generation.generate import generate_texts, make_prompts, policy_for, sampling_for
 
-    update: dict = {}
-    if run_dir is not None:
-        update["run_dir"] = run_dir
-    if adapter is not _KEEP:
-        update["llm"] = cfg.llm.model_copy(update={"adapter": adapter})
-    update["generate"] = cfg.generate.model_copy(update={"n": n, "temperature": temperature})
-    run_generate(cfg.model_copy(update=update), iteration=iteration, mode="next_item", dataset=dataset, users=users,
-                 show_progress=show_progress, label=label)
+    mode, gen = "next_item", cfg.generate
+    use_threads(cfg)
+    backend = resolve_backend(gen.backend)
+    policy = policy_for(cfg.llm, backend, adapter=adapter)
+    prompts = make_prompts(gen, dataset, policy.tokenizer, mode, users=users, max_history=cfg.data.lists.max_history)
+    generate_texts(gen, prompts, policy, RunLayout(run_dir if run_dir is not None else cfg.run_dir), mode=mode,
+                   iteration=iteration, seed=cfg.seed, sampling=replace(sampling_for(gen, mode), temperature=temperature),
+                   n=n, backend=backend, show_progress=show_progress, label=label)
 
 
 def train_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: Path, log_path: Path,
@@ -35,7 +41,7 @@ def train_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir:
     `sft.trainer_args` when given."""
     from rlrf.alignment.sft import run_sft
 
-    if trainer_args is not None:
+    if trainer_args is not None:  # run_sft reads sft.trainer_args from the whole run config only
         cfg = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"trainer_args": trainer_args})})
     return run_sft(cfg, records, start_adapter, adapter_dir, log_path, show_progress)
 
@@ -44,9 +50,9 @@ def train_dpo(cfg, iteration: int, start_adapter: Path, show_progress: bool = Tr
     """DPO on the iteration's pairs (the alignment stage's `run_align`), starting from and referenced
     to `start_adapter`."""
     from rlrf.alignment.dpo import run_align
-    from rlrf.methods.loop import with_adapter
+    from rlrf.methods.loop import training_config
 
-    return run_align(with_adapter(cfg, start_adapter), iteration, show_progress=show_progress)
+    return run_align(training_config(cfg, start_adapter), iteration, show_progress=show_progress)
 
 
 def seed_config(cfg, run_dir: Path, seed: int):
