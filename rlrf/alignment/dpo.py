@@ -11,6 +11,8 @@ Reference and adapter design (r(y) = log π(y|x) − log π_ref(y|x), docs/archi
 * The reference of iteration t is the policy BEFORE it: the policy that sampled the iteration's
   responses, i.e. ``llm.model`` + ``llm.adapter`` (the loop passes the newest adapter there). When
   ``llm.adapter`` is unset and t > 0, ``iter_<t-1>/adapter`` is used if it exists.
+* ``align.reference: base`` makes the reference the base model at every iteration instead (the
+  RLRF4Rec paper's π_ref): trl's "ref" copy is dropped, so the reference context disables the adapters.
 * There is ONE LoRA adapter over the whole run, relative to the base model: iteration t loads the
   previous adapter *trainable* and continues training it; iteration 0 starts a fresh LoRA
   (the ``lora:`` section). So every ``iter_<t>/adapter`` loads on the plain base model
@@ -186,6 +188,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             sft_weight=a.sft_weight if a.loss in LOSSES else 0.0,
             rosepo_eps_max=a.rosepo_eps_max, rosepo_tau=a.rosepo_tau, share_prompt=a.share_prompt,
             length_alpha=a.length_alpha, fast_path=fast_training(), mixed_bf16=train_in_mixed_bf16(cfg.llm),
+            reference=a.reference,
         )
         if len(trainer.train_dataset) == 0:
             raise UserError(f"align.trainer_args.max_length: {args.max_length} tokens is shorter than every prompt; no pair left")
@@ -216,7 +219,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
             "seconds_per_step": round(sum(timer.seconds) / len(timer.seconds), 3) if timer.seconds else None,
             "reference_seconds": counts["reference_seconds"],
             "start_adapter": str(start_adapter) if start_adapter else None,
-            "reference": f"{cfg.llm.model or 'default'} + {start_adapter or 'no adapter'}",
+            "reference": f"{cfg.llm.model or 'default'} + {start_adapter if a.reference == 'previous' and start_adapter else 'no adapter'}",
             "device": str(param.device),
             "dtype": "mixed-bfloat16" if trainer.mixed_bf16 else str(param.dtype).replace("torch.", ""),
         }

@@ -25,7 +25,7 @@ class PreferenceTrainer(DPOTrainer):
 
     def __init__(self, *args, loss_name: str, negatives: int, sft_weight: float,
                  rosepo_eps_max: float, rosepo_tau: float, share_prompt: bool = True, length_alpha: float = 0.0,
-                 fast_path: bool = False, mixed_bf16: bool = False, **kwargs):
+                 fast_path: bool = False, mixed_bf16: bool = False, reference: str = "previous", **kwargs):
         self.share_prompt = share_prompt
         self.fast_path = fast_path
         self.length_alpha = length_alpha
@@ -35,6 +35,12 @@ class PreferenceTrainer(DPOTrainer):
         self.rosepo_eps_max = rosepo_eps_max
         self.rosepo_tau = rosepo_tau
         super().__init__(*args, **kwargs)
+        if reference == "base" and self.ref_model is None and is_peft_model(self.model):
+            # trl keeps the previous policy as a frozen "ref" adapter copy; without it every reference
+            # pass (ours, fast or not, and trl's own) runs with the adapters disabled: the base model
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            if "ref" in unwrapped.peft_config:
+                unwrapped.delete_adapter("ref")
         # the fast path (rlrf/alignment/fast.py) covers our losses on one process; trl's losses and
         # DDP run trl's forward, which knows nothing of bf16-stored weights
         self.fast_path = fast_path and share_prompt and loss_name in LOSSES and self._prompt_sharing_supported(self.model)
@@ -44,7 +50,8 @@ class PreferenceTrainer(DPOTrainer):
 
     # -- reference -------------------------------------------------------------------
     def reference_context(self):
-        """The previous policy: trl's frozen "ref" adapter copy, or adapters disabled (fresh LoRA)."""
+        """The previous policy: trl's frozen "ref" adapter copy, or adapters disabled (a fresh LoRA, or
+        `reference="base"`, which drops the copy)."""
         if self.ref_model is None and is_peft_model(self.model):
             unwrapped = self.accelerator.unwrap_model(self.model)
             return use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)

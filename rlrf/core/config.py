@@ -422,6 +422,8 @@ class AlignConfig(_TrainerArgs):
     """Adds this weight x the per-token NLL of the chosen response to the loss (0 = off)."""
     length_alpha: float = Field(0.0, ge=0)
     """R-DPO's alpha (rlrf's losses): each pair's margin gets alpha x (chosen - rejected tokens), so a preference that length explains does not lengthen the policy (0 = off; trl losses: use ld_alpha)."""
+    reference: Literal["previous", "base"] = "previous"
+    """The reference policy of iteration t: previous = the policy before it (base + iteration t−1's adapter); base = the base model at every iteration (the RLRF4Rec paper's π_ref, docs/methods.md)."""
     precompute_ref_log_probs: bool = True
     """Reference log-probs once before training (no reference forward pass per step)."""
     share_prompt: bool = True
