@@ -25,6 +25,18 @@ from rlrf.core.layout import ADAPTER_FILES, RunLayout, adapter_complete, tensorb
 from rlrf.core.memory import releases_memory
 
 
+# A stage's `adapter` argument left unset: the policy comes from the config (`previous_adapter`).
+FROM_CONFIG: Any = object()
+
+
+def start_adapter_of(cfg, iteration: int, adapter: Any = FROM_CONFIG) -> Path | None:
+    """The adapter a training stage starts from: the one a recipe passes (None = the base model), else
+    `previous_adapter` from the config."""
+    if adapter is FROM_CONFIG:
+        return previous_adapter(cfg, iteration)
+    return Path(adapter) if adapter is not None else None
+
+
 def previous_adapter(cfg, iteration: int) -> Path | None:
     """The adapter of the policy before iteration t: `llm.adapter`, else iteration t−1's adapter."""
     if cfg.llm.adapter is not None:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rlrf.alignment.adapters import (previous_adapter, train_adapter, train_in_mixed_bf16, trainable_policy,
+from rlrf.alignment.adapters import (FROM_CONFIG, start_adapter_of, train_adapter, train_in_mixed_bf16, trainable_policy,
                                      trainer_args)
 from rlrf.alignment.fast import fast_training
 from rlrf.core.errors import UserError
@@ -125,11 +125,13 @@ TRL_LOSS_ARGS = frozenset({"ld_alpha", "label_smoothing", "use_weighting", "f_di
                            "f_alpha_divergence_coef", "discopop_tau", "loss_weights"})
 
 
-def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> dict:
+def run_align(cfg, iteration: int, policy=None, show_progress: bool = True, *, adapter=FROM_CONFIG) -> dict:
     """Align the policy on ``iter_<t>/pairs.jsonl``; writes ``iter_<t>/adapter`` and ``align_log.json``.
 
     Returns the log's summary (``"skipped": True`` when the adapter was already complete).
-    `policy` (optional, from ``load_policy(..., merge_adapter=False)``) is trained in place.
+    `policy` (optional, from ``load_policy(..., merge_adapter=False)``) is trained in place. `adapter`:
+    the policy iteration t starts from, as a recipe threads it (None = the base model); unset, the
+    config says (`llm.adapter`, else iteration t-1's adapter).
     """
     from rlrf.alignment.losses import LOSSES, get_loss, is_multi_negative
 
@@ -145,7 +147,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> d
     if a.loss in LOSSES and (trl_only := sorted(TRL_LOSS_ARGS & set(a.trainer_args))):
         raise UserError(f"align.trainer_args.{trl_only[0]}: shapes trl's own losses only, not align.loss "
                         f"'{a.loss}' (for length: align.length_alpha)")
-    start_adapter = previous_adapter(cfg, iteration)
+    start_adapter = start_adapter_of(cfg, iteration, adapter)
     timer = _StepTimer()
     counts: dict = {"reference_seconds": 0.0}  # filled while the trainer is built
     pairs_path = layout.pairs(iteration)

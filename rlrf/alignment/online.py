@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rlrf.alignment.adapters import previous_adapter, train_adapter, trainable_policy, trainer_args
+from rlrf.alignment.adapters import FROM_CONFIG, start_adapter_of, train_adapter, trainable_policy, trainer_args
 from rlrf.core.errors import UserError
 from rlrf.core.layout import RunLayout
 from rlrf.core.precision import training_precision
@@ -62,16 +62,17 @@ def reward_function(score: Callable[[list[str], list[str]], Sequence[float]], le
 
 
 def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[str], list[str]], Sequence[float]],
-               show_progress: bool = True) -> dict:
+               show_progress: bool = True, *, adapter=FROM_CONFIG) -> dict:
     """Train the policy with GRPO / RLOO on `records` ({"prompt": chat-templated text, "user": id});
-    writes `iter_<t>/adapter` and `align_log.json` like the DPO step."""
+    writes `iter_<t>/adapter` and `align_log.json` like the DPO step. `adapter`: the policy the
+    iteration starts from, as `run_align` takes it."""
     method = cfg.align.method
     if method not in METHODS:
         raise UserError(f"align.method: '{method}' is not an online method ({', '.join(METHODS)})")
     if not records:
         raise UserError(f"align.method {method}: no training prompts for iteration {iteration}")
     layout = RunLayout(cfg.run_dir)
-    start_adapter = previous_adapter(cfg, iteration)
+    start_adapter = start_adapter_of(cfg, iteration, adapter)
     o, g = cfg.online, cfg.generate
 
     def build(work_dir: Path):

@@ -84,9 +84,10 @@ def fast_sft_trainer(trainer_cls, mixed_bf16: bool = False):
 
 
 def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: Path, log_path: Path,
-            show_progress: bool = True) -> dict:
+            show_progress: bool = True, *, trainer_args_override: dict | None = None) -> dict:
     """Train on `records` ({"prompt", "completion"}) continuing `start_adapter` (or a fresh LoRA);
-    writes `adapter_dir` atomically and `log_path`; skips when the adapter is complete."""
+    writes `adapter_dir` atomically and `log_path`; skips when the adapter is complete.
+    `trainer_args_override` replaces `sft.trainer_args` (a recipe's one-epoch steps)."""
 
     def build(work_dir: Path):
         from datasets import Dataset
@@ -97,7 +98,8 @@ def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: P
         use_threads(cfg)
         model, tokenizer, lora = trainable_policy(cfg, None, start_adapter)
         param = next(model.parameters())
-        args = trainer_args(SFTConfig, "sft", cfg.sft.trainer_args, seed=cfg.seed, defaults={
+        chosen_args = cfg.sft.trainer_args if trainer_args_override is None else trainer_args_override
+        args = trainer_args(SFTConfig, "sft", chosen_args, seed=cfg.seed, defaults={
             **training_precision(model), "use_cpu": param.device.type == "cpu",  # bf16 autocast over bf16 weights
             "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
         }, fixed={"output_dir": str(work_dir)})

@@ -44,13 +44,6 @@ class Method(Protocol):
         `label` names its output folder."""
 
 
-def training_config(cfg, adapter: Path | None):
-    """The run config a training stage (`run_align`, `run_online`) runs under, its policy starting
-    from `adapter`: those stages read the start adapter from the whole config's `llm.adapter` only, so
-    this one copy of the root config stays until they take the adapter as an argument."""
-    return cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"adapter": adapter})})
-
-
 def run_environment(llm) -> dict:
     """The versions and numerics this process runs with (the policy's dtype as `llm` resolves here):
     a resumed run records the latest, since that is what its newest numbers came from."""

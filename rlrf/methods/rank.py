@@ -55,7 +55,7 @@ import numpy as np
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
 from rlrf.core.layout import RunLayout, adapter_complete
-from rlrf.methods.loop import Method, run_loop, training_config
+from rlrf.methods.loop import Method, run_loop
 from rlrf.methods.rank_examples import (
     LEVELS, RankExample, RankPrompts, TitleKeys, dmpo_pairwise, ground_answer, hallucination_negative,
     heldout_examples, margin_for_epsilon, oracle_epsilon, popular_negative, sample_examples, seeded_rng,
@@ -329,7 +329,7 @@ class RankArm(Method):
     def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
         from rlrf.alignment.dpo import run_align
 
-        run_align(training_config(cfg, adapter), iteration, show_progress=self.show_progress)
+        run_align(cfg, iteration, show_progress=self.show_progress, adapter=adapter)
         return RunLayout(cfg.run_dir).adapter(iteration)
 
     def evaluate(self, cfg, label: str, adapter: Path | None) -> dict:

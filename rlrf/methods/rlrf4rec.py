@@ -72,14 +72,13 @@ class RLRF4Rec(Method):
     def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
         from rlrf.alignment.dpo import run_align
         from rlrf.alignment.online import run_online
-        from rlrf.methods.loop import training_config
 
         if cfg.align.method == "dpo":
-            run_align(training_config(cfg, adapter), iteration, show_progress=self.show_progress)
+            run_align(cfg, iteration, show_progress=self.show_progress, adapter=adapter)
         else:
             metric = cfg.score.metric
-            run_online(training_config(cfg, adapter), iteration, self._online_records(cfg),
-                       lambda users, texts: self.scorer.score(users, texts)[metric], show_progress=self.show_progress)
+            run_online(cfg, iteration, self._online_records(cfg), lambda users, texts: self.scorer.score(users, texts)[metric],
+                       show_progress=self.show_progress, adapter=adapter)
         return RunLayout(cfg.run_dir).adapter(iteration)
 
     def _training_users(self, cfg) -> list[str]:

@@ -41,18 +41,14 @@ def train_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir:
     `sft.trainer_args` when given."""
     from rlrf.alignment.sft import run_sft
 
-    if trainer_args is not None:  # run_sft reads sft.trainer_args from the whole run config only
-        cfg = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"trainer_args": trainer_args})})
-    return run_sft(cfg, records, start_adapter, adapter_dir, log_path, show_progress)
+    return run_sft(cfg, records, start_adapter, adapter_dir, log_path, show_progress, trainer_args_override=trainer_args)
 
 
 def train_dpo(cfg, iteration: int, start_adapter: Path, show_progress: bool = True) -> dict:
     """DPO on the iteration's pairs (the alignment stage's `run_align`), starting from and referenced
     to `start_adapter`."""
     from rlrf.alignment.dpo import run_align
-    from rlrf.methods.loop import training_config
-
-    return run_align(training_config(cfg, start_adapter), iteration, show_progress=show_progress)
+    return run_align(cfg, iteration, show_progress=show_progress, adapter=start_adapter)
 
 
 def seed_config(cfg, run_dir: Path, seed: int):
