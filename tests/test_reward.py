@@ -113,6 +113,9 @@ def test_train_eval_end_to_end_on_a_small_ml100k(tmp_path, capsys):
     assert all(t for u, t in ctx.user_texts.items() if ctx.lists[u].history)
     summary = training.train(cfg, 2, ctx=ctx)
     assert set(summary) == {"dlcm", "dlcm_knowledge"} and len(summary["dlcm"]) == 2
+    from rlrf.core.layout import RunLayout  # each reranker's epochs also go to TensorBoard
+    assert all(list(RunLayout(cfg.run_dir).reward_tensorboard(n, s).glob("events.out.tfevents.*"))
+               for n in ("dlcm", "dlcm_knowledge") for s in (0, 1))
     out = training.evaluate(cfg, 2, ctx=ctx)
     saved = json.loads((tmp_path / "run" / "reward" / "eval.json").read_text())
     assert saved["split"] == "test" and saved["seeds"] == [0, 1]

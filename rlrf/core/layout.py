@@ -104,6 +104,10 @@ class RunLayout:
     def reward_train_log(self) -> Path:
         return self.reward / "train_log.jsonl"
 
+    def reward_tensorboard(self, name: str, seed: int) -> Path:
+        """TensorBoard event files of one reranker's training (per-epoch loss and validation MAP@5)."""
+        return self.reward / "tensorboard" / f"{name}_seed_{seed}"
+
     @property
     def reward_probe(self) -> Path:
         return self.reward / "probe.json"

@@ -84,6 +84,8 @@ def run_details(metrics: dict, layout) -> list[str]:
         lines.append(f"- {role} ({name}): validation MAP@5 {value:.4f}")
     tensorboard = [d for t in sorted(metrics.get("iterations", {}), key=int)
                    if (d := tensorboard_dir(layout.adapter(int(t)))).is_dir()]
+    if (layout.reward / "tensorboard").is_dir():  # the rerankers' per-epoch curves
+        tensorboard.insert(0, layout.reward / "tensorboard")
     if tensorboard:
         lines.append(f"- training curves: `tensorboard --logdir {layout.root}` (event files in "
                      + ", ".join(f"`{p.relative_to(layout.root)}`" for p in tensorboard) + ")")

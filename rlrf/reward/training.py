@@ -148,9 +148,17 @@ def train_rerankers(inputs: RerankerInputs, seeds: Sequence[int], *, kinds: Sequ
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def log_epoch(name: str, seed: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        board = SummaryWriter(str(layout.reward_tensorboard(name, seed)))  # `tensorboard --logdir <run>/reward/tensorboard`
+
         def write(record: dict) -> None:
             with log_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"model": name, "seed": seed, **record}) + "\n")
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    board.add_scalar(key, value, record["epoch"])
+            board.flush()
         return write
 
     summary: dict[str, list] = {}
