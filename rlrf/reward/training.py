@@ -137,6 +137,7 @@ def train_rerankers(inputs: RerankerInputs, seeds: Sequence[int], *, kinds: Sequ
     """Train base and +knowledge rerankers of `reward.models` (or `kinds`) for each seed; returns
     {name: [per-seed summaries]}. `variants` picks base (False) and/or +knowledge (True)."""
     from rich.console import Console
+    from torch.utils.tensorboard import SummaryWriter
 
     console = console or Console(stderr=True)
     seeds = list(seeds)
@@ -147,11 +148,7 @@ def train_rerankers(inputs: RerankerInputs, seeds: Sequence[int], *, kinds: Sequ
     log_path = layout.reward_train_log  # one line per epoch, appended by each `train`
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    def log_epoch(name: str, seed: int):
-        from torch.utils.tensorboard import SummaryWriter
-
-        board = SummaryWriter(str(layout.reward_tensorboard(name, seed)))  # `tensorboard --logdir <run>/reward/tensorboard`
-
+    def log_epoch(name: str, seed: int, board):
         def write(record: dict) -> None:
             with log_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"model": name, "seed": seed, **record}) + "\n")
@@ -167,8 +164,13 @@ def train_rerankers(inputs: RerankerInputs, seeds: Sequence[int], *, kinds: Sequ
             name = model_name(kind, knowledge)
             summary[name] = []
             for seed in seeds:
-                result = fit_reranker(inputs, data, kind, knowledge, seed, layout.reward_model_file(name, seed),
-                                      log=log_epoch(name, seed))
+                # `tensorboard --logdir <run>/reward/tensorboard`: closed after each model (its writer thread too)
+                board = SummaryWriter(str(layout.reward_tensorboard(name, seed)))
+                try:
+                    result = fit_reranker(inputs, data, kind, knowledge, seed, layout.reward_model_file(name, seed),
+                                          log=log_epoch(name, seed, board))
+                finally:
+                    board.close()
                 summary[name].append({"seed": seed, "valid_map@5": result["valid_map@5"],
                                       "best_epoch": result["best_epoch"], "seconds": result["seconds"]})
                 console.print(f"{name} seed {seed}: valid MAP@5 {result['valid_map@5']:.4f} "
