@@ -101,7 +101,7 @@ def _setup(args, row: str, stage: str):
     sft_steps = min(args.sft_steps, args.ref_sft_steps) if row in ("trl", "today") else args.sft_steps
     overrides = {
         "run_dir": str(run_dir), "threads": args.threads, "llm.dtype": ROWS[row][1],
-        "generate.max_users": max(args.dpo_steps, args.sdpo_steps) * args.dpo_batch, "generate.users": "train",
+        "generate.max_users": max(1, args.dpo_steps, args.sdpo_steps) * args.dpo_batch, "generate.users": "train",
         "align.trainer_args": {"max_steps": steps, "report_to": [], "per_device_train_batch_size": args.dpo_batch},
         "sft.users": max(1, args.sft_steps * args.sft_batch),
         "sft.trainer_args": {"per_device_train_batch_size": args.sft_batch, "num_train_epochs": 1.0, "report_to": [],
