@@ -23,10 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 
-import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
 from rlrf.alignment import fast
 
 PACKED_ATTENTION = "rlrf_packed_sdpa"
@@ -48,6 +44,9 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     """transformers' SDPA attention, causal within each packed row: rows ``cu_seq_lens_q[i]`` to
     ``cu_seq_lens_q[i + 1]`` of the sequence attend only to themselves. Each row runs the kernel a row
     alone runs (same shapes), so the packed forward gives a row's numbers as it gets them alone."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     kwargs = {k: v for k, v in kwargs.items() if k not in ("cu_seq_lens_k", "max_length_q", "max_length_k")}
     bounds = cu_seq_lens_q.tolist()
     outputs = [sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
@@ -56,15 +55,16 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     return torch.cat(outputs, dim=1), None
 
 
-AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
-
-
 @contextlib.contextmanager
-def _attention(config, implementation: str):
-    """`config`'s attention implementation set to `implementation` for the forwards inside (the
-    backward reuses what they saved). An implementation without a mask function gets no mask."""
+def _packed_attention(config):
+    """`config`'s attention implementation set to :func:`packed_sdpa` for the forwards inside (the
+    backward reuses what they saved); registered with transformers without a mask function, so the
+    model builds no mask."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
     before = config._attn_implementation
-    config._attn_implementation = implementation
+    config._attn_implementation = PACKED_ATTENTION
     try:
         yield
     finally:
@@ -89,6 +89,8 @@ def chunks(lengths: list[int], budget: int) -> list[list[int]]:
 def packed_nll(backbone, head, rows: list[tuple[torch.Tensor, torch.Tensor]], *, mixed: bool) -> torch.Tensor:
     """Summed answer-token NLL of `rows` ((input ids, labels) without pads, each with an answer token),
     in ONE forward of their concatenation: per-row position ids, attention within each row."""
+    import torch
+
     ids = torch.cat([r for r, _ in rows])
     # position i predicts token i + 1 of its own row; a row's last position predicts nothing
     targets = torch.cat([torch.cat([labels[1:], labels.new_full((1,), -100)]) for _, labels in rows])
@@ -100,7 +102,7 @@ def packed_nll(backbone, head, rows: list[tuple[torch.Tensor, torch.Tensor]], *,
             lengths = torch.tensor([r.size(0) for r, _ in rows], device=device)
             positions = torch.cat([torch.arange(int(n), device=device) for n in lengths])
             bounds = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-            with _attention(backbone.config, PACKED_ATTENTION):
+            with _packed_attention(backbone.config):
                 hidden = backbone(input_ids=ids[None], position_ids=positions[None], use_cache=False,
                                   cu_seq_lens_q=bounds).last_hidden_state[0]
     scored = targets != -100
@@ -112,6 +114,7 @@ def fast_sft_trainer(trainer_cls, mixed_bf16: bool = False, pack_tokens: int | N
     `pack_tokens` per chunk (None: :func:`pack_tokens_setting`). With `mixed_bf16` the frozen linear
     weights are stored in bf16 and the decoder runs under bf16 autocast. trl's entropy and
     token-accuracy metrics are not computed."""
+    import torch
 
     chunk_tokens = pack_tokens_setting() if pack_tokens is None else pack_tokens
 
