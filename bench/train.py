@@ -11,7 +11,12 @@ Rows (each stage of each row in its own subprocess: its own peak RSS, threads an
 * ``today`` — rlrf with ``RLRF_FAST_TRAIN=0``: the path before the fast path (fp32; shared-prompt
   forward, precomputed reference, trl's SFT loss);
 * ``fast`` — the fast path as ``llm.dtype: auto`` trains (fp32 on CPU): each example alone without
-  padding, the LM head at completion positions only, SFT on the same path (rlrf/alignment/fast.py);
+  padding, the LM head at completion positions only (rlrf/alignment/fast.py); SFT rows in chunks of
+  <= 512 tokens (packed when shorter), one backward per chunk (rlrf/alignment/fast_sft.py);
+* ``fast-rows`` (SFT only) — the fast SFT path before chunks (``RLRF_SFT_PACK_TOKENS=0``): each row
+  alone, one backward of the whole batch's loss (every row's activations alive at once);
+* ``fast-packed`` (SFT only) — the whole batch packed into one sequence (``RLRF_SFT_PACK_TOKENS=4096``),
+  one backward;
 * ``fast-bf16`` — the fast path in mixed bf16 (``llm.dtype: bfloat16``, opt-in: bf16-stored frozen
   linears under autocast; fp32 residual stream, LoRA updates, LM head, log-softmax).
 
@@ -52,6 +57,8 @@ ROWS = {  # name: (environment, llm.dtype)
     "trl": ({"RLRF_FAST_TRAIN": "0"}, "float32"),
     "today": ({"RLRF_FAST_TRAIN": "0"}, "float32"),
     "fast": ({"RLRF_FAST_TRAIN": "1"}, "auto"),
+    "fast-rows": ({"RLRF_FAST_TRAIN": "1", "RLRF_SFT_PACK_TOKENS": "0"}, "auto"),
+    "fast-packed": ({"RLRF_FAST_TRAIN": "1", "RLRF_SFT_PACK_TOKENS": "4096"}, "auto"),
     "fast-bf16": ({"RLRF_FAST_TRAIN": "1"}, "bfloat16"),
 }
 STAGES = ("dpo", "sdpo", "sft", "grpo")
@@ -94,7 +101,7 @@ def _setup(args, row: str, stage: str):
     sft_steps = min(args.sft_steps, args.ref_sft_steps) if row in ("trl", "today") else args.sft_steps
     overrides = {
         "run_dir": str(run_dir), "threads": args.threads, "llm.dtype": ROWS[row][1],
-        "generate.max_users": max(args.dpo_steps, args.sdpo_steps) * args.dpo_batch, "generate.users": "train",
+        "generate.max_users": max(1, args.dpo_steps, args.sdpo_steps) * args.dpo_batch, "generate.users": "train",
         "align.trainer_args": {"max_steps": steps, "report_to": [], "per_device_train_batch_size": args.dpo_batch},
         "sft.users": max(1, args.sft_steps * args.sft_batch),
         "sft.trainer_args": {"per_device_train_batch_size": args.sft_batch, "num_train_epochs": 1.0, "report_to": [],
@@ -200,7 +207,7 @@ def worker(args) -> dict:
         texts = [CHOSEN] + (NEGATIVES[:negatives] if negatives > 1 else [REJECTED])
         tokens = sum(n_tokens(p["prompt"], t) for p in pairs for t in texts) * len(losses) // steps
         out.update(steps=len(losses), tokens=tokens, train_s=round(seconds, 2), reference_s=round(reference, 2),
-                   seconds=round(seconds + reference, 2), losses=[round(x, 5) for x in losses], dtype=dtype)
+                   seconds=round(seconds + reference, 2), losses=[round(x, 7) for x in losses], dtype=dtype)
     elif stage == "sft":
         from rlrf.methods.sprec import sft_records, sft_users
 
@@ -216,7 +223,7 @@ def worker(args) -> dict:
             seconds = next(e["train_runtime"] for e in log["steps"] if "train_runtime" in e)
         # a capped row trains on len(losses) of the batches: its share of the tokens (mean per example)
         tokens = sum(n_tokens(r["prompt"], r["completion"]) for r in records) * len(losses) * args.sft_batch // len(records)
-        out.update(steps=len(losses), tokens=tokens, seconds=round(seconds, 2), losses=[round(x, 5) for x in losses],
+        out.update(steps=len(losses), tokens=tokens, seconds=round(seconds, 2), losses=[round(x, 7) for x in losses],
                    dtype=ROWS[row][1])
     elif stage == "grpo":
         from rlrf.alignment.online import run_online
@@ -254,19 +261,21 @@ def _plan(args) -> list[tuple[str, str]]:
                 continue
             if stage == "grpo" and row != "fast":  # the fast path leaves the online trainer as it was
                 continue
+            if row in ("fast-rows", "fast-packed") and stage != "sft":  # SFT's levers only
+                continue
             plan.append((row, stage))
     return plan
 
 
-def _max_diff(a: list[float], b: list[float]) -> float | None:
+def _max_diff(a: list[float], b: list[float], digits: int = 5) -> float | None:
     n = min(len(a), len(b))
-    return round(max(abs(x - y) for x, y in zip(a[:n], b[:n])), 5) if n else None
+    return round(max(abs(x - y) for x, y in zip(a[:n], b[:n])), digits) if n else None
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/quickstart.yaml")
-    ap.add_argument("--rows", default="trl,today,fast,fast-bf16")
+    ap.add_argument("--rows", default="trl,today,fast-rows,fast,fast-packed,fast-bf16")
     ap.add_argument("--dpo-steps", type=int, default=32)
     ap.add_argument("--sdpo-steps", type=int, default=4)
     ap.add_argument("--dpo-batch", type=int, default=2)
@@ -276,13 +285,14 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-sft-steps", type=int, default=4, help="cap on the trl and today rows' SFT steps")
     ap.add_argument("--grpo", type=int, default=1, help="0 skips the GRPO step")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--short", action="store_true", help="4 DPO, 2 S-DPO, 2 SFT steps, rows today, fast, fast-bf16")
+    ap.add_argument("--short", action="store_true",
+                    help="4 DPO, 2 S-DPO, 2 SFT steps, rows today, fast-rows, fast, fast-packed, fast-bf16")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.short:
         args.dpo_steps, args.sdpo_steps, args.sft_steps = 4, 2, 2
-        args.rows = "today,fast,fast-bf16"
+        args.rows = "today,fast-rows,fast,fast-packed,fast-bf16"
     if args.worker:
         emit(worker(args))
         return 0
@@ -335,6 +345,15 @@ def main(argv=None) -> int:
         if get("trl", "dpo"):
             summary["dpo_loss_max_abs_diff_vs_trl"] = _max_diff(new["losses"], get("trl", "dpo")["losses"])
         summary["dpo_first_loss_minus_log2"] = round(new["losses"][0] - 0.6931471805599453, 6) if new["losses"] else None
+    rows = get("fast-rows", "sft")  # SFT's chunked backward and packing, against the path before them
+    for row, key in (("fast", "chunks"), ("fast-packed", "packed")):
+        new = get(row, "sft")
+        if new and rows:
+            summary[f"sft_speedup_{key}_vs_rows"] = round(new["tok_per_s"] / rows["tok_per_s"], 2)
+            summary[f"sft_loss_max_abs_diff_{key}_vs_rows"] = _max_diff(new["losses"], rows["losses"], digits=7)
+            summary[f"sft_peak_rss_mb_{key}_vs_rows"] = [new["peak_rss_mb"], rows["peak_rss_mb"]]
+    if get("fast", "sft") and get("today", "sft"):
+        summary["sft_loss_max_abs_diff"] = _max_diff(get("fast", "sft")["losses"], get("today", "sft")["losses"])
     bf16 = get("fast-bf16", "dpo")
     if bf16 and get("today", "dpo"):
         summary["dpo_loss_max_abs_diff_bf16"] = _max_diff(bf16["losses"], get("today", "dpo")["losses"])

@@ -141,32 +141,105 @@ def test_mixed_bf16_keeps_the_residual_stream_and_head_in_fp32_and_tracks_fp32(t
     assert per_token.max() < 0.05  # bf16 matmuls: ~1e-2 nats per token on this random model
 
 
-def test_fast_sft_loss_and_gradients_equal_trl(tmp_path, tiny_model_dir, tiny_tokenizer):
+def _sft_trainer(tmp_path, model_dir, tokenizer, records, cls, *, batch_size):
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    from rlrf.alignment.sft import fast_sft_trainer
+    policy = load_policy(LLMConfig(model=str(model_dir)), merge_adapter=False)
+    args = SFTConfig(output_dir=str(tmp_path / cls.__module__), report_to=[], use_cpu=True, bf16=False,
+                     gradient_checkpointing=False, save_strategy="no", completion_only_loss=True,
+                     per_device_train_batch_size=batch_size)
+    trainer = cls(model=policy.model, args=args, processing_class=policy.tokenizer,
+                  peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+                  train_dataset=Dataset.from_list(records))
+    torch.manual_seed(0)
+    _train_lora(trainer)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    return trainer
 
-    records = [{"prompt": _prompt(tiny_tokenizer, "x" * (3 * u)), "completion": TEXTS[u]} for u in range(3)]
+
+def _sft_records(tokenizer, n):
+    """Prompts and answers of different lengths (padded rows in trl's batch)."""
+    return [{"prompt": _prompt(tokenizer, "x" * (7 * u) + TEXTS[u % 4][: 5 * u]), "completion": TEXTS[u % 4]}
+            for u in range(n)]
+
+
+def _without_answer(batch, row):
+    """`batch` with row `row`'s answer labels masked: a row that trains nothing (a truncated answer)."""
+    batch["labels"][row] = -100
+    return batch
+
+
+def _grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+
+@pytest.mark.parametrize("pack_tokens", [1, 260, 10_000])  # each row alone, two rows then one per chunk, one chunk
+def test_fast_sft_loss_and_gradients_equal_trl(tmp_path, tiny_model_dir, tiny_tokenizer, pack_tokens):
+    """The packed loss (rows of different lengths in one sequence, attention within each row) and its
+    gradients equal trl's padded full-vocabulary loss; a row without answer tokens adds nothing."""
+    from trl import SFTTrainer
+
+    from rlrf.alignment.fast_sft import chunks, fast_sft_trainer
+
+    records = _sft_records(tiny_tokenizer, 5)
     results = []
-    for cls in (SFTTrainer, fast_sft_trainer(SFTTrainer)):
-        policy = load_policy(LLMConfig(model=str(tiny_model_dir)), merge_adapter=False)
-        args = SFTConfig(output_dir=str(tmp_path / cls.__module__), report_to=[], use_cpu=True, bf16=False,
-                         gradient_checkpointing=False, save_strategy="no", completion_only_loss=True,
-                         per_device_train_batch_size=3)
-        trainer = cls(model=policy.model, args=args, processing_class=policy.tokenizer,
-                      peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
-                      train_dataset=Dataset.from_list(records))
-        torch.manual_seed(0)
-        _train_lora(trainer)
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    for cls in (SFTTrainer, fast_sft_trainer(SFTTrainer, pack_tokens=pack_tokens)):
+        trainer = _sft_trainer(tmp_path, tiny_model_dir, tiny_tokenizer, records, cls, batch_size=5)
+        batch = _without_answer(trainer.data_collator([trainer.train_dataset[i] for i in range(5)]), 1)
         assert (batch["attention_mask"] == 0).any()  # padded rows
         trainer.model.zero_grad()
         loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=None)
         loss.backward()
-        grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.requires_grad])
-        results.append((loss.detach(), grads))
+        results.append((loss.detach(), _grads(trainer.model)))
+    lengths = batch["attention_mask"].sum(1).tolist()  # rows of 108-147 tokens
+    assert len({*lengths}) == 5
+    del lengths[1]  # the row without answer tokens
+    assert [len(c) for c in chunks(lengths, pack_tokens)] == {1: [1] * 4, 260: [2, 1, 1], 10_000: [4]}[pack_tokens]
     (trl_loss, trl_grads), (fast_loss, fast_grads) = results
     torch.testing.assert_close(fast_loss, trl_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast_grads, trl_grads, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_items_in_batch", [None, 40])  # this batch's answer tokens / trl's count over accumulation
+def test_fast_sft_training_step_backpropagates_each_chunk_with_trls_gradients(tmp_path, tiny_model_dir,
+                                                                            tiny_tokenizer, num_items_in_batch):
+    """One backward per packed chunk (only one chunk's activations alive) gives the gradients and the
+    returned loss of trl's single backward of the whole batch's loss, under the same scaling."""
+    from trl import SFTTrainer
+
+    from rlrf.alignment.fast_sft import chunks, fast_sft_trainer
+
+    records = _sft_records(tiny_tokenizer, 5)
+    results = []
+    for cls in (SFTTrainer, fast_sft_trainer(SFTTrainer, pack_tokens=260)):
+        trainer = _sft_trainer(tmp_path, tiny_model_dir, tiny_tokenizer, records, cls, batch_size=5)
+        trainer.current_gradient_accumulation_steps = 2  # as inside an accumulation of two batches
+        batch = _without_answer(trainer.data_collator([trainer.train_dataset[i] for i in range(5)]), 3)
+        backward, backwards = trainer.accelerator.backward, []
+        trainer.accelerator.backward = lambda loss, **kw: backwards.append(loss) or backward(loss, **kw)
+        trainer.model.zero_grad()
+        loss = trainer.training_step(trainer.model, batch, num_items_in_batch=num_items_in_batch)
+        results.append((loss, _grads(trainer.model), len(backwards)))
+    (trl_loss, trl_grads, trl_backwards), (fast_loss, fast_grads, fast_backwards) = results
+    lengths = [n for i, n in enumerate(batch["attention_mask"].sum(1).tolist()) if i != 3]
+    assert trl_backwards == 1 and fast_backwards == len(chunks(lengths, 260)) == 3
+    assert not fast_loss.requires_grad
+    torch.testing.assert_close(fast_loss, trl_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_grads, trl_grads, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_sft_batch_without_answer_tokens_gives_zero_gradients(tmp_path, tiny_model_dir, tiny_tokenizer):
+    from trl import SFTTrainer
+
+    from rlrf.alignment.fast_sft import fast_sft_trainer
+
+    trainer = _sft_trainer(tmp_path, tiny_model_dir, tiny_tokenizer, _sft_records(tiny_tokenizer, 2),
+                           fast_sft_trainer(SFTTrainer), batch_size=2)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    batch["labels"][:] = -100
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.model.zero_grad()
+    loss = trainer.training_step(trainer.model, batch)
+    assert loss.item() == 0.0 and not _grads(trainer.model).any()

@@ -5,7 +5,8 @@ bench/train.py, figures in bench/README.md):
 
 * padding: every example runs alone, its prompt once (:func:`completion_logps`), so no row does
   work for another row's padding and a row's numbers do not depend on which rows share its batch
-  (the reference pass and the training step see the same shapes, whatever the batch);
+  (the reference pass and the training step see the same shapes, whatever the batch); SFT packs a
+  batch's rows into chunks instead, attention kept within each row (rlrf/alignment/fast_sft.py);
 * the LM head (576 x 49152 on SmolLM2, ~20 % of a token's FLOPs) runs only at the completion
   positions that are scored, never at a prompt token or a pad, and in float32;
 * precision: float32 under `llm.dtype: auto`. ``llm.dtype: bfloat16`` opts in to mixed bf16

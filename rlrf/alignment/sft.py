@@ -17,70 +17,11 @@ from pathlib import Path
 
 from rlrf.alignment.adapters import train_adapter, train_in_mixed_bf16, trainable_policy, trainer_args
 from rlrf.alignment.fast import fast_training
+from rlrf.alignment.fast_sft import fast_sft_trainer
 from rlrf.core.errors import UserError
 from rlrf.core.precision import training_precision
 from rlrf.core.threads import use_threads
 from rlrf.generation.policy import portable_model_id
-
-
-def fast_sft_trainer(trainer_cls, mixed_bf16: bool = False):
-    """`trainer_cls` (trl's SFTTrainer) with the fast path's loss: each row alone, without its pads,
-    the LM head (float32) at the answer's positions only; the loss is trl's (summed token NLL over
-    `num_items_in_batch`, or the batch's mean). With `mixed_bf16` the frozen linear weights are
-    stored in bf16 and the decoder runs under bf16 autocast. trl's entropy and token-accuracy
-    metrics are not computed. Anything else (padding-free batches, several processes, return_outputs)
-    runs trl's own code."""
-    import torch
-
-    from rlrf.alignment import fast
-
-    class FastSFTTrainer(trainer_cls):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.mixed_bf16 = mixed_bf16 and self.accelerator.num_processes == 1
-            if self.mixed_bf16:
-                fast.store_frozen_linears_in_bf16(self._causal_lm())
-
-        def _causal_lm(self):
-            from accelerate.utils import is_peft_model
-
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            return unwrapped.get_base_model() if is_peft_model(unwrapped) else unwrapped
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            plain = (not return_outputs and "attention_mask" in inputs and "labels" in inputs
-                     and "position_ids" not in inputs and self.accelerator.num_processes == 1
-                     and self.args.loss_type == "nll" and self.label_smoother is None
-                     and self.compute_loss_func is None and not self.aux_loss_enabled)
-            if not plain:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            lm = self._causal_lm()
-            backbone, head = getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
-            total = None
-            for ids, mask, labels in zip(inputs["input_ids"], inputs["attention_mask"], inputs["labels"]):
-                keep = mask.bool()
-                ids, labels = ids[keep], labels[keep]
-                scored = labels[1:] != -100  # position i predicts token i + 1
-                if not scored.any():
-                    continue
-                with fast.autocast(self.mixed_bf16):
-                    hidden = backbone(input_ids=ids[None], use_cache=False).last_hidden_state[0, :-1]
-                nll = -fast.head_logps(head, hidden[scored], labels[1:][scored]).sum()
-                total = nll if total is None else total + nll
-            count = inputs["labels"][:, 1:].ne(-100).sum() if num_items_in_batch is None else num_items_in_batch
-            if total is None:  # no answer token in the batch: a zero that still has a graph
-                total = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-            loss = total / torch.as_tensor(count).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            mode = "train" if self.model.training else "eval"
-            if mode == "train":
-                self._total_train_tokens += int(inputs["attention_mask"].sum())
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            return loss
-
-    FastSFTTrainer.__name__ = FastSFTTrainer.__qualname__ = trainer_cls.__name__
-    return FastSFTTrainer
 
 
 def run_sft(cfg, records: list[dict], start_adapter: Path | None, adapter_dir: Path, log_path: Path,
