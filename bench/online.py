@@ -105,6 +105,7 @@ def main() -> None:
 
     from rlrf.alignment import online
     from rlrf.cli import load_run_config  # the same key=value overrides as the CLI
+    from rlrf.core.layout import RunLayout
     from rlrf.methods.rlrf4rec import RLRF4Rec
 
     torch.set_num_threads(args.threads)
@@ -120,7 +121,7 @@ def main() -> None:
 
     method = RLRF4Rec(show_progress=False)
     t0 = time.perf_counter()
-    method.prepare(cfg)
+    method.prepare(cfg, RunLayout(cfg.run_dir), cfg.seed)
     records = method._online_records(cfg)
     print(f"prepared {len(records)} prompts in {time.perf_counter() - t0:.1f} s (data, reward model, encoder)")
 

@@ -385,6 +385,7 @@ def align(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: 
 def run_command(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
                 quiet: QuietOption = False) -> None:
     """RLRF4Rec end to end: data, reward model, then loop.iterations x (generate -> score -> align), evaluated each time."""
+    from rlrf.core.layout import RunLayout
     from rlrf.core.progress import stage
     from rlrf.methods.loop import run_loop
     from rlrf.methods.rlrf4rec import RLRF4Rec
@@ -392,7 +393,8 @@ def run_command(config: ConfigOption = None, run_dir: RunDirOption = None, overr
     from rlrf.report.rlrf4rec import headline
 
     cfg = _prepared(config, run_dir, overrides)
-    metrics = run_loop(cfg, RLRF4Rec(show_progress=not quiet), cfg.loop.iterations, log=stage)
+    metrics = run_loop(cfg, RLRF4Rec(show_progress=not quiet), cfg.loop.iterations, layout=RunLayout(cfg.run_dir),
+                       seed=cfg.seed, log=stage)
     print(f"wrote {write_report(cfg.run_dir, metrics)}")
     if (result := headline(metrics)) is not None:
         stage(result)
@@ -408,7 +410,8 @@ def sprec(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: 
     from rlrf.report import write_report
 
     cfg = _prepared(config, run_dir, overrides)
-    arm_metrics = {method.name: run_loop(arm_cfg, method, cfg.loop.iterations) for arm_cfg, method in arms(cfg, not quiet)}
+    arm_metrics = {method.name: run_loop(cfg, method, cfg.loop.iterations, layout=layout, seed=seed)
+                   for method, layout, seed in arms(cfg, not quiet)}
     print(f"wrote {write_report(cfg.run_dir, collect(cfg, arm_metrics))}")
 
 

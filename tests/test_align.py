@@ -12,7 +12,7 @@ import torch
 from rlrf.alignment.adapters import previous_adapter
 from rlrf.alignment.collator import PreferenceCollator
 from rlrf.alignment.dpo import run_align
-from rlrf.core.layout import adapter_complete
+from rlrf.core.layout import RunLayout, adapter_complete
 from rlrf.core.config import LLMConfig, RunConfig
 from rlrf.core.errors import UserError
 from rlrf.generation.policy import load_policy
@@ -191,7 +191,7 @@ def test_second_iteration_continues_the_adapter_with_previous_policy_as_referenc
     _write_pairs(cfg.run_dir, tiny_tokenizer, n=1, iteration=0)
     _write_pairs(cfg.run_dir, tiny_tokenizer, n=1, iteration=1)
     run_align(cfg, 0, show_progress=False)
-    assert previous_adapter(cfg, 1) == cfg.run_dir / "iter_0" / "adapter"
+    assert previous_adapter(cfg.llm.adapter, RunLayout(cfg.run_dir), 1) == cfg.run_dir / "iter_0" / "adapter"
     s1 = run_align(cfg, 1, show_progress=False)
     assert s1["start_adapter"] == str(cfg.run_dir / "iter_0" / "adapter")
     # the reference of iteration 1 is base + adapter_0, so its first loss is again log 2, not the lower

@@ -13,6 +13,7 @@ from rlrf.methods.loop import run_loop
 from rlrf.report import write_report
 from rlrf.methods.rlrf4rec import RLRF4Rec
 from rlrf.core.io import read_json, read_jsonl
+from rlrf.core.layout import RunLayout
 
 torch.set_num_threads(1)
 
@@ -42,7 +43,8 @@ def tiny_run_config(tmp_path, tiny_model_dir):
 def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
     cfg = tiny_run_config
     run = cfg.run_dir
-    metrics = run_loop(cfg, RLRF4Rec(show_progress=False), iterations=2, log=lambda _: None)
+    metrics = run_loop(cfg, RLRF4Rec(show_progress=False), iterations=2, layout=RunLayout(cfg.run_dir), seed=cfg.seed,
+                       log=lambda _: None)
 
     # the base policy and the policy after each iteration, all on the same held-out test users
     assert list(metrics["evaluations"]) == ["policy_0", "policy_1", "policy_2"]
@@ -96,7 +98,8 @@ def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):
     scores = (run / "iter_1" / "scores.jsonl").read_text().splitlines(keepends=True)
     (run / "iter_1" / "scores.jsonl").write_text("".join(scores[: len(scores) // 2]) + scores[-1][:7])
 
-    resumed = run_loop(cfg, RLRF4Rec(show_progress=False), iterations=2, log=lambda _: None)
+    resumed = run_loop(cfg, RLRF4Rec(show_progress=False), iterations=2, layout=RunLayout(cfg.run_dir), seed=cfg.seed,
+                       log=lambda _: None)
     assert list(resumed["evaluations"]) == ["policy_0", "policy_1", "policy_2"]
     assert resumed["evaluations"]["policy_1"] == metrics["evaluations"]["policy_1"]  # not redone
     keys = [(s["user"], s["k"]) for s in read_jsonl(run / "iter_1" / "scores.jsonl")]
@@ -112,7 +115,8 @@ def test_grpo_runs_on_the_same_loop_and_evaluation(tiny_run_config):
             **tiny_run_config.online.trainer_args, "max_steps": 2, "per_device_train_batch_size": 4,
             "num_generations": 4, "max_completion_length": 12}}),
     })
-    metrics = run_loop(cfg, RLRF4Rec(show_progress=False), iterations=1, log=lambda _: None)
+    metrics = run_loop(cfg, RLRF4Rec(show_progress=False), iterations=1, layout=RunLayout(cfg.run_dir), seed=cfg.seed,
+                       log=lambda _: None)
     assert list(metrics["evaluations"]) == ["policy_0", "policy_1"]
     from rlrf.data.lists import load_lists
 

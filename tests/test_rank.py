@@ -9,7 +9,9 @@ import yaml
 from rlrf.core.config import load_config
 from rlrf.core.io import read_json, read_jsonl
 from rlrf.evaluation import metrics as m
-from rlrf.methods.rank import ARMS, arm_config, build_context, build_pairs, negatives_of, popular_pick, score_answers
+from rlrf.methods.rank_arms import ARMS, arm_align, build_pairs, negatives_of
+from rlrf.methods.rank_context import build_context
+from rlrf.methods.rank_evaluation import popular_pick, score_answers
 from rlrf.methods.rank_examples import (
     Answer, RankExample, TitleKeys, draw_candidates, ground_answer, hallucination_negative, margin_for_epsilon,
     oracle_epsilon, popular_negative, seeded_rng, self_hard_negative,
@@ -151,9 +153,10 @@ def test_each_arm_builds_its_own_preference_data(tiny_rank_config, ml100k_small)
         def pairwise(self, ex, first, second):
             return type("P", (), {"text": f"pair {ex.key}: {texts[first]} | {texts[second]}"})()
 
-    sdpo, _ = build_pairs("sdpo", cfg, ctx, Prompts(), None)
-    dpo, _ = build_pairs("dpo", cfg, ctx, Prompts(), None)
-    dmpo, stats = build_pairs("dmpo_pairwise", cfg, ctx, Prompts(), None)
+    sdpo, _ = build_pairs("sdpo", cfg, ctx, Prompts(), None, seed=cfg.seed, align=arm_align(cfg, "sdpo"))
+    dpo, _ = build_pairs("dpo", cfg, ctx, Prompts(), None, seed=cfg.seed, align=arm_align(cfg, "dpo"))
+    dmpo, stats = build_pairs("dmpo_pairwise", cfg, ctx, Prompts(), None, seed=cfg.seed,
+                              align=arm_align(cfg, "dmpo_pairwise"))
     assert len(sdpo) == len(dpo) == 4 and len(dmpo) == 4 * 3 == stats["pairs"]
     for ex, s, d in zip(ctx.pair_examples, sdpo, dpo):
         negs = [ml100k_small.catalog.index(i) for i in s["rejected_items"]]
@@ -169,20 +172,21 @@ def test_each_arm_builds_its_own_preference_data(tiny_rank_config, ml100k_small)
     # self-hard: the SFT answer when wrong, a uniform candidate (marked) when it named the target
     ex = ctx.pair_examples[0]
     wrong = next(i for i in ex.candidates if i != ex.target)
-    assert negatives_of("rosepo_self", cfg, ctx, ex, Answer(wrong, "exact")) == ([wrong], "self")
-    negs, source = negatives_of("rosepo_self", cfg, ctx, ex, Answer(ex.target, "exact"))
+    assert negatives_of("rosepo_self", cfg, ctx, ex, cfg.seed, Answer(wrong, "exact")) == ([wrong], "self")
+    negs, source = negatives_of("rosepo_self", cfg, ctx, ex, cfg.seed, Answer(ex.target, "exact"))
     assert source == "uniform_fallback" and negs[0] in ex.candidates and negs[0] != ex.target
-    negs, source = negatives_of("rosepo_hallucination", cfg, ctx, ex)
+    negs, source = negatives_of("rosepo_hallucination", cfg, ctx, ex, cfg.seed)
     assert source == "hallucination" and negs[0] not in ex.candidates
 
 
-def test_arm_configs_carry_each_arms_loss_and_the_shared_step_budget(tiny_rank_config, tmp_path):
+def test_each_arms_align_section_carries_its_loss_and_the_shared_step_budget(tiny_rank_config):
     cfg = tiny_rank_config
     for arm, loss in {"dpo": "dpo", "sdpo": "sdpo", "dmpo": "dmpo", "dmpo_pairwise": "dmpo", "rosepo_self": "rosepo",
                       "trl": "ipo"}.items():
-        a = arm_config(cfg, arm, tmp_path / arm, 3)
-        assert a.align.loss == loss and a.align.trainer_args["max_steps"] == 2 and a.seed == 3
-        assert a.align.rosepo_eps_max == cfg.rank.eps_cap and a.run_dir == tmp_path / arm
+        a = arm_align(cfg, arm)
+        assert a.loss == loss and a.trainer_args["max_steps"] == 2 and a.rosepo_eps_max == cfg.rank.eps_cap
+        assert {k: v for k, v in a.trainer_args.items() if k != "max_steps"} == cfg.align.trainer_args
+    assert cfg.align.loss == "dpo" and "max_steps" not in cfg.align.trainer_args  # the run's own section is untouched
     assert set(ARMS) == set(type(cfg.rank).model_fields["arms"].annotation.__args__[0].__args__)
 
 

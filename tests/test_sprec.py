@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from rlrf.data.texts import load_encoder
-from rlrf.core.config import EncoderConfig, load_config
+from rlrf.core.config import EncoderConfig, load_config, read_yaml
 from rlrf.core.io import read_json, read_jsonl
 from rlrf.core.layout import RunLayout
 from rlrf.evaluation import metrics as m
@@ -120,7 +120,7 @@ def test_sft_sees_sliding_windows_of_train_users(ml100k_small, tiny_sprec_config
 
     ds, cfg = ml100k_small, tiny_sprec_config
     users = [u for u in ds.splits["train"] if len(ds.users[u].items) >= 2][:5]
-    windows = sft_windows(ds, cfg, users)
+    windows = sft_windows(ds, cfg.sprec, cfg.seed, users)
     assert len(windows) == sum(min(cfg.sprec.sft_windows, len(ds.users[u].items) - 1) for u in users)
     tok = policy_tokenizer(cfg.llm)
     records = window_records(cfg, ds, tok, windows)
@@ -130,7 +130,7 @@ def test_sft_sees_sliding_windows_of_train_users(ml100k_small, tiny_sprec_config
     last = {u: r for (u, t), r in zip(windows, records) if t == len(ds.users[u].items) - 1}
     for p in build_prompts(cfg, ds, tok, "next_item", users=users):
         assert last[p.key]["prompt"] == p.text
-    capped = sft_windows(ds, cfg.model_copy(update={"sprec": cfg.sprec.model_copy(update={"sft_max_examples": 7})}), users)
+    capped = sft_windows(ds, cfg.sprec.model_copy(update={"sft_max_examples": 7}), cfg.seed, users)
     assert len(capped) == 7 and set(capped) <= set(windows)
 
 
@@ -141,9 +141,9 @@ def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_
 
     cfg = tiny_sprec_config
     arm_list = arms(cfg, show_progress=False)
-    ds = arm_list[0][1].ds
+    ds = arm_list[0][0].ds
     cat = ds.catalog
-    users = iteration_users(ds, cfg, 0)
+    users = iteration_users(ds, cfg.sprec, cfg.seed, 0)
     target_user, empty_user, hopeless_user = users[0], users[1], users[2]
     calls = []
 
@@ -169,9 +169,9 @@ def test_self_play_is_greedy_falls_back_to_samples_and_every_arm_makes_one_pair_
 
     monkeypatch.setattr(gen, "generate_texts", fake_generate_texts)
     stats = {}
-    for arm_cfg, method in arm_list:
-        method.generate(arm_cfg, 0, None)  # from the base policy
-        stats[method.name] = method.score(arm_cfg, 0)
+    for method, layout, seed in arm_list:
+        method.generate(cfg, layout, seed, 0, None)  # from the base policy
+        stats[method.name] = method.score(cfg, layout, seed, 0)
     assert calls[0] == (0.0, 1, users)  # greedy, one answer per user
     assert calls[1][0] == cfg.sprec.fallback_temperature and calls[1][1] == cfg.sprec.samples
     assert sorted(calls[1][2]) == sorted([target_user, empty_user, hopeless_user])
@@ -264,8 +264,10 @@ def test_sprec_end_to_end_on_a_tiny_policy_with_two_seeds(tiny_sprec_config):
     assert metrics["seeds"] == [0, 1] and set(metrics["seed_runs"]) == {"0", "1"}
     for seed in (0, 1):
         assert (run / f"seed_{seed}" / "sft" / "adapter" / "adapter_config.json").exists()
-        seed_cfg = cfg.model_copy(update={"seed": seed})
-        users = iteration_users(ds, seed_cfg, 0)
+        saved = read_yaml((run / f"seed_{seed}" / "config.yaml").read_text())  # the seed's folder: a run of its own
+        assert saved["seed"] == seed and saved["run_dir"] == str(run / f"seed_{seed}")
+        assert saved["sprec"] == cfg.sprec.model_dump(mode="json") and saved["data"] == cfg.data.model_dump(mode="json")
+        users = iteration_users(ds, cfg.sprec, seed, 0)
         counts = set()
         for name in ("sprec", "dpo_random", "dpo_popularity"):
             method = metrics["seed_runs"][str(seed)][name]
@@ -310,8 +312,8 @@ def test_sprec_end_to_end_on_a_tiny_policy_with_two_seeds(tiny_sprec_config):
 
 def run_sprec(cfg) -> dict:
     """What `rlrf sprec` does: every arm on the one loop, then their records gathered."""
-    arm_metrics = {method.name: run_loop(arm_cfg, method, cfg.loop.iterations, log=lambda _: None)
-                   for arm_cfg, method in arms(cfg, show_progress=False)}
+    arm_metrics = {method.name: run_loop(cfg, method, cfg.loop.iterations, layout=layout, seed=seed, log=lambda _: None)
+                   for method, layout, seed in arms(cfg, show_progress=False)}
     return collect(cfg, arm_metrics)
 
 
@@ -325,10 +327,10 @@ def test_the_fallback_generation_keeps_its_own_meta_and_leaves_the_greedy_ones_i
     """Two negatives per pair: the greedy answer alone never suffices, so every user gets the sampled
     fallback; the greedy generation's next_item.meta.json still describes the greedy generation."""
     cfg = tiny_sprec_config.model_copy(update={"score": tiny_sprec_config.score.model_copy(update={"negatives": 2})})
-    arm_cfg, method = next((c, m) for c, m in arms(cfg, show_progress=False) if m.name == "sprec")
-    users = iteration_users(method.ds, arm_cfg, 0)
-    method.generate(arm_cfg, 0, None)  # from the base policy
-    layout = RunLayout(arm_cfg.run_dir)
+    method, layout, seed = next(arm for arm in arms(cfg, show_progress=False) if arm[0].name == "sprec")
+    assert layout == RunLayout(cfg.run_dir).arm("sprec")
+    users = iteration_users(method.ds, cfg.sprec, seed, 0)
+    method.generate(cfg, layout, seed, 0, None)  # from the base policy
     greedy = read_json(layout.responses_meta(0, "next_item"))
     assert greedy["n"] == 1 and greedy["params"]["temperature"] == 0.0 and greedy["prompts"] == len(users)
     assert greedy["records"] == len(users) and {r["k"] for r in read_jsonl(layout.responses(0, "next_item"))} == {0}
@@ -336,7 +338,7 @@ def test_the_fallback_generation_keeps_its_own_meta_and_leaves_the_greedy_ones_i
     sampled = read_json(fallback.responses_meta(0, "next_item"))
     assert sampled["n"] == cfg.sprec.samples and sampled["params"]["temperature"] == cfg.sprec.fallback_temperature
     assert sampled["prompts"] == len(users) and sampled["records"] == len(users) * cfg.sprec.samples
-    stats = method.score(arm_cfg, 0)
+    stats = method.score(cfg, layout, seed, 0)
     assert stats["pairs"] == len(users) and stats["predictions"] == len(users) * (1 + cfg.sprec.samples)
     assert read_json(layout.responses_meta(0, "next_item")) == greedy  # scoring reads, never rewrites
 
@@ -373,11 +375,11 @@ def test_sft_stops_at_the_first_epoch_whose_valid_hr_beats_the_base_and_says_why
 
     cfg = until_better(tiny_sprec_config, sft_max_epochs=4, sft_valid_users=None)
     arm_list = arms(cfg, show_progress=False)
-    ds = arm_list[0][1].ds
+    ds = arm_list[0][0].ds
     calls = []
     monkeypatch.setattr(gen, "generate_texts", fake_validation_generate(ds, {2}, calls))
-    for arm_cfg, method in arm_list:  # the first arm trains, the others find the SFT done
-        assert method.prepare(arm_cfg) == RunLayout(cfg.run_dir).sft
+    for method, layout, seed in arm_list:  # the first arm trains, the others find the SFT done
+        assert method.prepare(cfg, layout, seed) == RunLayout(cfg.run_dir).sft
     root = RunLayout(cfg.run_dir)
     # judged on valid users only (here all of them: sft_valid_users None), never a test user
     valid = [u for u in ds.splits["valid"] if len(ds.users[u].items) >= 2]
@@ -402,8 +404,8 @@ def test_sft_stops_at_the_first_epoch_whose_valid_hr_beats_the_base_and_says_why
     for folder in (root.sft, root.sft_epoch(2).parent, root.validation("sft__epoch_2__adapter").root):
         shutil.rmtree(folder)
     calls.clear()
-    arm_cfg, method = arms(cfg, show_progress=False)[0]
-    method.prepare(arm_cfg)
+    method, layout, seed = arms(cfg, show_progress=False)[0]
+    method.prepare(cfg, layout, seed)
     assert [c[0] for c in calls] == [2]
     assert (root.sft_epoch(1) / "adapter_model.safetensors").stat().st_mtime_ns == first
     assert read_json(root.sft_log)["summary"]["stopped"] == "beats_base"
@@ -413,10 +415,10 @@ def test_sft_stops_at_the_epoch_cap_when_valid_hr_never_beats_the_base(tiny_spre
     import rlrf.generation.generate as gen
 
     cfg = until_better(tiny_sprec_config, sft_max_epochs=2)
-    arm_cfg, method = arms(cfg, show_progress=False)[0]
+    method, layout, seed = arms(cfg, show_progress=False)[0]
     calls = []
     monkeypatch.setattr(gen, "generate_texts", fake_validation_generate(method.ds, set(), calls))
-    method.prepare(arm_cfg)
+    method.prepare(cfg, layout, seed)
     root = RunLayout(cfg.run_dir)
     summary = read_json(root.sft_log)["summary"]
     assert summary["stopped"] == "max_epochs" and summary["epochs"] == 2 and "sft_max_epochs = 2" in summary["reason"]

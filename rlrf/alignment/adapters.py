@@ -17,43 +17,35 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_directory, atomic_write_json, read_json
 from rlrf.core.layout import ADAPTER_FILES, RunLayout, adapter_complete, tensorboard_dir
 from rlrf.core.memory import releases_memory
 
-
-# A stage's `adapter` argument left unset: the policy comes from the config (`previous_adapter`).
-FROM_CONFIG: Any = object()
-
-
-def start_adapter_of(cfg, iteration: int, adapter: Any = FROM_CONFIG) -> Path | None:
-    """The adapter a training stage starts from: the one a recipe passes (None = the base model), else
-    `previous_adapter` from the config."""
-    if adapter is FROM_CONFIG:
-        return previous_adapter(cfg, iteration)
-    return Path(adapter) if adapter is not None else None
+if TYPE_CHECKING:
+    from rlrf.core.config import LLMConfig, LoraAdapterConfig
 
 
-def previous_adapter(cfg, iteration: int) -> Path | None:
-    """The adapter of the policy before iteration t: `llm.adapter`, else iteration t−1's adapter."""
-    if cfg.llm.adapter is not None:
-        return Path(cfg.llm.adapter)
+def previous_adapter(llm_adapter: Path | str | None, layout: RunLayout, iteration: int) -> Path | None:
+    """The adapter of the policy before iteration t of the run at `layout`, as a command run on its own
+    finds it (`rlrf align`; a recipe passes its own): `llm.adapter`, else iteration t−1's adapter."""
+    if llm_adapter is not None:
+        return Path(llm_adapter)
     if iteration > 0:
-        candidate = RunLayout(cfg.run_dir).adapter(iteration - 1)
+        candidate = layout.adapter(iteration - 1)
         if adapter_complete(candidate):
             return candidate
     return None
 
 
-def lora_config(cfg):
+def lora_config(lora: LoraAdapterConfig):
     """peft's LoraConfig from the `lora:` section (extra keys pass through; peft checks them)."""
     from peft import LoraConfig
 
     try:
-        return LoraConfig(task_type="CAUSAL_LM", **cfg.lora.model_dump())
+        return LoraConfig(task_type="CAUSAL_LM", **lora.model_dump())
     except (TypeError, ValueError) as err:
         raise UserError(f"lora: {err}") from None
 
@@ -92,15 +84,15 @@ def train_in_mixed_bf16(llm_cfg) -> bool:
     return fast_training() and mixed_bf16_training(llm_cfg.dtype, resolve_device(llm_cfg.device))
 
 
-def trainable_policy(cfg, policy, start_adapter: Path | None):
+def trainable_policy(llm: LLMConfig, lora: LoraAdapterConfig, policy, start_adapter: Path | None):
     """(model, tokenizer, peft_config): a trainable PeftModel continuing `start_adapter`, or a base
-    model + a fresh LoraConfig for trl to wrap."""
+    model `llm` + a fresh LoraConfig (the `lora:` section) for trl to wrap."""
     from peft import PeftModel
 
     from rlrf.generation.policy import attach_adapter, load_policy
 
     if policy is None:
-        policy = load_policy(cfg.llm.model_copy(update={"adapter": None, "dtype": training_dtype(cfg.llm)}),
+        policy = load_policy(llm.model_copy(update={"adapter": None, "dtype": training_dtype(llm)}),
                              merge_adapter=False)
     elif policy.adapter is not None and not isinstance(policy.model, PeftModel):
         raise ValueError("training needs a policy loaded with merge_adapter=False (its adapter is merged)")
@@ -116,7 +108,7 @@ def trainable_policy(cfg, policy, start_adapter: Path | None):
         for name, param in model.named_parameters():
             param.requires_grad_("lora_" in name and ".default" in name)
         return model, tokenizer, None
-    return model, tokenizer, lora_config(cfg)
+    return model, tokenizer, lora_config(lora)
 
 
 def trainer_args(config_cls, section: str, args: dict[str, Any], *, seed: int, fixed: dict[str, Any],

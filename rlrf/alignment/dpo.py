@@ -9,8 +9,9 @@ margins, seconds per step, and a summary).
 Reference and adapter design (r(y) = log π(y|x) − log π_ref(y|x), docs/architecture.md):
 
 * The reference of iteration t is the policy BEFORE it: the policy that sampled the iteration's
-  responses, i.e. ``llm.model`` + ``llm.adapter`` (the loop passes the newest adapter there). When
-  ``llm.adapter`` is unset and t > 0, ``iter_<t-1>/adapter`` is used if it exists.
+  responses, i.e. ``llm.model`` + the `start_adapter` the recipe passes `train_dpo` (the loop's
+  newest adapter). `rlrf align` (`run_align`) takes ``llm.adapter``, else ``iter_<t-1>/adapter``
+  if it exists.
 * ``align.reference: base`` makes the reference the base model at every iteration instead (the
   RLRF4Rec paper's π_ref): trl's "ref" copy is dropped, so the reference context disables the adapters.
 * There is ONE LoRA adapter over the whole run, relative to the base model: iteration t loads the
@@ -47,8 +48,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rlrf.alignment.adapters import (FROM_CONFIG, start_adapter_of, train_adapter, train_in_mixed_bf16, trainable_policy,
+from rlrf.alignment.adapters import (previous_adapter, train_adapter, train_in_mixed_bf16, trainable_policy,
                                      trainer_args)
 from rlrf.alignment.fast import fast_training
 from rlrf.core.errors import UserError
@@ -57,6 +59,9 @@ from rlrf.core.layout import RunLayout
 from rlrf.core.precision import training_precision
 from rlrf.core.threads import use_threads
 from rlrf.generation.policy import portable_model_id
+
+if TYPE_CHECKING:
+    from rlrf.core.config import AlignConfig, LLMConfig, LoraAdapterConfig
 
 
 def load_pairs(path: Path, multi_negative: bool) -> list[dict]:
@@ -125,18 +130,20 @@ TRL_LOSS_ARGS = frozenset({"ld_alpha", "label_smoothing", "use_weighting", "f_di
                            "f_alpha_divergence_coef", "discopop_tau", "loss_weights"})
 
 
-def run_align(cfg, iteration: int, policy=None, show_progress: bool = True, *, adapter=FROM_CONFIG) -> dict:
-    """Align the policy on ``iter_<t>/pairs.jsonl``; writes ``iter_<t>/adapter`` and ``align_log.json``.
+def train_dpo(layout: RunLayout, iteration: int, *, align: AlignConfig, llm: LLMConfig, lora: LoraAdapterConfig,
+              seed: int, start_adapter: Path | None, policy=None, show_progress: bool = True) -> dict:
+    """Align the policy on ``<layout>/iter_<t>/pairs.jsonl`` under the `align:` section; writes
+    ``iter_<t>/adapter`` and ``align_log.json`` there. Returns the log's summary (``"skipped": True``
+    when the adapter was already complete).
 
-    Returns the log's summary (``"skipped": True`` when the adapter was already complete).
-    `policy` (optional, from ``load_policy(..., merge_adapter=False)``) is trained in place. `adapter`:
-    the policy iteration t starts from, as a recipe threads it (None = the base model); unset, the
-    config says (`llm.adapter`, else iteration t-1's adapter).
+    `start_adapter` is the policy iteration t starts from and (``align.reference: previous``) is
+    referenced to, as the recipe threads it (None: a fresh LoRA of the `lora:` section on the base
+    model `llm`); `seed` is the trainer's. `policy` (optional, from ``load_policy(...,
+    merge_adapter=False)``) is trained in place.
     """
     from rlrf.alignment.losses import LOSSES, get_loss, is_multi_negative
 
-    a = cfg.align
-    layout = RunLayout(cfg.run_dir)
+    a = align
     get_loss(a.loss)  # unknown names are a UserError naming align.loss
     multi = is_multi_negative(a.loss)
     if a.loss not in LOSSES and a.sft_weight > 0 and a.loss == "sft":
@@ -147,7 +154,6 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True, *, a
     if a.loss in LOSSES and (trl_only := sorted(TRL_LOSS_ARGS & set(a.trainer_args))):
         raise UserError(f"align.trainer_args.{trl_only[0]}: shapes trl's own losses only, not align.loss "
                         f"'{a.loss}' (for length: align.length_alpha)")
-    start_adapter = start_adapter_of(cfg, iteration, adapter)
     timer = _StepTimer()
     counts: dict = {"reference_seconds": 0.0}  # filled while the trainer is built
     pairs_path = layout.pairs(iteration)
@@ -163,8 +169,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True, *, a
         if not records:
             raise UserError(f"{pairs_path}: no pairs (every user tied or was skipped); nothing to align")
         negatives = max(len(r["negatives"]) for r in records) if multi else 1
-        use_threads(cfg)
-        model, tokenizer, lora = trainable_policy(cfg, policy, start_adapter)
+        model, tokenizer, peft_config = trainable_policy(llm, lora, policy, start_adapter)
         device = next(model.parameters()).device
         if negatives > 1:
             records = _tokenize_negatives(records, tokenizer)
@@ -174,7 +179,7 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True, *, a
         loss_weights = None
         if a.loss not in LOSSES and a.sft_weight > 0:
             loss_type, loss_weights = [a.loss, "sft"], [1.0, a.sft_weight]
-        args = trainer_args(DPOConfig, "align", a.trainer_args, seed=cfg.seed, defaults={
+        args = trainer_args(DPOConfig, "align", a.trainer_args, seed=seed, defaults={
             **training_precision(model), "use_cpu": device.type == "cpu",  # bf16 autocast over bf16 weights
             "push_to_hub": False, "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
         }, fixed={
@@ -186,10 +191,10 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True, *, a
                                       eos_token_id=tokenizer.eos_token_id)
         trainer = PreferenceTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, data_collator=collator,
-            peft_config=lora, callbacks=[timer], loss_name=a.loss, negatives=negatives,
+            peft_config=peft_config, callbacks=[timer], loss_name=a.loss, negatives=negatives,
             sft_weight=a.sft_weight if a.loss in LOSSES else 0.0,
             rosepo_eps_max=a.rosepo_eps_max, rosepo_tau=a.rosepo_tau, share_prompt=a.share_prompt,
-            length_alpha=a.length_alpha, fast_path=fast_training(), mixed_bf16=train_in_mixed_bf16(cfg.llm),
+            length_alpha=a.length_alpha, fast_path=fast_training(), mixed_bf16=train_in_mixed_bf16(llm),
             reference=a.reference,
         )
         if len(trainer.train_dataset) == 0:
@@ -221,11 +226,21 @@ def run_align(cfg, iteration: int, policy=None, show_progress: bool = True, *, a
             "seconds_per_step": round(sum(timer.seconds) / len(timer.seconds), 3) if timer.seconds else None,
             "reference_seconds": counts["reference_seconds"],
             "start_adapter": str(start_adapter) if start_adapter else None,
-            "reference": f"{cfg.llm.model or 'default'} + {start_adapter if a.reference == 'previous' and start_adapter else 'no adapter'}",
+            "reference": f"{llm.model or 'default'} + {start_adapter if a.reference == 'previous' and start_adapter else 'no adapter'}",
             "device": str(param.device),
             "dtype": "mixed-bfloat16" if trainer.mixed_bf16 else str(param.dtype).replace("torch.", ""),
         }
 
     return train_adapter(layout.adapter(iteration), layout.align_log(iteration), build, summarize,
                          record={"config": a.model_dump(mode="json")},
-                         base_model=portable_model_id(cfg.llm.model))
+                         base_model=portable_model_id(llm.model))
+
+
+def run_align(cfg, iteration: int, policy=None, show_progress: bool = True) -> dict:
+    """`rlrf align`: `train_dpo` in the run directory with the run's sections and seed, from the policy
+    before iteration t as the config names it (`llm.adapter`, else iteration t−1's adapter)."""
+    layout = RunLayout(cfg.run_dir)
+    use_threads(cfg)
+    return train_dpo(layout, iteration, align=cfg.align, llm=cfg.llm, lora=cfg.lora, seed=cfg.seed,
+                     start_adapter=previous_adapter(cfg.llm.adapter, layout, iteration), policy=policy,
+                     show_progress=show_progress)

@@ -31,13 +31,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rlrf.alignment.adapters import FROM_CONFIG, start_adapter_of, train_adapter, trainable_policy, trainer_args
+from rlrf.alignment.adapters import previous_adapter, train_adapter, trainable_policy, trainer_args
 from rlrf.core.errors import UserError
 from rlrf.core.layout import RunLayout
 from rlrf.core.precision import training_precision
 from rlrf.core.threads import use_threads
 from rlrf.generation.policy import portable_model_id
+
+if TYPE_CHECKING:
+    from rlrf.core.config import GenerateConfig, LLMConfig, LoraAdapterConfig, OnlineConfig
 
 METHODS = ("grpo", "rloo")
 
@@ -61,19 +65,19 @@ def reward_function(score: Callable[[list[str], list[str]], Sequence[float]], le
     return reward
 
 
-def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[str], list[str]], Sequence[float]],
-               show_progress: bool = True, *, adapter=FROM_CONFIG) -> dict:
-    """Train the policy with GRPO / RLOO on `records` ({"prompt": chat-templated text, "user": id});
-    writes `iter_<t>/adapter` and `align_log.json` like the DPO step. `adapter`: the policy the
-    iteration starts from, as `run_align` takes it."""
-    method = cfg.align.method
+def train_online(layout: RunLayout, iteration: int, records: list[dict],
+                 score: Callable[[list[str], list[str]], Sequence[float]], *, method: str, online: OnlineConfig,
+                 generate: GenerateConfig, llm: LLMConfig, lora: LoraAdapterConfig, seed: int,
+                 start_adapter: Path | None, show_progress: bool = True) -> dict:
+    """Train the policy with GRPO / RLOO (`method`) on `records` ({"prompt": chat-templated text,
+    "user": id}) under the `online:` section, sampling as the `generate:` section does; writes
+    ``<layout>/iter_<t>/adapter`` and ``align_log.json`` like the DPO step, from `start_adapter`
+    (None: a fresh LoRA of the `lora:` section on the base model `llm`)."""
     if method not in METHODS:
         raise UserError(f"align.method: '{method}' is not an online method ({', '.join(METHODS)})")
     if not records:
         raise UserError(f"align.method {method}: no training prompts for iteration {iteration}")
-    layout = RunLayout(cfg.run_dir)
-    start_adapter = start_adapter_of(cfg, iteration, adapter)
-    o, g = cfg.online, cfg.generate
+    o, g = online, generate
 
     def build(work_dir: Path):
         from datasets import Dataset
@@ -82,10 +86,9 @@ def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[s
         from rlrf.alignment.online_trainer import TRAINERS
 
         config_cls, trainer_cls = {"grpo": GRPOConfig, "rloo": RLOOConfig}[method], TRAINERS[method]
-        use_threads(cfg)
-        model, tokenizer, lora = trainable_policy(cfg, None, start_adapter)
+        model, tokenizer, peft_config = trainable_policy(llm, lora, None, start_adapter)
         param = next(model.parameters())
-        args = trainer_args(config_cls, "online", o.trainer_args, seed=cfg.seed, defaults={
+        args = trainer_args(config_cls, "online", o.trainer_args, seed=seed, defaults={
             **training_precision(model), "use_cpu": param.device.type == "cpu",  # bf16 autocast over bf16 weights
             "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
             # the summaries are sampled as `rlrf generate` samples them for DPO
@@ -94,7 +97,7 @@ def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[s
         count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         reward = reward_function(score, o.length_penalty, o.free_tokens, count)
         trainer = trainer_cls(model=model, reward_funcs=reward, args=args, processing_class=tokenizer,
-                              train_dataset=Dataset.from_list(records), peft_config=lora)
+                              train_dataset=Dataset.from_list(records), peft_config=peft_config)
         trainer.shared_prompts, trainer.rlrf_generation = o.shared_prompts, o.generator == "rlrf"
         return trainer
 
@@ -108,4 +111,15 @@ def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[s
         }
 
     return train_adapter(layout.adapter(iteration), layout.align_log(iteration), build, summarize,
-                         record={"config": o.model_dump(mode="json")}, base_model=portable_model_id(cfg.llm.model))
+                         record={"config": o.model_dump(mode="json")}, base_model=portable_model_id(llm.model))
+
+
+def run_online(cfg, iteration: int, records: list[dict], score: Callable[[list[str], list[str]], Sequence[float]],
+               show_progress: bool = True) -> dict:
+    """`train_online` in the run directory with the run's sections and seed (`align.method`), from the
+    policy before iteration t as the config names it (a script's adapter, like `run_align`)."""
+    layout = RunLayout(cfg.run_dir)
+    use_threads(cfg)
+    return train_online(layout, iteration, records, score, method=cfg.align.method, online=cfg.online,
+                        generate=cfg.generate, llm=cfg.llm, lora=cfg.lora, seed=cfg.seed,
+                        start_adapter=previous_adapter(cfg.llm.adapter, layout, iteration), show_progress=show_progress)

@@ -19,27 +19,29 @@ from rlrf.core.records import IterationRecord, metrics_record
 
 
 class Method(Protocol):
-    """One iteration's stages. `cfg` is the run's config, the same object for every call; the policy a
-    stage samples from or trains further is the explicit `adapter` (None: the base model `cfg.llm`
-    names), which the loop threads from one iteration to the next."""
+    """One iteration's stages. `cfg` is the run's config (the recipe's), the same object for every call;
+    `layout` is where this run of the loop writes (the run itself, or a sub-run: one arm, one seed)
+    and `seed` its training seed, both as `run_loop` was given them; the policy a stage samples from
+    or trains further is the explicit `adapter` (None: the base model `cfg.llm` names), which the
+    loop threads from one iteration to the next."""
 
     name: str
 
-    def prepare(self, cfg) -> Path | None:
+    def prepare(self, cfg, layout: RunLayout, seed: int) -> Path | None:
         """One-time inputs of the loop (data, reward model, SPRec's SFT), skipped when already present;
         returns the adapter policy_0 starts from (None: `llm.adapter`)."""
 
-    def generate(self, cfg, iteration: int, adapter: Path | None) -> None:
+    def generate(self, cfg, layout: RunLayout, seed: int, iteration: int, adapter: Path | None) -> None:
         """Sample responses from the policy with `adapter`."""
 
-    def score(self, cfg, iteration: int) -> dict:
+    def score(self, cfg, layout: RunLayout, seed: int, iteration: int) -> dict:
         """Score the responses and write the iteration's pairs; returns their statistics ({"pairs": n, ...},
         or {"prompts": n} for a method whose trainer samples and scores online): `IterationRecord.pairs`."""
 
-    def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
+    def align(self, cfg, layout: RunLayout, seed: int, iteration: int, adapter: Path | None) -> Path:
         """Train the policy with `adapter` on the iteration's pairs; returns the new adapter directory."""
 
-    def evaluate(self, cfg, label: str, adapter: Path | None) -> dict:
+    def evaluate(self, cfg, layout: RunLayout, seed: int, label: str, adapter: Path | None) -> dict:
         """Held-out metrics of the policy with `adapter` (RLRF4Rec: an `Evaluation` as a dict);
         `label` names its output folder."""
 
@@ -54,17 +56,26 @@ def run_environment(llm) -> dict:
     return describe(resolve_dtype(llm.dtype, resolve_device(llm.device)))
 
 
-def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
-    """Run (or resume) the loop; returns metrics.json's content."""
-    metrics_path = RunLayout(cfg.run_dir).metrics
+def run_loop(cfg, method: Method, iterations: int, *, layout: RunLayout, seed: int, log=print) -> dict:
+    """Run (or resume) `iterations` iterations of `method` in `layout` with training seed `seed`;
+    returns the metrics.json it writes there.
+
+    `cfg` is the recipe's whole config, handed to every stage of `method` unchanged; `layout` and
+    `seed` say which run this is, so one config drives several (SPRec's and rank's arms and seeds,
+    each its own `RunLayout` under the run): `rlrf run` passes ``RunLayout(cfg.run_dir)`` and
+    ``cfg.seed``. The policy starts from what `method.prepare` returns, else `cfg.llm.adapter`."""
+    from rlrf.core.threads import use_threads
+
+    use_threads(cfg)  # every stage of the loop runs with the config's threads
+    metrics_path = layout.metrics
     metrics = read_json(metrics_path) or metrics_record(method.name)
     metrics["environment"] = run_environment(cfg.llm)
-    start = method.prepare(cfg)
+    start = method.prepare(cfg, layout, seed)
 
     def evaluate(adapter: Path | None, label: str) -> None:
         if label not in metrics["evaluations"]:
             log(f"[{method.name}] evaluating policy {label}")
-            metrics["evaluations"][label] = method.evaluate(cfg, label, adapter)
+            metrics["evaluations"][label] = method.evaluate(cfg, layout, seed, label, adapter)
             atomic_write_json(metrics_path, metrics)
 
     adapter = start if start is not None else cfg.llm.adapter
@@ -72,14 +83,14 @@ def run_loop(cfg, method: Method, iterations: int, log=print) -> dict:
         evaluate(adapter, f"policy_{t}")
         started = time.perf_counter()
         log(f"[{method.name}] iteration {t}: generate")
-        method.generate(cfg, t, adapter)
+        method.generate(cfg, layout, seed, t, adapter)
         log(f"[{method.name}] iteration {t}: score")
-        pair_stats = method.score(cfg, t)
+        pair_stats = method.score(cfg, layout, seed, t)
         trained_on = IterationRecord(pairs=pair_stats, adapter=None).trained_on
         if trained_on > 0:
             what = f"{trained_on} pairs" if pair_stats.get("pairs") else f"{trained_on} prompts"  # prompts: online RL
             log(f"[{method.name}] iteration {t}: align on {what}")
-            adapter = method.align(cfg, t, adapter)
+            adapter = method.align(cfg, layout, seed, t, adapter)
         else:  # every user tied: no preference to learn, the policy stays as it is
             log(f"[{method.name}] iteration {t}: no pairs, policy unchanged")
         seconds = metrics["iterations"].get(str(t), {}).get("seconds", round(time.perf_counter() - started, 1))

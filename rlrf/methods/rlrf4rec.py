@@ -4,6 +4,11 @@ Per iteration: N summaries per training user from the current policy, each score
 user's reranked list with that summary as user knowledge, best vs worst as a DPO pair, LoRA update.
 Evaluation uses test users only (never in pairs): the mean and best reward of the policy's N
 summaries, and the reranker's NDCG@5 / MAP@5 when each test user's knowledge is the first summary.
+
+The run's inputs (the data split and lists, the reward model, the independent evaluator) belong to
+the config's run directory and data seed (`cfg.run_dir`, `cfg.seed`), prepared once; what the loop
+iterates (samples, pairs, adapters, evaluations) goes to the loop's `layout` under its `seed`.
+`rlrf run` passes the run directory itself and `cfg.seed`, so the two are one.
 """
 
 from __future__ import annotations
@@ -31,55 +36,61 @@ class RLRF4Rec(Method):
         self.evaluator = None  # an independent reranker that scores the greedy summaries (not optimised)
         self._tokenizer = None
 
-    def prepare(self, cfg) -> None:  # policy_0 is the policy named by cfg.llm
+    def prepare(self, cfg, layout: RunLayout, seed: int) -> None:  # policy_0 is the policy named by cfg.llm
         from rlrf.data.dataset import load_dataset
         from rlrf.reward.scorer import RewardScorer
         from rlrf.reward.training import model_name, train
 
-        layout = RunLayout(cfg.run_dir)
-        if not layout.lists.exists():
+        run = RunLayout(cfg.run_dir)  # the run's inputs (module docstring)
+        if not run.lists.exists():
             from rlrf.data.prepare import prepare_data
 
             stage(f"[{self.name}] data: users, split and reranking lists from {cfg.data.path or 'ml-100k'}")
             prepare_data(cfg)
         self.dataset = load_dataset(cfg.data, seed=cfg.seed)
-        if not layout.reward_model_file(model_name(cfg.reward.model, cfg.reward.knowledge)).exists():
+        if not run.reward_model_file(model_name(cfg.reward.model, cfg.reward.knowledge)).exists():
             stage(f"[{self.name}] reward model: training {cfg.reward.model}")
             train(cfg, kinds=[cfg.reward.model], seeds=[cfg.seed])
         self.scorer = RewardScorer.from_run(cfg, ds=self.dataset, progress=self.show_progress)
         if cfg.loop.independent_evaluator:
             self.evaluator = independent_evaluator(cfg, self.dataset, self.scorer)
 
-    def generate(self, cfg, iteration: int, adapter: Path | None) -> None:
+    def generate(self, cfg, layout: RunLayout, seed: int, iteration: int, adapter: Path | None) -> None:
         """N summaries per training user (DPO); the online methods sample their own inside the trainer."""
         from rlrf.generation.backends import resolve_backend
-        from rlrf.generation.generate import policy_for, run_generate
+        from rlrf.generation.generate import generate_texts, policy_for
 
         if cfg.align.method != "dpo":
             return
-        policy = policy_for(cfg.llm, resolve_backend(cfg.generate.backend), adapter=adapter)
-        run_generate(cfg, iteration=iteration, mode="user_preference", policy=policy, dataset=self.dataset,
-                     show_progress=self.show_progress, users=self._training_users(cfg))
+        backend = resolve_backend(cfg.generate.backend)
+        policy = policy_for(cfg.llm, backend, adapter=adapter)
+        prompts = self._prompts(cfg, policy.tokenizer)
+        generate_texts(cfg.generate, prompts, policy, layout, mode="user_preference", iteration=iteration, seed=seed,
+                       backend=backend, show_progress=self.show_progress)
 
-    def score(self, cfg, iteration: int) -> dict:
-        from rlrf.reward.score import run_score
+    def score(self, cfg, layout: RunLayout, seed: int, iteration: int) -> dict:
+        from rlrf.reward.score import score_and_pair
 
         if cfg.align.method != "dpo":  # the reward function scores each sampled group during training
             return {"prompts": len(self._online_records(cfg))}
-        stats = run_score(cfg, iteration, scorer=self.scorer, dataset=self.dataset, show_progress=self.show_progress)
+        stats = score_and_pair(layout, iteration, self.scorer, cfg.score, set(self.dataset.splits["train"]),
+                               self.show_progress)
         return asdict(stats)
 
-    def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
-        from rlrf.alignment.dpo import run_align
-        from rlrf.alignment.online import run_online
+    def align(self, cfg, layout: RunLayout, seed: int, iteration: int, adapter: Path | None) -> Path:
+        from rlrf.alignment.dpo import train_dpo
+        from rlrf.alignment.online import train_online
 
         if cfg.align.method == "dpo":
-            run_align(cfg, iteration, show_progress=self.show_progress, adapter=adapter)
+            train_dpo(layout, iteration, align=cfg.align, llm=cfg.llm, lora=cfg.lora, seed=seed, start_adapter=adapter,
+                      show_progress=self.show_progress)
         else:
             metric = cfg.score.metric
-            run_online(cfg, iteration, self._online_records(cfg), lambda users, texts: self.scorer.score(users, texts)[metric],
-                       show_progress=self.show_progress, adapter=adapter)
-        return RunLayout(cfg.run_dir).adapter(iteration)
+            train_online(layout, iteration, self._online_records(cfg),
+                         lambda users, texts: self.scorer.score(users, texts)[metric], method=cfg.align.method,
+                         online=cfg.online, generate=cfg.generate, llm=cfg.llm, lora=cfg.lora, seed=seed,
+                         start_adapter=adapter, show_progress=self.show_progress)
+        return layout.adapter(iteration)
 
     def _training_users(self, cfg) -> list[str]:
         """The first `generate.max_users` training users whose list can rank: a list of only liked
@@ -88,22 +99,25 @@ class RLRF4Rec(Method):
         rankable = [u for u in self.dataset.splits["train"] if u in self.scorer.row and self._rankable(u)]
         return rankable[: cfg.generate.max_users]
 
+    def _prompts(self, cfg, tokenizer) -> list:
+        """The training users' prompts, from the history the reranker sees (the run's lists)."""
+        from rlrf.generation.generate import build_prompts
+
+        return build_prompts(cfg, self.dataset, tokenizer, "user_preference", users=self._training_users(cfg))
+
     def _online_records(self, cfg) -> list[dict]:
         """The same users' prompts, for the online trainers (which sample their own summaries)."""
-        from rlrf.generation.generate import build_prompts
         from rlrf.generation.policy import policy_tokenizer
 
         if self._tokenizer is None:
             self._tokenizer = policy_tokenizer(cfg.llm)
-        prompts = build_prompts(cfg, self.dataset, self._tokenizer, "user_preference",
-                                users=self._training_users(cfg))
-        return [{"prompt": p.text, "user": p.key} for p in prompts]
+        return [{"prompt": p.text, "user": p.key} for p in self._prompts(cfg, self._tokenizer)]
 
     def _rankable(self, user: str) -> bool:
         labels = self.scorer.data.labels[self.scorer.row[user]]
         return bool((labels > 0).any() and (labels == 0).any())
 
-    def evaluate(self, cfg, label: str, adapter: Path | None) -> dict:
+    def evaluate(self, cfg, layout: RunLayout, seed: int, label: str, adapter: Path | None) -> dict:
         """Every test user (or the first `loop.eval_users`): N sampled summaries for the mean and
         best-of-N reward, and one greedy summary for the reranking metrics, scored by the reward
         model and, when there is one, by the independent evaluator (see `prepare`)."""
@@ -114,7 +128,7 @@ class RLRF4Rec(Method):
         from rlrf.reward.score import score_iteration
 
         mode, gen = "user_preference", cfg.generate
-        sub = RunLayout(cfg.run_dir).evaluation(label)
+        sub = layout.evaluation(label)
         use_threads(cfg)
         backend = resolve_backend(gen.backend)
         policy = policy_for(cfg.llm, backend, adapter=adapter)  # one policy for both passes
@@ -124,7 +138,7 @@ class RLRF4Rec(Method):
                                histories=visible_histories(self.dataset, RunLayout(cfg.run_dir).lists, max_history))
         greedy = replace(sampling_for(gen, mode), temperature=0.0)
         for out, sampling, n, kind in ((sub, None, None, f"{gen.n} samples"), (sub.greedy, greedy, 1, "greedy")):
-            generate_texts(gen, prompts, policy, out, mode=mode, iteration=0, seed=cfg.seed, sampling=sampling, n=n,
+            generate_texts(gen, prompts, policy, out, mode=mode, iteration=0, seed=seed, sampling=sampling, n=n,
                            backend=backend, show_progress=self.show_progress,
                            label=f"evaluate {label}: test users, {kind}")
         responses, scored = score_iteration(sub, 0, self.scorer, cfg.score, self.show_progress,

@@ -17,7 +17,7 @@ One job per module:
     method.py       `SPRec`, one arm on the loop, and `arms`, one per training seed and arm
     evaluation.py   the evaluation protocol: top-K lists from greedy titles, HR/NDCG and bias metrics
     comparison.py   training seeds, and every policy against SFT pooled over seeds with paired CIs
-    stages.py       the generation / SFT / DPO calls with the one field SPRec steers in each
+    stages.py       the next-item generation call: one policy, its layout, seed, n and temperature
 
 Faithful to SPRec's method: the self-play negative is the current policy's GREEDY answer, and the
 rejected text is what the policy wrote (not a catalogue title); grounding only drops a guess that

@@ -30,6 +30,18 @@ def seed_root(cfg, seed: int) -> RunLayout:
     return root if cfg.sprec.seeds is None else root.arm(f"seed_{seed}")
 
 
+def save_seed_config(cfg, root: RunLayout, seed: int) -> None:
+    """`root`'s config.yaml: the run's config with `root` as its run_dir and `seed` as its seed, so a
+    training seed's comparison folder reads as a run of its own (without `sprec.seeds`, `root` is the
+    run and this is the run's own config)."""
+    from rlrf.core.config import write_yaml
+    from rlrf.core.io import atomic_write_text
+
+    values = cfg.model_dump(mode="json")
+    values.update(run_dir=str(root.root), seed=seed)
+    atomic_write_text(root.config, write_yaml(values))
+
+
 def arm_label(cfg, name: str, seed: int) -> str:
     return name if cfg.sprec.seeds is None else f"{name}@seed_{seed}"
 

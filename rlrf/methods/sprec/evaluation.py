@@ -177,9 +177,10 @@ def popularity_bins(popularity) -> np.ndarray:
 
 
 def evaluate_policy(cfg, spec: EvalSpec, adapter: Path | None, root: Path, ds, grounder, show_progress: bool = True,
-                    popularity=None, out: RunLayout | None = None) -> dict:
+                    popularity=None, out: RunLayout | None = None, *, seed: int) -> dict:
     """HR/NDCG (per user too), bias metrics and popularity histograms of the policy with `adapter`
-    (None: the base model) on `spec`'s users under its protocol; `cfg` only runs the generation.
+    (None: the base model) on `spec`'s users under its protocol; `cfg` and `seed` (the training
+    seed) only run the generation.
 
     Cached in ``<root>/eval/<policy>/eval.json`` (or the sub-run `out`, e.g. a validation): methods that
     share a policy (SFT) evaluate it once; a cache of another protocol or user set is recomputed from
@@ -198,9 +199,9 @@ def evaluate_policy(cfg, spec: EvalSpec, adapter: Path | None, root: Path, ds, g
             and sorted(cached.get("per_user", {}).get("users", [])) == sorted(users)):
         return cached
     sampled = spec.topk == "samples"
-    generate_next_items(cfg, iteration=0, dataset=ds, users=users, n=spec.samples if sampled else 1,
-                        temperature=spec.temperature if sampled else 0.0, run_dir=out_dir, adapter=adapter,
-                        show_progress=show_progress)
+    generate_next_items(cfg, layout=out, seed=seed, iteration=0, dataset=ds, users=users,
+                        n=spec.samples if sampled else 1, temperature=spec.temperature if sampled else 0.0,
+                        adapter=adapter, show_progress=show_progress)
     wanted = set(users)
     records = [r for r in load_responses(out_dir, 0, "next_item") if r["user"] in wanted]
     cat = ds.catalog

@@ -8,8 +8,12 @@ same users and a rerun sees the same ones again. Popularity counts TRAINING user
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rlrf.core.config import SPRecConfig, SupervisedConfig
 
 
 def seeded_rng(seed: int, *parts) -> np.random.Generator:
@@ -38,19 +42,21 @@ def eligible_train_users(ds) -> list[str]:
     return [u for u in ds.splits["train"] if len(ds.users[u].items) >= 2]
 
 
-def iteration_users(ds, cfg, iteration: int) -> list[str]:
-    """Train users sampled afresh for iteration t (same for every method, so they compare fairly)."""
+def iteration_users(ds, sprec: SPRecConfig, seed: int, iteration: int) -> list[str]:
+    """`sprec.users_per_iteration` train users sampled afresh for iteration t under training seed
+    `seed` (the same for every method, so they compare fairly)."""
     users = eligible_train_users(ds)
-    n = min(cfg.sprec.users_per_iteration, len(users))
-    picked = seeded_rng(cfg.seed, "iteration", iteration).choice(len(users), size=n, replace=False)
+    n = min(sprec.users_per_iteration, len(users))
+    picked = seeded_rng(seed, "iteration", iteration).choice(len(users), size=n, replace=False)
     return [users[i] for i in sorted(picked)]
 
 
-def sft_users(ds, cfg) -> list[str]:
+def sft_users(ds, sft: SupervisedConfig, seed: int) -> list[str]:
+    """The train users of the initial SFT: every eligible one, or a sample of `sft.users` under `seed`."""
     users = eligible_train_users(ds)
-    if cfg.sft.users is None or cfg.sft.users >= len(users):
+    if sft.users is None or sft.users >= len(users):
         return users
-    picked = seeded_rng(cfg.seed, "sft").choice(len(users), size=cfg.sft.users, replace=False)
+    picked = seeded_rng(seed, "sft").choice(len(users), size=sft.users, replace=False)
     return [users[i] for i in sorted(picked)]
 
 
@@ -68,16 +74,16 @@ def sft_records(cfg, ds, tokenizer, users) -> list[dict]:
             for p in next_item_prompts(cfg, ds, tokenizer, users)]
 
 
-def sft_windows(ds, cfg, users) -> list[tuple[str, int]]:
+def sft_windows(ds, sprec: SPRecConfig, seed: int, users) -> list[tuple[str, int]]:
     """(user, t): predict item t from the items before it, at each user's last `sprec.sft_windows`
-    positions (t >= 1); a seeded sample of `sprec.sft_max_examples` when there are more."""
+    positions (t >= 1); a sample (under `seed`) of `sprec.sft_max_examples` when there are more."""
     out = []
     for u in users:
         n = len(ds.users[u].items)
-        out += [(u, t) for t in range(max(1, n - cfg.sprec.sft_windows), n)]
-    cap = cfg.sprec.sft_max_examples
+        out += [(u, t) for t in range(max(1, n - sprec.sft_windows), n)]
+    cap = sprec.sft_max_examples
     if cap is not None and len(out) > cap:
-        picked = seeded_rng(cfg.seed, "sft_windows").choice(len(out), size=cap, replace=False)
+        picked = seeded_rng(seed, "sft_windows").choice(len(out), size=cap, replace=False)
         out = [out[i] for i in sorted(picked)]
     return out
 

@@ -21,7 +21,7 @@ from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_directory, atomic_write_json, atomic_write_jsonl, read_json
 from rlrf.core.layout import RunLayout, adapter_complete
 from rlrf.methods.loop import Method
-from rlrf.methods.sprec.comparison import arm_label, seed_root, training_seeds
+from rlrf.methods.sprec.comparison import arm_label, save_seed_config, seed_root, training_seeds
 from rlrf.methods.sprec.evaluation import evaluate_policy, held_out_spec, policy_slug, validation_spec
 from rlrf.methods.sprec.examples import (
     answer_text, iteration_users, next_item_prompts, seeded_rng, sft_records, sft_users, sft_windows, train_popularity,
@@ -30,7 +30,7 @@ from rlrf.methods.sprec.examples import (
 from rlrf.methods.sprec.negatives import (
     SAMPLERS, Negative, build_pairs, sampled_negatives, self_play_negatives, usable_guess,
 )
-from rlrf.methods.sprec.stages import generate_next_items, seed_config, train_dpo, train_sft
+from rlrf.methods.sprec.stages import generate_next_items
 
 
 class SPRec(Method):
@@ -59,27 +59,34 @@ class SPRec(Method):
             self._tokenizer = policy_tokenizer(cfg.llm)
         return self._tokenizer
 
-    def _evaluate(self, cfg, spec, adapter, root: Path, out: RunLayout | None = None) -> dict:
+    def _evaluate(self, cfg, seed: int, spec, adapter, root: Path, out: RunLayout | None = None) -> dict:
         return evaluate_policy(cfg, spec, adapter, root, self.ds, self.grounder, self.show_progress, self.popularity,
-                               out=out)
+                               out=out, seed=seed)
 
-    def prepare(self, cfg) -> Path:
+    def _train_sft(self, cfg, seed: int, records: list[dict], start: Path | None, adapter: Path, log: Path,
+                   sft=None) -> dict:
+        """SFT of the one LoRA on `records` from `start`, under the `sft:` section (or the copy `sft`)."""
+        from rlrf.alignment.sft import train_sft
+
+        return train_sft(records, adapter, log, sft=cfg.sft if sft is None else sft, llm=cfg.llm, lora=cfg.lora,
+                         seed=seed, start_adapter=start, show_progress=self.show_progress)
+
+    def prepare(self, cfg, layout: RunLayout, seed: int) -> Path:
         """The base policy's evaluation (a reference row) and the sliding-window SFT every arm starts
         from; each is done once for the whole comparison and found done by the other arms."""
-        from rlrf.core.config import save_config
-
-        save_config(seed_config(cfg, self.root.root, cfg.seed), self.root.config)
+        save_seed_config(cfg, self.root, seed)
         if cfg.sprec.evaluate_base:
-            self._evaluate(cfg, held_out_spec(self.ds, cfg), None, self.base_root)
+            self._evaluate(cfg, seed, held_out_spec(self.ds, cfg), None, self.base_root)
         if not adapter_complete(self.root.sft):
-            records = window_records(cfg, self.ds, self.tokenizer(cfg), sft_windows(self.ds, cfg, sft_users(self.ds, cfg)))
+            windows = sft_windows(self.ds, cfg.sprec, seed, sft_users(self.ds, cfg.sft, seed))
+            records = window_records(cfg, self.ds, self.tokenizer(cfg), windows)
             if cfg.sprec.sft_until_better:
-                self._sft_until_better(cfg, records)
+                self._sft_until_better(cfg, seed, records)
             else:
-                train_sft(cfg, records, cfg.llm.adapter, self.root.sft, self.root.sft_log, self.show_progress)
+                self._train_sft(cfg, seed, records, cfg.llm.adapter, self.root.sft, self.root.sft_log)
         return self.root.sft
 
-    def _sft_until_better(self, cfg, records: list[dict]) -> dict:
+    def _sft_until_better(self, cfg, seed: int, records: list[dict]) -> dict:
         """SPRec's initial SFT "until validation HR beats the base model": epoch e continues epoch e−1's
         adapter for one more pass over `records`, then HR@K of its greedy answers on VALID users
         (`validation_spec`) is compared with the base policy's; the first epoch strictly above the
@@ -100,15 +107,15 @@ class SPRec(Method):
         users = spec.users
         if not users:
             raise UserError("sprec.sft_until_better: no valid user with two or more items to judge the SFT on")
-        base = self._evaluate(cfg, spec, None, self.base_root, out=RunLayout(self.base_root).validation("base"))
+        base = self._evaluate(cfg, seed, spec, None, self.base_root, out=RunLayout(self.base_root).validation("base"))
         start, epochs, reason = cfg.llm.adapter, [], None
         args = cfg.sft.trainer_args
         for epoch in range(1, s.sft_max_epochs + 1):
             adapter = self.root.sft_epoch(epoch)
-            one_epoch = {**args, "num_train_epochs": 1, "data_seed": args.get("data_seed", cfg.seed) + epoch - 1}
-            trained = train_sft(cfg, records, start, adapter, self.root.sft_epoch_log(epoch), self.show_progress,
-                                trainer_args=one_epoch)
-            ev = self._evaluate(cfg, spec, adapter, self.root.root,
+            one_epoch = {**args, "num_train_epochs": 1, "data_seed": args.get("data_seed", seed) + epoch - 1}
+            trained = self._train_sft(cfg, seed, records, start, adapter, self.root.sft_epoch_log(epoch),
+                                      sft=cfg.sft.model_copy(update={"trainer_args": one_epoch}))
+            ev = self._evaluate(cfg, seed, spec, adapter, self.root.root,
                                 out=self.root.validation(policy_slug(self.root.root, adapter)))
             epochs.append({"epoch": epoch, key: ev[key], "steps": trained.get("steps"),
                            "first_loss": trained.get("first_loss"), "last_loss": trained.get("last_loss"),
@@ -137,29 +144,28 @@ class SPRec(Method):
             atomic_write_json(self.root.sft_log, {"summary": summary})
         return summary
 
-    def generate(self, cfg, iteration: int, adapter: Path | None) -> None:
+    def generate(self, cfg, layout: RunLayout, seed: int, iteration: int, adapter: Path | None) -> None:
         """Self-play: the current policy's GREEDY answer for every iteration user; for users whose
         answer is the target or empty (or who need more negatives), `sprec.samples` sampled answers."""
         if not self.sampler.from_policy:
             return  # the baselines draw negatives from the catalogue, not from the policy
         s = cfg.sprec
-        users = iteration_users(self.ds, cfg, iteration)
-        generate_next_items(cfg, iteration=iteration, dataset=self.ds, users=users, n=1, temperature=0.0,
-                            adapter=adapter, show_progress=self.show_progress)
-        candidates = self._candidates(cfg, iteration, fallback=False)
+        users = iteration_users(self.ds, s, seed, iteration)
+        generate_next_items(cfg, layout=layout, seed=seed, iteration=iteration, dataset=self.ds, users=users, n=1,
+                            temperature=0.0, adapter=adapter, show_progress=self.show_progress)
+        candidates = self._candidates(layout, iteration, fallback=False)
         short = [u for u in users if len(self_play_negatives(
             self.grounder, self.ds.users[u].items[-1], candidates.get(u, []), cfg.score.negatives)) < cfg.score.negatives]
         if short:  # its own sub-run: its records and .meta.json never touch the greedy generation's
-            generate_next_items(cfg, iteration=iteration, dataset=self.ds, users=short, n=s.samples,
-                                temperature=s.fallback_temperature, run_dir=RunLayout(cfg.run_dir).self_play_fallback.root,
-                                adapter=adapter, show_progress=self.show_progress, label=f"self-play fallback iter {iteration}")
+            generate_next_items(cfg, layout=layout.self_play_fallback, seed=seed, iteration=iteration, dataset=self.ds,
+                                users=short, n=s.samples, temperature=s.fallback_temperature, adapter=adapter,
+                                show_progress=self.show_progress, label=f"self-play fallback iter {iteration}")
 
-    def _candidates(self, cfg, iteration: int, fallback: bool = True) -> dict[str, list]:
+    def _candidates(self, layout: RunLayout, iteration: int, fallback: bool = True) -> dict[str, list]:
         """user -> [(k, text, grounding)] of this iteration's predictions, k=0 (greedy) first, then (with
         `fallback`) the fallback sub-run's sampled answers as k = 1, 2, ... (their own k + 1)."""
         from rlrf.generation.generate import load_responses
 
-        layout = RunLayout(cfg.run_dir)
         records = load_responses(layout.root, iteration, "next_item")
         if fallback:
             records += [{**r, "k": r["k"] + 1}
@@ -171,17 +177,16 @@ class SPRec(Method):
             out.setdefault(r["user"], []).append((r["k"], r["text"], g))
         return out
 
-    def score(self, cfg, iteration: int) -> dict:
-        layout = RunLayout(cfg.run_dir)
+    def score(self, cfg, layout: RunLayout, seed: int, iteration: int) -> dict:
         if layout.pairs(iteration).exists() and layout.pairs_meta(iteration).exists():
             return read_json(layout.pairs_meta(iteration))
-        users = iteration_users(self.ds, cfg, iteration)
+        users = iteration_users(self.ds, cfg.sprec, seed, iteration)
         prompts = next_item_prompts(cfg, self.ds, self.tokenizer(cfg), users)
         stats: dict = {"users": len(prompts)}
         if self.sampler.from_policy:
-            negatives = self._self_play(cfg, iteration, prompts, stats)
+            negatives = self._self_play(cfg, layout, seed, iteration, prompts, stats)
         else:
-            negatives = self._sampled(cfg, iteration, prompts)
+            negatives = self._sampled(cfg, seed, iteration, prompts)
         cat = self.ds.catalog
         pairs = build_pairs(self.ds, prompts, negatives, self.grounder.item_similarity, iteration)
         pop = self.popularity
@@ -198,19 +203,20 @@ class SPRec(Method):
         atomic_write_json(layout.pairs_meta(iteration), stats)
         return stats
 
-    def _self_play(self, cfg, iteration: int, prompts, stats: dict) -> dict[str, list[Negative]]:
+    def _self_play(self, cfg, layout: RunLayout, seed: int, iteration: int, prompts,
+                   stats: dict) -> dict[str, list[Negative]]:
         """The policy's own answers that do not name the target (greedy first, then sampled), filled
         up with uniform catalogue items when the policy gave none, so every user makes a pair."""
         from rlrf.generation.generate import load_prompts
         from rlrf.generation.grounding import grounding_shares
 
         cat = self.ds.catalog
-        used = load_prompts(cfg.run_dir, iteration, "next_item")
+        used = load_prompts(layout.root, iteration, "next_item")
         for p in prompts:
             if used.get(p.key, {}).get("prompt_hash") != p.hash:
-                raise UserError(f"{RunLayout(cfg.run_dir).iteration(iteration)}: predictions for user {p.key} "
+                raise UserError(f"{layout.iteration(iteration)}: predictions for user {p.key} "
                                 "were generated from another prompt")
-        candidates = self._candidates(cfg, iteration)
+        candidates = self._candidates(layout, iteration)
         greedy = [(p, c) for p in prompts for c in candidates.get(p.key, [])[:1] if c[0] == 0]
         stats["grounding"] = grounding_shares([g for _, (_, _, g) in greedy])
         stats["predictions"] = sum(len(c) for c in candidates.values())
@@ -225,13 +231,13 @@ class SPRec(Method):
             if len(negs) < k:
                 exclude = {*self.grounder.twins_of(target), *self.ds.users[p.key].items[:-1],
                            *(n.item for n in negs if n.item is not None)}
-                fill = sampled_negatives(seeded_rng(cfg.seed, "fallback", iteration, p.key), len(cat), k - len(negs),
+                fill = sampled_negatives(seeded_rng(seed, "fallback", iteration, p.key), len(cat), k - len(negs),
                                          exclude)
                 negs += [Negative(answer_text(cat, i), i, "catalogue") for i in fill]
             out[p.key] = negs
         return out
 
-    def _sampled(self, cfg, iteration: int, prompts) -> dict[str, list[Negative]]:
+    def _sampled(self, cfg, seed: int, iteration: int, prompts) -> dict[str, list[Negative]]:
         """Catalogue items outside the user's history and the target's title, uniformly or by popularity."""
         cat = self.ds.catalog
         popularity = self.popularity if self.sampler.by_popularity else None
@@ -240,21 +246,25 @@ class SPRec(Method):
         for p in prompts:
             target = cat.index(p.meta["target"])
             exclude = {*self.grounder.twins_of(target), *self.ds.users[p.key].items[:-1]}
-            drawn = sampled_negatives(seeded_rng(cfg.seed, self.sampler_name, iteration, p.key), len(cat),
+            drawn = sampled_negatives(seeded_rng(seed, self.sampler_name, iteration, p.key), len(cat),
                                       cfg.score.negatives, exclude, popularity)
             negatives[p.key] = [Negative(answer_text(cat, i), i, source) for i in drawn]
         return negatives
 
-    def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
-        layout = RunLayout(cfg.run_dir)
-        users = iteration_users(self.ds, cfg, iteration)
-        train_sft(cfg, sft_records(cfg, self.ds, self.tokenizer(cfg), users), adapter,
-                  layout.sft_adapter(iteration), layout.sft_adapter_log(iteration), self.show_progress)
-        train_dpo(cfg, iteration, layout.sft_adapter(iteration), show_progress=self.show_progress)
+    def align(self, cfg, layout: RunLayout, seed: int, iteration: int, adapter: Path | None) -> Path:
+        """SFT on the iteration users' real next items, then DPO on the pairs from (and referenced to)
+        that SFT'd policy."""
+        from rlrf.alignment.dpo import train_dpo
+
+        users = iteration_users(self.ds, cfg.sprec, seed, iteration)
+        self._train_sft(cfg, seed, sft_records(cfg, self.ds, self.tokenizer(cfg), users), adapter,
+                        layout.sft_adapter(iteration), layout.sft_adapter_log(iteration))
+        train_dpo(layout, iteration, align=cfg.align, llm=cfg.llm, lora=cfg.lora, seed=seed,
+                  start_adapter=layout.sft_adapter(iteration), show_progress=self.show_progress)
         return layout.adapter(iteration)
 
-    def evaluate(self, cfg, label: str, adapter: Path | None) -> dict:
-        return self._evaluate(cfg, held_out_spec(self.ds, cfg), adapter, self.root.root)
+    def evaluate(self, cfg, layout: RunLayout, seed: int, label: str, adapter: Path | None) -> dict:
+        return self._evaluate(cfg, seed, held_out_spec(self.ds, cfg), adapter, self.root.root)
 
 
 def make_grounder(cfg, ds, popularity=None):
@@ -266,9 +276,10 @@ def make_grounder(cfg, ds, popularity=None):
                          popularity=train_popularity(ds) if popularity is None else popularity)
 
 
-def arms(cfg, show_progress: bool = True) -> list[tuple[object, SPRec]]:
-    """(config, method) for each training seed and arm of `sprec.methods`, sharing one dataset (split by
-    `seed`), one grounder and the train-only popularity; each runs on `run_loop` in its own folder."""
+def arms(cfg, show_progress: bool = True) -> list[tuple[SPRec, RunLayout, int]]:
+    """(method, layout, training seed) for each training seed and arm of `sprec.methods`, sharing one
+    dataset (split by the run's `seed`), one grounder and the train-only popularity; each runs as
+    ``run_loop(cfg, method, loop.iterations, layout=layout, seed=seed)``, in its own folder."""
     from rlrf.data.dataset import load_dataset
 
     ds = load_dataset(cfg.data, seed=cfg.seed)
@@ -278,7 +289,6 @@ def arms(cfg, show_progress: bool = True) -> list[tuple[object, SPRec]]:
     for seed in training_seeds(cfg):
         root = seed_root(cfg, seed)
         for name in cfg.sprec.methods:
-            out.append((seed_config(cfg, root.arm(name).root, seed),
-                        SPRec(name, root.root, ds, grounder, show_progress, popularity=popularity,
-                              base_root=cfg.run_dir, label=arm_label(cfg, name, seed))))
+            out.append((SPRec(name, root.root, ds, grounder, show_progress, popularity=popularity,
+                              base_root=cfg.run_dir, label=arm_label(cfg, name, seed)), root.arm(name), seed))
     return out
