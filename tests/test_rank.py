@@ -1,5 +1,6 @@
 """`rlrf rank`: the candidate-ranking task, its metrics, each arm's data and loss, RosePO's oracle."""
 
+import json
 import math
 
 import numpy as np
@@ -266,3 +267,14 @@ def test_rank_pools_seeds_against_each_seeds_own_sft(tiny_rank_config):
     assert metrics["seeds"] == [0, 1] and dpo["seeds"] == [0, 1] and len(dpo["hr@1"]["per_seed"]) == 2
     assert dpo["hr@1"]["vs_sft"]["runs"] == 2 and dpo["hr@1"]["vs_sft"]["users"] == 2 * 4
     assert sorted(p.name for p in (run / "eval").iterdir()) == ["base", "popularity", "random", "sasrec"]
+
+
+def test_an_arms_wall_time_is_summed_over_the_processes_that_worked_on_it(tmp_path):
+    from rlrf.core.layout import RunLayout
+    from rlrf.methods.rank import add_wall_time
+
+    layout = RunLayout(tmp_path / "seed_0" / "dpo")
+    layout.root.mkdir(parents=True)
+    assert add_wall_time(layout, 300.04) == 300.0  # the process the OOM killer stopped
+    assert add_wall_time(layout, 1.2) == 301.2     # the resume found every stage cached
+    assert json.loads(layout.wall_time.read_text()) == {"seconds": 301.2}

@@ -65,6 +65,11 @@ class RunLayout:
         return self.root / "report.md"
 
     @property
+    def wall_time(self) -> Path:
+        """Seconds the processes that worked on this (sub-)run spent, summed over resumes."""
+        return self.root / "wall.json"
+
+    @property
     def per_user_table(self) -> Path:
         """The report's per-user values of every evaluated policy, one row per (policy, user)."""
         return self.root / "per_user.csv"

@@ -49,6 +49,7 @@ seeds' folders); `rank_evaluation` the held-out protocol and the baselines; `ran
 
 from __future__ import annotations
 
+import json
 import time
 
 from rlrf.core.errors import UserError
@@ -72,6 +73,15 @@ def check_config(cfg) -> None:
     if r.negatives > r.candidates - 1:
         raise UserError(f"rank.negatives: {r.negatives} negatives need at least {r.negatives + 1} candidates "
                         f"(rank.candidates is {r.candidates})")
+
+
+def add_wall_time(layout: RunLayout, seconds: float) -> float:
+    """The arm's wall time summed over every process that worked on it, so a table written after a
+    resume reports what the arm cost, not what the last (mostly cached) process spent."""
+    before = json.loads(layout.wall_time.read_text())["seconds"] if layout.wall_time.is_file() else 0.0
+    total = round(before + seconds, 1)
+    atomic_write_json(layout.wall_time, {"seconds": total})
+    return total
 
 
 def run_rank(cfg, show_progress: bool = True, log=print) -> dict:
@@ -104,7 +114,7 @@ def run_rank(cfg, show_progress: bool = True, log=print) -> dict:
             method = RankArm(arm, sroot.root, ctx, prompts, arm_align(cfg, arm), show_progress, label=label)
             started = time.perf_counter()
             record = run_loop(cfg, method, 0 if arm == "sft" else 1, layout=sroot.arm(arm), seed=seed, log=log)
-            record["wall_seconds"] = round(time.perf_counter() - started, 1)
+            record["wall_seconds"] = add_wall_time(sroot.arm(arm), time.perf_counter() - started)
             runs[seed][arm] = record
     metrics = collect(cfg, ctx, baselines, seconds, runs)
     atomic_write_json(root.metrics, metrics)
