@@ -27,8 +27,11 @@ def _value(mean_sd: list | None, key: str, seeds: int) -> str:
 
 
 def _seconds(values: list) -> str:
+    """The mean of the seeds whose time is known (None: found done by another command, e.g. `rlrf run`'s samples)."""
     known = [v for v in values if v is not None]
-    return f"{sum(known) / len(known):.0f}" if known else "?"
+    if not known:
+        return "?"
+    return f"{sum(known) / len(known):.0f}" + (f" ({len(known)} of {len(values)} seeds)" if len(known) < len(values) else "")
 
 
 def markdown(results: dict) -> str:
