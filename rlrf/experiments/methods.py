@@ -32,7 +32,7 @@ Run layout (``<run_dir>``)::
 
     iter_0/responses.jsonl, scores.jsonl       the run's seed: iteration 0's samples (shared with `rlrf run`)
     eval/policy_0/                             policy_0 on the test users (shared with `rlrf run`)
-    eval/<policy slug>/                        each method's policy_1 on the same users
+    eval/methods.<method>@seed_<s>/            each method's policy_1 on the same users
     experiments/methods/seed_<s>/iter_0/...    another seed's samples and scores
     experiments/methods/seed_<s>/<method>/     one method's loop: iter_0/pairs.jsonl, adapter, align_log.json,
                                                metrics.json (policy_0 and policy_1, as `rlrf run` records them)
@@ -55,7 +55,6 @@ from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_json, atomic_write_jsonl, read_json
 from rlrf.core.layout import RunLayout
 from rlrf.methods.loop import run_loop
-from rlrf.methods.rank import policy_slug
 from rlrf.methods.rlrf4rec import RLRF4Rec
 
 EXPERIMENT = "methods"
@@ -106,10 +105,11 @@ class Shared:
     policy_0: Path | None
     evaluations: dict = field(default_factory=dict)
 
-    def evaluate(self, adapter: Path | None) -> dict:
-        """`RLRF4Rec.evaluate` of the policy with `adapter` on the run's test users: policy_0 in
-        ``eval/policy_0`` (as `rlrf run`), an aligned policy in ``eval/<its slug>``."""
-        label = "policy_0" if adapter == self.policy_0 else policy_slug(self.cfg.run_dir, adapter)
+    def evaluate(self, adapter: Path | None, label: str) -> dict:
+        """`RLRF4Rec.evaluate` of the policy with `adapter` on the run's test users, in ``eval/<label>``
+        (policy_0: ``eval/policy_0``, as `rlrf run`)."""
+        if adapter == self.policy_0:
+            label = "policy_0"
         if label not in self.evaluations:
             self.evaluations[label] = self.base.evaluate(self.cfg, label, adapter)
         return self.evaluations[label]
@@ -312,7 +312,7 @@ class ArmMethod:
         return RunLayout(cfg.run_dir).adapter(iteration)
 
     def evaluate(self, cfg, label: str, adapter: Path | None) -> dict:
-        return self.shared.evaluate(adapter)
+        return self.shared.evaluate(adapter, f"{EXPERIMENT}.{self.name}")  # eval/methods.<method>@seed_<s>
 
 
 # ------------------------------------------------------------------------------------------ the recipe
@@ -338,7 +338,7 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
     previous = read_json(root.experiment_results(EXPERIMENT)) or {}
     shared = prepare_shared(cfg, show_progress)
     log("[methods] policy_0 on the test users")
-    policy_0 = shared.evaluate(shared.policy_0)
+    policy_0 = shared.evaluate(shared.policy_0, "policy_0")
     runs: dict[int, dict] = {}
     samples_record, rosepo = {}, {}
     for seed in training_seeds(cfg, seeds):
