@@ -44,6 +44,17 @@ class Protocol(str, enum.Enum):
     retrain = "retrain"
 
 
+class PreferenceMethod(str, enum.Enum):
+    """`rlrf experiment methods`' methods (rlrf.experiments.methods.ARMS)."""
+
+    dpo = "dpo"
+    sdpo = "sdpo"
+    dmpo = "dmpo"
+    rosepo = "rosepo"
+    grpo = "grpo"
+    rloo = "rloo"
+
+
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -478,6 +489,33 @@ def experiment_rerank(
         checked_iteration(t)
     cfg = _prepared(config, run_dir, overrides)
     run_rerank_experiment(cfg, iteration or None, seeds, protocol=protocol.value if protocol else None)
+
+
+@experiment_app.command("methods")
+@user_errors
+def experiment_methods(
+    config: ConfigOption = None,
+    run_dir: RunDirOption = None,
+    overrides: Overrides = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Training seeds cfg.seed, +1, ... (pooled: each seed's samples and training).")] = 2,
+    method: Annotated[list[PreferenceMethod] | None, typer.Option("--method", help="dpo | sdpo | dmpo | rosepo | grpo | rloo (repeatable; default: all).")] = None,
+    rosepo_tau: Annotated[float | None, typer.Option("--rosepo-tau", help="RosePO's τ, > 0 (default: calibrated so the median pair gets ε = align.rosepo_eps_max / 2).")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Every preference method from the same policy_0: DPO, S-DPO, DMPO, RosePO, GRPO, RLOO at the same number of summaries; pooled over seeds with paired CIs."""
+    from rlrf.core.io import atomic_write_text
+    from rlrf.core.layout import RunLayout
+    from rlrf.core.progress import stage
+    from rlrf.experiments.methods import EXPERIMENT, run_methods
+    from rlrf.report.methods import markdown
+
+    cfg = _prepared(config, run_dir, overrides)
+    results = run_methods(cfg, [m.value for m in method] if method else None, seeds, rosepo_tau,
+                          show_progress=not quiet, log=stage)
+    table = RunLayout(cfg.run_dir).experiment_table(EXPERIMENT)
+    atomic_write_text(table, markdown(results))
+    print(table.read_text(encoding="utf-8"), end="")
+    print(f"wrote {table}")
 
 
 @experiment_app.command("recbole")
