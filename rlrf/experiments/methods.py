@@ -84,13 +84,6 @@ ARMS = {
 }
 
 
-def arm_config(cfg, layout: RunLayout, seed: int, align, online):
-    """The config the loop and the training stages read for one method and seed. They take the whole
-    RunConfig today, so the method's folder, seed and sections ride on a copy of it: the one place
-    to change when they take a RunLayout and a seed of their own."""
-    return cfg.model_copy(update={"run_dir": layout.root, "seed": seed, "align": align, "online": online})
-
-
 # ------------------------------------------------------------------------------------ what is shared
 
 
@@ -111,7 +104,8 @@ class Shared:
         if adapter == self.policy_0:
             label = "policy_0"
         if label not in self.evaluations:
-            self.evaluations[label] = self.base.evaluate(self.cfg, label, adapter)
+            self.evaluations[label] = self.base.evaluate(self.cfg, RunLayout(self.cfg.run_dir), self.cfg.seed, label,
+                                                         adapter)
         return self.evaluations[label]
 
 
@@ -132,7 +126,7 @@ def prepare_shared(cfg, show_progress: bool = True) -> Shared:
     from rlrf.generation.policy import policy_tokenizer
 
     base = RLRF4Rec(show_progress=show_progress)
-    base.prepare(cfg)
+    base.prepare(cfg, RunLayout(cfg.run_dir), cfg.seed)
     users = base._training_users(cfg)  # RLRF4Rec's own choice of training users, shared by every method
     if not users:
         raise UserError("no training user with a rankable list: nothing to align on")
@@ -270,34 +264,35 @@ class ArmMethod:
     the seed's pairs into the method's folder, `align` trains with the method's loss, `evaluate` is
     the shared evaluation."""
 
-    def __init__(self, arm: str, shared: Shared, samples: Samples, online_summaries: int, label: str,
-                 show_progress: bool = True):
+    def __init__(self, arm: str, shared: Shared, samples: Samples, online_summaries: int, label: str, *, align,
+                 online, show_progress: bool = True):
         self.arm, self.spec, self.name = arm, ARMS[arm], label
+        self.align_section, self.online_section = align, online  # the method's own loss / online trainer args
         self.shared, self.samples, self.online_summaries = shared, samples, online_summaries
         self.show_progress = show_progress
         self.scored_in_training: int | None = None  # online: summaries the reward function scored
 
-    def prepare(self, cfg) -> Path | None:
+    def prepare(self, cfg, layout: RunLayout, seed: int) -> Path | None:
         return self.shared.policy_0
 
-    def generate(self, cfg, iteration: int, adapter: Path | None) -> None:
+    def generate(self, cfg, layout: RunLayout, seed: int, iteration: int, adapter: Path | None) -> None:
         """Nothing: the offline methods share the seed's samples (`sample`), the online ones sample their own."""
 
-    def score(self, cfg, iteration: int) -> dict:
+    def score(self, cfg, layout: RunLayout, seed: int, iteration: int) -> dict:
         if self.spec.online:
             return {"prompts": len(self.shared.prompts), "summaries": self.online_summaries}
-        layout = RunLayout(cfg.run_dir)
         atomic_write_jsonl(layout.pairs(iteration), self.samples.pairs)
         atomic_write_json(layout.pairs_meta(iteration), self.samples.stats)
         return self.samples.stats
 
-    def align(self, cfg, iteration: int, adapter: Path | None) -> Path:
-        from rlrf.alignment.dpo import run_align
-        from rlrf.alignment.online import run_online
+    def align(self, cfg, layout: RunLayout, seed: int, iteration: int, adapter: Path | None) -> Path:
+        from rlrf.alignment.dpo import train_dpo
+        from rlrf.alignment.online import train_online
 
         if not self.spec.online:
-            run_align(cfg, iteration, show_progress=self.show_progress, adapter=adapter)
-            return RunLayout(cfg.run_dir).adapter(iteration)
+            train_dpo(layout, iteration, align=self.align_section, llm=cfg.llm, lora=cfg.lora, seed=seed,
+                      start_adapter=adapter, show_progress=self.show_progress)
+            return layout.adapter(iteration)
         scorer, metric = self.shared.base.scorer, cfg.score.metric
         self.scored_in_training = 0
 
@@ -306,12 +301,14 @@ class ArmMethod:
             return scorer.score(users, texts)[metric]
 
         records = [{"prompt": p.text, "user": p.key} for p in self.shared.prompts]
-        summary = run_online(cfg, iteration, records, reward, show_progress=self.show_progress, adapter=adapter)
+        summary = train_online(layout, iteration, records, reward, method=self.spec.method, online=self.online_section,
+                               generate=cfg.generate, llm=cfg.llm, lora=cfg.lora, seed=seed, start_adapter=adapter,
+                               show_progress=self.show_progress)
         if summary.get("skipped"):
             self.scored_in_training = None
-        return RunLayout(cfg.run_dir).adapter(iteration)
+        return layout.adapter(iteration)
 
-    def evaluate(self, cfg, label: str, adapter: Path | None) -> dict:
+    def evaluate(self, cfg, layout: RunLayout, seed: int, label: str, adapter: Path | None) -> dict:
         return self.shared.evaluate(adapter, f"{EXPERIMENT}.{self.name}")  # eval/methods.<method>@seed_<s>
 
 
@@ -362,9 +359,9 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
             align = cfg.align.model_copy(update={"method": spec.method, "loss": spec.loss or cfg.align.loss,
                                                  **({"rosepo_tau": tau} if arm == "rosepo" else {})})
             section = cfg.online.model_copy(update={"trainer_args": online}) if spec.online else cfg.online
-            method = ArmMethod(arm, shared, samples, online_generated, label, show_progress)
-            arm_cfg = arm_config(cfg, out.arm(f"seed_{seed}").arm(arm), seed, align, section)
-            record = run_loop(arm_cfg, method, 1, log=log)
+            method = ArmMethod(arm, shared, samples, online_generated, label, align=align, online=section,
+                               show_progress=show_progress)
+            record = run_loop(cfg, method, 1, layout=out.arm(f"seed_{seed}").arm(arm), seed=seed, log=log)
             record["scored_in_training"] = method.scored_in_training
             runs[seed][arm] = record
     results = collect(cfg, arms, policy_0, runs, samples_record, rosepo, out, len(shared.prompts))
