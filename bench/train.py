@@ -211,7 +211,7 @@ def worker(args) -> dict:
     elif stage == "sft":
         from rlrf.methods.sprec import sft_records, sft_users
 
-        records = sft_records(cfg, ds, tokenizer, sft_users(ds, cfg))[: cfg.sft.users]
+        records = sft_records(cfg, ds, tokenizer, sft_users(ds, cfg.sft, cfg.seed))[: cfg.sft.users]
         if row == "trl":
             losses, seconds = _stock_trl_sft(cfg, records, cfg.run_dir / "trl")
         else:
