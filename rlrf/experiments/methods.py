@@ -122,15 +122,13 @@ class Samples:
 
 
 def prepare_shared(cfg, show_progress: bool = True) -> Shared:
-    from rlrf.generation.generate import build_prompts
     from rlrf.generation.policy import policy_tokenizer
 
     base = RLRF4Rec(show_progress=show_progress)
     base.prepare(cfg, RunLayout(cfg.run_dir), cfg.seed)
-    users = base._training_users(cfg)  # RLRF4Rec's own choice of training users, shared by every method
-    if not users:
+    prompts = base.training_prompts(cfg, policy_tokenizer(cfg.llm))  # RLRF4Rec's own users, shared by every method
+    if not prompts:
         raise UserError("no training user with a rankable list: nothing to align on")
-    prompts = build_prompts(cfg, base.dataset, policy_tokenizer(cfg.llm), "user_preference", users=users)
     return Shared(cfg, base, prompts, cfg.llm.adapter)
 
 

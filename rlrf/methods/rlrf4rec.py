@@ -64,7 +64,7 @@ class RLRF4Rec(Method):
             return
         backend = resolve_backend(cfg.generate.backend)
         policy = policy_for(cfg.llm, backend, adapter=adapter)
-        prompts = self._prompts(cfg, policy.tokenizer)
+        prompts = self.training_prompts(cfg, policy.tokenizer)
         generate_texts(cfg.generate, prompts, policy, layout, mode="user_preference", iteration=iteration, seed=seed,
                        backend=backend, show_progress=self.show_progress)
 
@@ -92,18 +92,18 @@ class RLRF4Rec(Method):
                          start_adapter=adapter, show_progress=self.show_progress)
         return layout.adapter(iteration)
 
-    def _training_users(self, cfg) -> list[str]:
+    def training_users(self, cfg) -> list[str]:
         """The first `generate.max_users` training users whose list can rank: a list of only liked
         (or only other) items ranks the same whatever the summary says, so every summary of that
         user gets one reward and makes no pair (DPO) or a zero-variance group (online)."""
         rankable = [u for u in self.dataset.splits["train"] if u in self.scorer.row and self._rankable(u)]
         return rankable[: cfg.generate.max_users]
 
-    def _prompts(self, cfg, tokenizer) -> list:
+    def training_prompts(self, cfg, tokenizer) -> list:
         """The training users' prompts, from the history the reranker sees (the run's lists)."""
         from rlrf.generation.generate import build_prompts
 
-        return build_prompts(cfg, self.dataset, tokenizer, "user_preference", users=self._training_users(cfg))
+        return build_prompts(cfg, self.dataset, tokenizer, "user_preference", users=self.training_users(cfg))
 
     def _online_records(self, cfg) -> list[dict]:
         """The same users' prompts, for the online trainers (which sample their own summaries)."""
@@ -111,7 +111,7 @@ class RLRF4Rec(Method):
 
         if self._tokenizer is None:
             self._tokenizer = policy_tokenizer(cfg.llm)
-        return [{"prompt": p.text, "user": p.key} for p in self._prompts(cfg, self._tokenizer)]
+        return [{"prompt": p.text, "user": p.key} for p in self.training_prompts(cfg, self._tokenizer)]
 
     def _rankable(self, user: str) -> bool:
         labels = self.scorer.data.labels[self.scorer.row[user]]
