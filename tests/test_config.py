@@ -6,6 +6,7 @@ import pytest
 
 from rlrf.core.config import RunConfig, load_config
 from rlrf.core.errors import UserError
+from rlrf.core.resources import bundled_configs
 
 
 def test_bundled_quickstart_loads_by_name_and_by_path():
@@ -49,10 +50,35 @@ def test_missing_config_file():
         load_config("no-such-config.yaml")
 
 
-@pytest.mark.parametrize("name", ["quickstart", "ml100k"])
+@pytest.mark.parametrize("name", [path.stem for path in bundled_configs()])
 def test_every_bundled_config_is_valid(name):
     cfg = load_config(name)
     assert cfg.loop.iterations >= 1 and cfg.score.metric in {"margin", "ndcg@5", "map@5"}
+
+
+def _leaves(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def test_sprec_cpu_is_the_sprec_protocol_at_the_size_its_header_estimates():
+    """configs/sprec_cpu.yaml is configs/sprec.yaml made smaller (its header's arithmetic: ~35-44 min per seed),
+    with SPRec's SFT stopping rule on and the valid users kept for it: every other setting is the same."""
+    cpu, full = (_leaves(load_config(name).model_dump(mode="json")) for name in ("sprec_cpu", "sprec"))
+    changed = {key: cpu.get(key) for key in cpu.keys() | full.keys() if cpu.get(key) != full.get(key)}
+    assert changed == {
+        "run_dir": "runs/sprec_cpu",
+        "loop.iterations": 2,
+        "sprec.users_per_iteration": 64,
+        "sprec.sft_max_examples": 512,
+        "sprec.sft_until_better": True,
+        "sprec.sft_max_epochs": 2,
+        "sprec.sft_valid_users": None,  # every valid user selects the SFT epoch ...
+        "sprec.eval_splits": ["test"],  # ... and none of them is reported
+        "sprec.seeds": [0, 1, 2],
+    }
 
 
 def test_unknown_reward_metric_is_refused_at_load(tmp_path):
