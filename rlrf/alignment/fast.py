@@ -18,6 +18,8 @@ bench/train.py, figures in bench/README.md):
 
 The reference log-probs go through the same function as the policy's, with the adapter disabled, so
 at the initial adapter the two are bitwise equal and the DPO loss is exactly log 2, in either precision.
+trl's own loss types (`align.loss: ipo`, ...) take the same decoder work with trl's LM-head kernel
+(:func:`trl_head_outputs`), for trl's loss code to read (rlrf/alignment/trainer.py).
 """
 
 from __future__ import annotations
