@@ -35,10 +35,13 @@ worst one. rosepo's per-pair ε comes from the pair's reward margin (:func:`rlrf
 Speed: the ~500-token prompt dominates each sequence (~130 response tokens), so with our losses
 (``align.share_prompt``, default) each prompt is run once and its KV cache repeated for the chosen
 response and the k negatives; gradients flow through the cache. Log-probs and gradients equal the
-full-sequence pass (tested); trl's pass-through losses use trl's full-sequence pass. The fast path
+full-sequence pass (tested). The fast path
 (rlrf/alignment/fast.py, default; ``RLRF_FAST_TRAIN=0`` turns it off) runs each example alone without
 padding and the LM head only at completion positions, and computes the reference by the same
-function (adapter disabled), so at the initial adapter the loss is exactly log 2.
+function (adapter disabled), so at the initial adapter the loss is exactly log 2. trl's pass-through
+losses run on it too, their loss computed by trl's own code from the fast path's log-probs, except
+where it cannot feed that code (``ld_alpha``, a MoE aux loss): then trl's full-sequence pass runs.
+The log's summary says which (``trl_forward``).
 
 The stage is idempotent: a finished ``iter_<t>/adapter`` (written to a temporary folder, then
 renamed) makes a rerun skip and return the saved log's summary.
@@ -229,6 +232,7 @@ def train_dpo(layout: RunLayout, iteration: int, *, align: AlignConfig, llm: LLM
             "reference": f"{llm.model or 'default'} + {start_adapter if a.reference == 'previous' and start_adapter else 'no adapter'}",
             "device": str(param.device),
             "dtype": "mixed-bfloat16" if trainer.mixed_bf16 else str(param.dtype).replace("torch.", ""),
+            **({"trl_forward": trainer.trl_forward} if trainer.trl_forward else {}),  # trl's losses: which forward ran
         }
 
     return train_adapter(layout.adapter(iteration), layout.align_log(iteration), build, summarize,

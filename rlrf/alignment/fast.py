@@ -18,6 +18,8 @@ bench/train.py, figures in bench/README.md):
 
 The reference log-probs go through the same function as the policy's, with the adapter disabled, so
 at the initial adapter the two are bitwise equal and the DPO loss is exactly log 2, in either precision.
+trl's own loss types (`align.loss: ipo`, ...) take the same decoder work with trl's LM-head kernel
+(:func:`trl_head_outputs`), for trl's loss code to read (rlrf/alignment/trainer.py).
 """
 
 from __future__ import annotations
@@ -87,6 +89,20 @@ def completion_logps(backbone, head, prompt, completions, lengths, *, mixed: boo
     positions only: the prompt's last position and each completion's positions before its last token.
     """
     import torch
+
+    scored = scored_hidden(backbone, prompt, completions, lengths, mixed=mixed)
+    if scored is None:
+        return torch.zeros(completions.size(0), dtype=torch.float32, device=prompt.device)
+    hidden, targets, row = scored
+    token_logps = head_logps(head, hidden, targets)
+    return torch.zeros(completions.size(0), dtype=token_logps.dtype, device=prompt.device).index_add(0, row, token_logps)
+
+
+def scored_hidden(backbone, prompt, completions, lengths, *, mixed: bool):
+    """(hidden (t, d), targets (t,), row (t,)): the decoder's output at each position that predicts a
+    completion token, that token, and which of the `n` completions it belongs to, completion by
+    completion and in order; None when no completion has a token. Arguments as :func:`completion_logps`."""
+    import torch
     from transformers import DynamicCache
 
     n, width = completions.shape
@@ -94,7 +110,7 @@ def completion_logps(backbone, head, prompt, completions, lengths, *, mixed: boo
     completions = completions[:, :width]
     P = prompt.size(0)
     if width == 0:
-        return torch.zeros(n, dtype=torch.float32, device=prompt.device)
+        return None
     with autocast(mixed):
         if n == 1:  # one sequence: no cache needed
             ids = torch.cat([prompt, completions[0, : int(lengths[0])]])[None]
@@ -115,6 +131,34 @@ def completion_logps(backbone, head, prompt, completions, lengths, *, mixed: boo
             hidden, targets = torch.cat([last, comp[:, :-1]], dim=1), completions
     steps = torch.arange(targets.size(1), device=prompt.device)
     scored = steps[None] < lengths[:, None]
-    token_logps = head_logps(head, hidden[scored], targets[scored])
     row = torch.arange(n, device=prompt.device)[:, None].expand(-1, targets.size(1))[scored]
-    return torch.zeros(n, dtype=token_logps.dtype, device=prompt.device).index_add(0, row, token_logps)
+    return hidden[scored], targets[scored], row
+
+
+TRL_HEAD_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
+"""What trl's DPOTrainer asks its fused LM head for (``log_sum_sq_probs`` too under ``use_weighting``)."""
+
+
+def trl_head_outputs(backbone, head, prompt, completions, lengths, *, mixed: bool,
+                     outputs: tuple[str, ...] = TRL_HEAD_OUTPUTS) -> dict:
+    """trl's fused-LM-head fields (`outputs`: log_probs, entropy, ...) at every token of `n`
+    completions of ONE prompt, completion by completion, in order (``lengths.sum()`` values each).
+
+    The decoder runs as in :func:`completion_logps`; the head is trl's own kernel
+    (``trl.kernels.ChunkedLogProbFunction``, the one DPOTrainer's fused head runs, at temperature 1),
+    in float32, so trl's loss code reads the numbers its own forward would give it."""
+    import torch
+    from trl.kernels import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    scored = scored_hidden(backbone, prompt, completions, lengths, mixed=mixed)
+    if scored is None:
+        empty = torch.zeros(0, dtype=torch.float32, device=prompt.device)
+        return {name: empty.bool() if name == "is_top1" else empty for name in outputs}
+    hidden, targets, _ = scored
+    with torch.autocast(hidden.device.type, enabled=False):
+        bias = head.bias.float() if head.bias is not None else None
+        fields = ChunkedLogProbFunction.apply(hidden.float(), head.weight.float(), bias, targets, 1.0,
+                                              _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, outputs)
+    names = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    return {name: value for name, value in zip(names, fields) if name in outputs}

@@ -2,13 +2,22 @@
 
 trl has no plug-in point for a custom preference loss, so `compute_loss` is overridden: a loss named
 in `rlrf.alignment.losses` runs on our batch layout (chosen + k negatives, optionally one shared
-forward pass per prompt); any other name is one of trl's own loss types and runs trl's code
-unchanged. This module imports trl at the top: load it lazily (the CLI's `--help` stays fast).
+forward pass per prompt); any other name is one of trl's own loss types and runs trl's loss code.
+
+trl's loss types (and their `loss_weights` lists, ``[ipo, sft]``, the f-divergences, WPO weighting)
+live inline in ``DPOTrainer._compute_loss``, after the model's forward; they are not callable on
+their own. On the fast path that method still computes the loss and its metrics, handed a "model"
+that returns the fast path's per-token log-probs (and trl's other fused-head fields) in trl's
+layout, and the reference log-probs, computed by the same function, in the batch (as if
+precomputed). What this cannot feed trl (``ld_alpha``, a MoE aux loss, several processes)
+runs trl's full-sequence forward; `trl_forward` says which ran. This module imports trl at the top:
+load it lazily (the CLI's `--help` stays fast).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from accelerate.utils import is_peft_model
@@ -18,6 +27,8 @@ from trl.trainer.utils import use_adapter
 from rlrf.alignment import fast
 from rlrf.alignment.collator import EXTRA_KEYS
 from rlrf.alignment.losses import LOSSES, length_regularized, rosepo_epsilon, sequence_nll_per_token
+
+log = logging.getLogger(__name__)
 
 
 class PreferenceTrainer(DPOTrainer):
@@ -41,12 +52,36 @@ class PreferenceTrainer(DPOTrainer):
             unwrapped = self.accelerator.unwrap_model(self.model)
             if "ref" in unwrapped.peft_config:
                 unwrapped.delete_adapter("ref")
-        # the fast path (rlrf/alignment/fast.py) covers our losses on one process; trl's losses and
-        # DDP run trl's forward, which knows nothing of bf16-stored weights
-        self.fast_path = fast_path and share_prompt and loss_name in LOSSES and self._prompt_sharing_supported(self.model)
+        # the fast path (rlrf/alignment/fast.py) covers our losses on one process, and trl's where
+        # `_trl_fast_path_gap` finds nothing; DDP and the rest run trl's forward, which knows nothing of
+        # bf16-stored weights
+        supported = self._prompt_sharing_supported(self.model)
+        self.fast_path = fast_path and share_prompt and supported
+        self.trl_forward = None  # for trl's losses: "fast path", or why trl's full-sequence forward runs
+        if loss_name not in LOSSES:
+            gap = self._trl_fast_path_gap(fast_path, share_prompt, supported)
+            self.fast_path = gap is None
+            self.trl_forward = "fast path" if gap is None else f"trl's full-sequence forward ({gap})"
+            log.info("align.loss %s (trl's): %s", loss_name, self.trl_forward)
         self.mixed_bf16 = self.fast_path and mixed_bf16
         if self.mixed_bf16:
             fast.store_frozen_linears_in_bf16(self._causal_lm(self.model))
+
+    def _trl_fast_path_gap(self, fast_path: bool, share_prompt: bool, supported: bool) -> str | None:
+        """Why trl's loss code cannot run on the fast path's log-probs here; None when it can."""
+        if not fast_path:
+            return "fast path off"
+        if not share_prompt:
+            return "align.share_prompt off"
+        if not supported:
+            return "several processes, or an LM head with a logit scale"
+        if self.n_negatives != 1:  # trl's losses are pairwise: dpo.py never asks for more
+            return "more than one negative"
+        if self.ld_alpha is not None:  # trl weights each token of policy and reference by position
+            return "ld_alpha"
+        if self.aux_loss_enabled:
+            return "MoE aux loss"
+        return None
 
     # -- reference -------------------------------------------------------------------
     def reference_context(self):
@@ -60,6 +95,9 @@ class PreferenceTrainer(DPOTrainer):
     def _sequence_logps(self, model, inputs):
         """Summed completion log-probs (N,) and completion lengths (N,) of every row of the batch."""
         if self.fast_path and "prompt_input_ids" in inputs:
+            if self.loss_name not in LOSSES:  # trl's loss: its head kernel and its sum, as for the policy
+                per_token = self._trl_head_fields(model, inputs, ("log_probs",))["log_probs"]
+                return per_token.sum(dim=1), inputs["completion_mask"][:, 1:].sum(dim=1)
             return self._per_example_logps(model, inputs)
         if self.share_prompt and "prompt_input_ids" in inputs and self._prompt_sharing_supported(model):
             return self._shared_prompt_logps(model, inputs)
@@ -120,20 +158,51 @@ class PreferenceTrainer(DPOTrainer):
         for its chosen and k negatives, the LM head at completion positions only (rlrf/alignment/fast.py).
         Same numbers as the full-sequence pass; no work on padding; an example's numbers do not
         depend on its batch (so the precomputed reference and the step agree exactly)."""
-        lm = self._causal_lm(model)
-        backbone, head = getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
-        p_ids, p_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
-        c_ids, c_mask = inputs["completion_input_ids"], inputs["completion_attention_mask"]
-        B, N = p_ids.size(0), c_ids.size(0)
-        lengths = c_mask.sum(1)
-        logps = [None] * N
-        for b in range(B):
-            rows = list(range(b, N, B))  # the collator's layout: chosen x B, negative_1 x B, ...
-            prompt = p_ids[b][p_mask[b].bool()]
-            values = fast.completion_logps(backbone, head, prompt, c_ids[rows], lengths[rows], mixed=self.mixed_bf16)
+        backbone, head = self._backbone_and_head(model)
+        lengths = inputs["completion_attention_mask"].sum(1)
+        logps = [None] * lengths.size(0)
+        for rows, prompt, completions in self._examples(inputs):
+            values = fast.completion_logps(backbone, head, prompt, completions, lengths[rows], mixed=self.mixed_bf16)
             for row, value in zip(rows, values):
                 logps[row] = value
         return torch.stack(logps), lengths
+
+    def _trl_head_fields(self, model, inputs, fields: tuple[str, ...]) -> dict:
+        """trl's fused-LM-head `fields` (log_probs, entropy, ...) as its forward lays them out, (N, L - 1)
+        over trl's full sequences (zero off the completions), computed by the fast path: each example
+        alone, trl's head kernel at the completion positions only (:func:`fast.trl_head_outputs`)."""
+        backbone, head = self._backbone_and_head(model)
+        lengths = inputs["completion_attention_mask"].sum(1)
+        per_row = [None] * lengths.size(0)
+        for rows, prompt, completions in self._examples(inputs):
+            values = fast.trl_head_outputs(backbone, head, prompt, completions, lengths[rows], mixed=self.mixed_bf16,
+                                           outputs=fields)
+            sizes = lengths[rows].tolist()
+            for row, parts in zip(rows, zip(*(values[name].split(sizes) for name in fields))):
+                per_row[row] = parts
+        shift_mask = inputs["completion_mask"][:, 1:].bool()  # trl's positions of the completion tokens
+        if int(shift_mask.sum()) != int(lengths.sum()):
+            raise RuntimeError("the batch's split completions do not match its full sequences")
+        out = {}
+        for i, name in enumerate(fields):
+            flat = torch.cat([parts[i] for parts in per_row])  # row by row, in order: masked_scatter's order
+            out[name] = flat.new_zeros(shift_mask.shape).masked_scatter(shift_mask, flat)
+        return out
+
+    def _backbone_and_head(self, model):
+        lm = self._causal_lm(model)
+        return getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
+
+    @staticmethod
+    def _examples(inputs):
+        """(rows, prompt without pads, completions) of each example: its rows in the collator's layout
+        (chosen x B, negative_1 x B, ...)."""
+        p_ids, p_mask = inputs["prompt_input_ids"], inputs["prompt_attention_mask"]
+        c_ids = inputs["completion_input_ids"]
+        B, N = p_ids.size(0), c_ids.size(0)
+        for b in range(B):
+            rows = list(range(b, N, B))
+            yield rows, p_ids[b][p_mask[b].bool()], c_ids[rows]
 
     def _full_sequence_logps(self, model, inputs):
         completion_mask = inputs["completion_mask"]
@@ -182,6 +251,8 @@ class PreferenceTrainer(DPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.loss_name not in LOSSES:  # a trl built-in loss: trl's own code on trl's batch layout
             trl_inputs = {k: v for k, v in inputs.items() if k not in EXTRA_KEYS}
+            if self.fast_path and not return_outputs:
+                return self._trl_loss_on_fast_path(model, inputs, trl_inputs, num_items_in_batch)
             return super().compute_loss(model, trl_inputs, return_outputs, num_items_in_batch)
         if return_outputs:
             raise NotImplementedError("return_outputs is not supported by rlrf's preference losses")
@@ -230,3 +301,23 @@ class PreferenceTrainer(DPOTrainer):
             m["logps/chosen"].append(chosen.mean().item())
             m["logps/rejected"].append(rejected[:, 0].mean().item())
         return loss
+
+    def _trl_loss_on_fast_path(self, model, inputs, trl_inputs, num_items_in_batch):
+        """trl's `compute_loss` (its loss types, weights and metrics) on the fast path's numbers (module
+        docstring): the policy's forward is done here, the reference's too unless precomputed."""
+        from trl.trainer.utils import FusedCausalLMOutput
+
+        fields = fast.TRL_HEAD_OUTPUTS + (("log_sum_sq_probs",) if self.use_weighting else ())
+        outputs = FusedCausalLMOutput(**self._trl_head_fields(model, inputs, fields))
+
+        def forward(**_):  # what trl's `_compute_loss` calls its model with; its forward is done above
+            return outputs
+
+        if "ref_chosen_logps" not in trl_inputs:
+            ref = self.reference_logps(inputs)
+            trl_inputs = {**trl_inputs, "ref_chosen_logps": ref[:, 0], "ref_rejected_logps": ref[:, 1]}
+        precomputed, self.precompute_ref_logps = self.precompute_ref_logps, True  # trl reads them from the batch
+        try:
+            return super().compute_loss(forward, trl_inputs, False, num_items_in_batch)
+        finally:
+            self.precompute_ref_logps = precomputed
