@@ -44,7 +44,7 @@ from rlrf.generation.prefix_cache import (PREFILL_ATTN, SHARED_ATTN, attn_implem
 from rlrf.generation.sampling import SamplingParams, penalise_repeats, sample_from_logits, sample_seed, uniform_streams
 
 __all__ = ["Backend", "NaiveHFBackend", "Request", "Sample", "SamplingParams", "TransformersBackend", "VLLMBackend",
-           "last_position", "make_backend", "resolve_backend", "sample_seed", "vllm_available"]
+           "last_position", "make_backend", "resolve_backend", "sample_seed", "seen_tokens", "vllm_available"]
 
 
 @dataclass
