@@ -93,6 +93,7 @@ def train_online(layout: RunLayout, iteration: int, records: list[dict],
             "dataloader_num_workers": 0, "disable_tqdm": not show_progress,
             # the summaries are sampled as `rlrf generate` samples them for DPO
             "max_completion_length": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k,
+            "repetition_penalty": g.repetition_penalty,
         }, fixed={"output_dir": str(work_dir), "remove_unused_columns": False})
         count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         reward = reward_function(score, o.length_penalty, o.free_tokens, count)

@@ -76,8 +76,8 @@ class SharedPromptMixin:
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *rest, **kwargs):
         """The group's completions from rlrf's batched sampler (`rlrf generate`'s engine:
         each prompt prefilled once, preallocated KV cache, finished rows dropped) instead of
-        `model.generate` over every row; same sampling (temperature, top-p, top-k). Anything it
-        does not do (vLLM, paged generation, images, min-p, repetition penalty, extra
+        `model.generate` over every row; same sampling (temperature, top-p, top-k, repetition
+        penalty). Anything it does not do (vLLM, paged generation, images, min-p, extra
         generation kwargs, several EOS tokens, several processes) goes to trl."""
         from rlrf.generation.backends import Request, SamplingParams, TransformersBackend, sample_seed
 
@@ -85,7 +85,7 @@ class SharedPromptMixin:
         model = self.accelerator.unwrap_model(self.model)
         if (not self.rlrf_generation or self.use_vllm or self.use_transformers_continuous_batching or images
                 or any(v is not None for v in (multimodal_fields or {}).values()) or self.min_p
-                or (self.repetition_penalty or 1.0) != 1.0 or a.generation_kwargs
+                or a.generation_kwargs
                 or self.accelerator.num_processes > 1 or len(self.eos_token_ids) != 1):
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *rest, **kwargs)
         backend = TransformersBackend(model, self.processing_class, batch_size=max(1, len(prompt_ids)))
@@ -101,7 +101,8 @@ class SharedPromptMixin:
             req.seeds.append(sample_seed(a.seed, "online", self.state.global_step, row))
             req.tags.append(row)
         params = SamplingParams(max_new_tokens=self.max_completion_length, temperature=self.temperature,
-                                top_p=self.top_p if self.top_p is not None else 1.0, top_k=self.top_k or 0)
+                                top_p=self.top_p if self.top_p is not None else 1.0, top_k=self.top_k or 0,
+                                repetition_penalty=float(self.repetition_penalty or 1.0))
         completions: list = [None] * len(prompt_ids)
         was_training = model.training
         model.eval()

@@ -147,7 +147,7 @@ def sample(shared: Shared, seed: int, previous: dict | None, show_progress: bool
     from rlrf.core.threads import use_threads
     from rlrf.generation.backends import resolve_backend
     from rlrf.generation.generate import generate_texts, load_prompts, policy_for
-    from rlrf.reward.score import build_pairs, guard_changes, pair_rewards, score_iteration
+    from rlrf.reward.score import build_pairs, finish_preference, guard_changes, pair_rewards, score_iteration
 
     cfg, gen = shared.cfg, shared.cfg.generate
     layout = samples_layout(cfg, seed)
@@ -171,13 +171,14 @@ def sample(shared: Shared, seed: int, previous: dict | None, show_progress: bool
     def pairs_by(copy_penalty: float):
         rewards = pair_rewards(responses, scored, prompts, cfg.score.metric, copy_penalty)
         return build_pairs(responses, rewards, prompts, set(shared.base.dataset.splits["train"]), negatives,
-                           cfg.score.min_margin)
+                           cfg.score.min_margin, **finish_preference(cfg.score))
 
     pairs, stats = pairs_by(cfg.score.copy_penalty)
     meta = {"metric": cfg.score.metric, "copy_penalty": cfg.score.copy_penalty, **asdict(stats),
             "negatives": negatives, "summaries": len(responses)}
     if cfg.score.copy_penalty:
         meta["changed_by_copy_penalty"] = guard_changes(pairs, pairs_by(0.0)[0])
+    meta.update(finish_preference(cfg.score))  # nothing unless set
     seconds = round(time.perf_counter() - started, 1)
     before = (previous or {}).get("seconds")
     if not written:  # found done: the time it took is the one recorded when it was made

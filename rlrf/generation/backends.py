@@ -18,7 +18,9 @@ The transformers backend (default)
   (cpu_linear.py); elsewhere torch's ops do the same math;
 * rows that emitted EOS are dropped from the batch as they finish, so the batch shrinks instead
   of computing padding for the slowest sample;
-* logits are computed for the last position only.
+* logits are computed for the last position only;
+* with ``repetition_penalty`` set, every token already in the row's prompt or text is penalised
+  before sampling (transformers' and vLLM's rule, :func:`rlrf.generation.sampling.penalise_repeats`).
 
 The vLLM backend (``generate.backend: vllm``, or ``auto`` with vLLM importable and a CUDA GPU) is
 the path for large models and many GPUs. vLLM takes a per-request ``seed`` in its
@@ -39,10 +41,10 @@ import torch
 from rlrf.generation import cpu_attention, cpu_linear
 from rlrf.generation.prefix_cache import (PREFILL_ATTN, SHARED_ATTN, attn_implementation, make_cache, register_attention,
                                           shared_prefix_layer, supports_shared_prefix)
-from rlrf.generation.sampling import SamplingParams, sample_from_logits, sample_seed, uniform_streams
+from rlrf.generation.sampling import SamplingParams, penalise_repeats, sample_from_logits, sample_seed, uniform_streams
 
 __all__ = ["Backend", "NaiveHFBackend", "Request", "Sample", "SamplingParams", "TransformersBackend", "VLLMBackend",
-           "last_position", "make_backend", "resolve_backend", "sample_seed", "vllm_available"]
+           "last_position", "make_backend", "resolve_backend", "sample_seed", "seen_tokens", "vllm_available"]
 
 
 @dataclass
@@ -229,11 +231,19 @@ class TransformersBackend:
         tokens = torch.full((n_rows, params.max_new_tokens), -1, dtype=torch.long, device=device)
         alive = torch.arange(n_rows, device=device)  # original row of each live batch row
         done = torch.zeros(n_rows, dtype=torch.bool, device=device)  # live rows that already ended
+        penalty = params.repetition_penalty
+        seen = None  # with a repetition penalty: the tokens each row's prompt and text hold so far
+        if penalty != 1.0:
+            seen = seen_tokens([requests[i].prompt_ids for i, _ in rows], logits.shape[-1], device)
         for step in range(params.max_new_tokens):
+            if seen is not None:
+                logits = penalise_repeats(logits, seen, penalty)
             tok = sample_from_logits(logits, u_all[alive, step], params)
             tok = torch.where(done, torch.full_like(tok, self.pad_id), tok)
             live_rows = alive[~done]
             tokens[live_rows, step] = tok[~done]
+            if seen is not None:
+                seen.scatter_(1, tok.unsqueeze(-1), True)
             done = done | torch.isin(tok, eos)
             if step == params.max_new_tokens - 1 or bool(done.all()):
                 break
@@ -243,6 +253,7 @@ class TransformersBackend:
                 cache.batch_select_indices(keep)
                 alive, tok, next_pos = alive[keep], tok[keep], next_pos[keep]
                 mask = mask[keep] if mask is not None else None
+                seen = seen[keep] if seen is not None else None
                 done = done[keep]
             if mask is not None:
                 mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=device)], dim=1)
@@ -269,6 +280,18 @@ class TransformersBackend:
         return samples
 
 
+def seen_tokens(prompts: Sequence[list[int]], vocab: int, device=None) -> torch.Tensor:
+    """(rows, vocab) bool: the tokens of each row's prompt, which the repetition penalty counts as
+    already said (transformers and vLLM count the prompt too). Ids the LM head cannot produce are
+    left out, as transformers drops them; padding never enters (each row's own prompt ids only), so
+    a row is penalised the same in any batch."""
+    seen = torch.zeros((len(prompts), vocab), dtype=torch.bool)
+    for row, ids in enumerate(prompts):
+        ids = torch.tensor(ids, dtype=torch.long)
+        seen[row, ids[ids < vocab]] = True
+    return seen.to(device)
+
+
 class NaiveHFBackend:
     """The reference point: one prompt at a time through `model.generate(num_return_sequences=N)`.
 
@@ -291,7 +314,8 @@ class NaiveHFBackend:
                 continue  # one global RNG per request: a request is decoded whole or not at all
             torch.manual_seed(req.seeds[0] % (2**63))
             ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
-            kwargs = dict(do_sample=params.temperature > 0, max_new_tokens=params.max_new_tokens)
+            kwargs = dict(do_sample=params.temperature > 0, max_new_tokens=params.max_new_tokens,
+                          repetition_penalty=params.repetition_penalty)
             if params.temperature > 0:
                 kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
             out = self.model.generate(
@@ -367,6 +391,7 @@ class VLLMBackend:
                     top_p=params.top_p,
                     top_k=params.top_k if params.top_k > 0 else -1,
                     max_tokens=params.max_new_tokens,
+                    repetition_penalty=params.repetition_penalty,  # transformers' rule; 1.0 = off
                     seed=requests[i].seeds[j] % (2**31),
                 )
                 for i, j in part

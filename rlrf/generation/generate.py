@@ -197,7 +197,8 @@ class GenerateResult:
 def sampling_for(gen: GenerateConfig, mode: str) -> SamplingParams:
     """The `generate:` section's sampling parameters for `mode` (item_knowledge: `item_temperature`)."""
     temperature = gen.item_temperature if mode == "item_knowledge" else gen.temperature
-    return SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=temperature, top_p=gen.top_p, top_k=gen.top_k)
+    return SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=temperature, top_p=gen.top_p, top_k=gen.top_k,
+                          repetition_penalty=gen.repetition_penalty)
 
 
 def policy_for(llm: LLMConfig, backend: str = "auto", *, adapter: Path | str | None = ...) -> Policy:
@@ -279,7 +280,7 @@ def generate_texts(gen: GenerateConfig, prompts: Sequence[Prompt], policy: Polic
         "mode": mode, "iter": iteration, "model": policy.source,
         "adapter": str(policy.adapter) if policy.adapter else None, "backend": engine.name,
         "dtype": str(policy.dtype).replace("torch.", ""), "device": str(policy.device),
-        "n": n, "params": params.__dict__, "batch_size": gen.batch_size,
+        "n": n, "params": params.described(), "batch_size": gen.batch_size,
         "prompts": len(prompts), "records": len(log.done), "last_run": {
             "written": written, "skipped": skipped, "tokens": tokens, "seconds": round(seconds, 2),
             "tokens_per_s": round(result.tokens_per_s, 2), "flagged": flagged},

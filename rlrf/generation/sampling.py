@@ -4,7 +4,8 @@
 other rows shared its batch. Here each sample owns a stream of uniforms ``u[t]``, drawn up front
 from ``torch.Generator().manual_seed(seed)`` on the CPU (same numbers on any device), and step
 ``t`` picks its token by inverse-CDF sampling on its own temperature/top-k/top-p distribution with
-``u[t]`` (:func:`sample_from_logits`). A row's tokens are then a function of its prompt, its seed
+``u[t]`` (:func:`sample_from_logits`), after the repetition penalty (:func:`penalise_repeats`) when
+one is set. A row's tokens are then a function of its prompt, its seed
 and the weights only — not of the batch, the batch size, the padding or the device — up to
 floating-point differences between batched and unbatched matmuls, which move a probability by
 ~1e-6 and so flip a draw only when ``u[t]`` lands that close to a bucket edge.
@@ -26,7 +27,15 @@ class SamplingParams:
     temperature: float = 0.8  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = whole vocabulary
+    repetition_penalty: float = 1.0  # 1.0 = off; see penalise_repeats
 
+    def described(self) -> dict[str, Any]:
+        """The parameters as a generation's meta file records them. The penalty appears only when it
+        is on, so a run without it describes its sampling as every run from before the option did."""
+        out = dict(self.__dict__)
+        if self.repetition_penalty == 1.0:
+            del out["repetition_penalty"]
+        return out
 
 
 def sample_seed(*parts: Any) -> int:
@@ -43,6 +52,16 @@ def uniform_streams(seeds: Sequence[int], steps: int) -> torch.Tensor:
         gen.manual_seed(int(seed))
         out[i] = torch.rand(steps, generator=gen, dtype=torch.float64)
     return out
+
+
+def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' `RepetitionPenaltyLogitsProcessor` (vLLM's `repetition_penalty` is the same rule):
+    the logit of every token already in the row's prompt or text (`seen`, a (rows, vocab) bool mask)
+    is divided by `penalty` when positive and multiplied by it when negative, once however often the
+    token occurred. In float32, as transformers' `generate` hands its processors float32 scores; the
+    sampler then applies temperature, top-k and top-p to the result, in transformers' order."""
+    logits = logits.float()
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
 def sample_from_logits(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -6,6 +6,12 @@ batches (resumable like generate). Pairs are then derived from all scores at onc
 best response, rejected = the worst (or the `score.negatives` worst), ranked by the reward less
 `score.copy_penalty` × the share of the response copied from its prompt. Only training users make
 pairs, so validation and test users stay unseen by alignment.
+
+Two options steer pairs toward summaries that end (both off by default): among summaries whose pair
+reward is within `score.prefer_finished_within` of the best, the best one that ended with EOS is
+chosen; among those within `score.reject_looping_within` of the worst, the worst one cut at the
+length cap that repeats itself is rejected. The reward does not see a summary loop into
+`generate.max_new_tokens`; near-equal rewards then decide for the summary a reader would keep.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from rlrf.core.layout import RunLayout
 from rlrf.core.records import PairRecord
 from rlrf.core.progress import progress_bar
 from rlrf.evaluation.copying import copied_share
+from rlrf.evaluation.text import has_repeat
 
 
 @dataclass
@@ -33,11 +40,51 @@ class PairStats:
     skipped_single: int = 0  # fewer than two responses
 
 
+def _finished(response: dict) -> bool:
+    return response.get("finished", True)  # a record from before the flag: ended on its own
+
+
+def _looping(response: dict) -> bool:
+    """Cut at the length cap and repeating itself: the summary the reward cannot tell apart."""
+    return not _finished(response) and has_repeat(response["text"])
+
+
+def choose_best(ranked: list[dict], reward, within: float | None) -> int:
+    """The index in `ranked` (best first) of the chosen summary: the best, or with `within` set the
+    best non-empty one that ended with EOS among those within `within` of the best reward, as long
+    as one ranks below it to be rejected."""
+    if within is not None:
+        for i, r in enumerate(ranked[:-1]):
+            if reward(ranked[0]) - reward(r) > within:
+                break
+            if _finished(r) and r["text"].strip():
+                return i
+    return 0
+
+
+def worst_first(below: list[dict], reward, within: float | None) -> list[dict]:
+    """The summaries ranked below the chosen one, worst first; with `within` set, the worst that was
+    cut at the cap and repeats itself among those within `within` of the worst goes first."""
+    order = below[::-1]
+    if within is not None:
+        for i, r in enumerate(order):
+            if reward(r) - reward(order[0]) > within:
+                break
+            if _looping(r):
+                return [r, *order[:i], *order[i + 1:]]
+    return order
+
+
 def build_pairs(
     responses: list[dict], scores: dict[tuple[str, int], float], prompts: dict[str, str],
-    train_users: set[str], negatives: int = 1, min_margin: float = 0.0,
+    train_users: set[str], negatives: int = 1, min_margin: float = 0.0, *,
+    prefer_finished_within: float | None = None, reject_looping_within: float | None = None,
 ) -> tuple[list[dict], PairStats]:
-    """Best vs worst (or k worst) per user. Ties in reward keep the lower sample index first."""
+    """Best vs worst (or k worst) per user. Ties in reward keep the lower sample index first.
+
+    `prefer_finished_within` / `reject_looping_within` (None = off; `score.*`, see the module
+    docstring) trade up to that much reward for a chosen summary that ended and a rejected one that
+    loops; the rejected always ranks below the chosen, so the margin stays the reward's order."""
     by_user: dict[str, list[dict]] = defaultdict(list)
     for r in responses:
         by_user[r["user"]].append(r)
@@ -51,8 +98,12 @@ def build_pairs(
         if len(ranked) < 2:
             stats.skipped_single += 1
             continue
-        best, worst = ranked[0], ranked[-1]
-        margin = scores[(user, best["k"])] - scores[(user, worst["k"])]
+        reward = lambda r: scores[(user, r["k"])]  # noqa: E731
+        top = choose_best(ranked, reward, prefer_finished_within)
+        best = ranked[top]
+        below = worst_first(ranked[top + 1:], reward, reject_looping_within)
+        worst = below[0]
+        margin = reward(best) - reward(worst)
         if margin == 0:
             stats.skipped_tie += 1
             continue
@@ -62,16 +113,16 @@ def build_pairs(
         if not best["text"].strip():
             stats.skipped_empty_best += 1
             continue
-        worst_first = ranked[::-1][: max(1, min(negatives, len(ranked) - 1))]
+        negatives_kept = below[: max(1, min(negatives, len(below)))]
         several = negatives > 1
         pairs.append(PairRecord(
             user=user, iter=best["iter"], prompt=prompts[user], chosen=best["text"], rejected=worst["text"],
             margin=margin, chosen_k=best["k"], rejected_k=worst["k"],
             # a summary cut at generate.max_new_tokens: trained without the EOS it never wrote
             chosen_finished=best.get("finished", True), rejected_finished=worst.get("finished", True),
-            rejected_list=[r["text"] for r in worst_first] if several else None,
-            rejected_finished_list=[r.get("finished", True) for r in worst_first] if several else None,
-            rejected_margins=[scores[(user, best["k"])] - scores[(user, r["k"])] for r in worst_first] if several else None,
+            rejected_list=[r["text"] for r in negatives_kept] if several else None,
+            rejected_finished_list=[r.get("finished", True) for r in negatives_kept] if several else None,
+            rejected_margins=[reward(best) - reward(r) for r in negatives_kept] if several else None,
         ).to_dict())
         stats.pairs += 1
     return pairs, stats
@@ -86,6 +137,12 @@ def pair_rewards(responses: list[dict], scored: dict, prompts: dict[str, str], m
         text = {(r["user"], r["k"]): r["text"] for r in responses}
         rewards = {key: v - copy_penalty * copied_share(text[key], prompts[key[0]]) for key, v in rewards.items()}
     return rewards
+
+
+def finish_preference(score: ScoreConfig) -> dict[str, float]:
+    """`build_pairs`' options for summaries that end that the `score:` section sets (empty when off)."""
+    options = {"prefer_finished_within": score.prefer_finished_within, "reject_looping_within": score.reject_looping_within}
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def guard_changes(guarded: list[dict], plain: list[dict]) -> dict[str, int]:
@@ -142,14 +199,18 @@ def score_and_pair(layout: RunLayout, iteration: int, scorer, score: ScoreConfig
     metric = score.metric
     prompts = {u: r["prompt"] for u, r in load_prompts(layout.root, iteration).items()}
 
-    def pairs_by(copy_penalty: float) -> tuple[list[dict], PairStats]:
+    def pairs_by(copy_penalty: float, prefer_ending: bool = True) -> tuple[list[dict], PairStats]:
         rewards = pair_rewards(responses, scored, prompts, metric, copy_penalty)
-        return build_pairs(responses, rewards, prompts, train_users, score.negatives, score.min_margin)
+        return build_pairs(responses, rewards, prompts, train_users, score.negatives, score.min_margin,
+                           **(finish_preference(score) if prefer_ending else {}))
 
     pairs, stats = pairs_by(score.copy_penalty)
     meta = {"metric": metric, "copy_penalty": score.copy_penalty, **asdict(stats)}
     if score.copy_penalty:
         meta["changed_by_copy_penalty"] = guard_changes(pairs, pairs_by(0.0)[0])
+    if finish_preference(score):
+        meta.update(finish_preference(score))
+        meta["changed_by_finish_preference"] = guard_changes(pairs, pairs_by(score.copy_penalty, prefer_ending=False)[0])
     atomic_write_jsonl(layout.pairs(iteration), pairs)
     atomic_write_json(layout.pairs_meta(iteration), meta)
     return stats

@@ -104,7 +104,7 @@ ONLINE_TRAINER_DEFAULTS: dict[str, Any] = {
     # 4.9 s per completion at 4, 3.4-4.3 s at 16 (bench/online.py)
     "per_device_train_batch_size": 16,
     "num_generations": 4,  # the group: summaries sampled per prompt (RLRF4Rec's N)
-    # max_completion_length, temperature, top_p, top_k: the `generate:` section's, unless set here
+    # max_completion_length, temperature, top_p, top_k, repetition_penalty: the `generate:` section's, unless set here
     "beta": 0.0,  # KL to the reference (the base model); trl's GRPO default
 }
 

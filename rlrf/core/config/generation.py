@@ -38,6 +38,12 @@ class GenerateConfig(Section):
     """Nucleus sampling: the smallest set of tokens with this much probability."""
     top_k: int = Field(50, ge=0)
     """Sample among the k most likely tokens; 0 = whole vocabulary (transformers' default is 50)."""
+    repetition_penalty: float = Field(1.0, gt=0)
+    """1.0 = off. Above 1, every token already in the prompt or the text so far has its logit divided
+    by this (multiplied when negative) before sampling, on every backend: transformers' and vLLM's
+    `repetition_penalty`. A lever against summaries that loop until max_new_tokens (docs/results.md,
+    levers for summaries that finish); the chat prompt holds the end-of-turn token, so it lowers the
+    chance to stop too."""
     users: Literal["train", "valid", "test", "all"] = "all"
     """Which split's users `rlrf generate` writes for (the loop picks its own)."""
     max_users: int | None = Field(None, ge=1)

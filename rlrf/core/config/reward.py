@@ -91,3 +91,13 @@ class ScoreConfig(Section):
     """(user, response) pairs scored per forward pass."""
     copy_penalty: float = Field(0.0, ge=0)
     """Pairs rank by reward - this x the share of the summary's word 5-grams copied from its prompt (rlrf/evaluation/copying.py)."""
+    prefer_finished_within: float | None = Field(None, ge=0)
+    """null = off. Chosen = the best summary that ended with EOS among those whose pair reward (after
+    copy_penalty) is within this of the best; else the best. The reward does not see a summary run
+    into generate.max_new_tokens, and the aligned policy ended on its own less often than policy_0;
+    near-equal rewards then decide for a summary that stops (docs/results.md, levers for summaries
+    that finish). 0 = exact ties only."""
+    reject_looping_within: float | None = Field(None, ge=0)
+    """null = off. Rejected = the worst summary that was cut at generate.max_new_tokens and repeats
+    itself (rlrf/evaluation/text.py) among those whose pair reward is within this of the worst; else
+    the worst. It stays below the chosen one; with negatives > 1 it leads the rejected list."""
