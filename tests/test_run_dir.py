@@ -139,11 +139,12 @@ def test_a_read_only_run_dir_is_one_line_naming_the_path(immutable_dir):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
-    # the whole loop, not `rlrf data` alone: data takes ~1 s once its caches are warm, and on a loaded
-    # machine it could finish before the signal is sent
+    # a shell's background job (`cmd &`) starts with SIGINT ignored, and Python then keeps it ignored:
+    # the command gets Ctrl-C as from a terminal only with the default disposition restored
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "rlrf.cli", "run", "-c", "quickstart", "--run-dir", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "rlrf.cli", "data", "-c", "quickstart", "--run-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not RunLayout(run).writer_lock.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
