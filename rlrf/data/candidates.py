@@ -40,6 +40,17 @@ def sasrec_settings(cfg: SASRecConfig) -> SASRecSettings:
                           stopping_step=cfg.stopping_step, show_progress=cfg.show_progress)
 
 
+def heldout_sasrec(ds: Dataset, cfg: SASRecConfig, out_dir: Path, seed: int = 0):
+    """(model, RecBole dataset) of a SASRec that may see everything but held-out users' last items:
+    train users' full sequences and valid/test users' items before their last, so it can be judged on
+    (or rank candidates for) exactly the item the LLM policies are judged on. Cached by fingerprint."""
+    from recmodels.sequential import train_sasrec
+
+    held_out = {u for split in ("valid", "test") for u in ds.splits[split]}
+    sequences = {u: (user.items[:-1] if u in held_out else user.items) for u, user in ds.users.items()}
+    return train_sasrec({u: s for u, s in sequences.items() if s}, sasrec_settings(cfg), out_dir, seed)
+
+
 def generate_candidates(ds: Dataset, cfg: SASRecConfig, max_history: int, out_dir: Path, seed: int = 0) -> Candidates:
     """Train/reuse SASRec, then top-M for every user from the history before the list cut."""
     from recmodels.sequential import score_histories, top_m, train_sasrec

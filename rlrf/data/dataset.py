@@ -440,3 +440,12 @@ def split_users(user_ids: list[str], train: float, valid: float, seed: int) -> d
         "test": shuffled[n_train + n_valid :],
     }
     return {k: sorted(v, key=_natural_key) for k, v in parts.items()}
+
+
+def train_popularity(ds: Dataset) -> np.ndarray:
+    """Interactions per catalogue item over TRAINING users only (valid/test users' items never count),
+    so no reported popularity and no popularity-sampled negative leaks a held-out user's items."""
+    counts = np.zeros(len(ds.catalog), dtype=np.int64)
+    for u in ds.splits["train"]:
+        np.add.at(counts, np.asarray(ds.users[u].items, dtype=np.int64), 1)
+    return counts

@@ -11,15 +11,8 @@ import numpy as np
 
 from rlrf.core.errors import UserError
 from rlrf.core.layout import RunLayout
+from rlrf.data.dataset import train_popularity
 from rlrf.methods.rank_examples import RankExample, TitleKeys, heldout_examples, sample_examples, window_examples
-
-
-def train_popularity(ds) -> np.ndarray:
-    """Interactions per item over TRAIN users only (held-out users' items never count)."""
-    counts = np.zeros(len(ds.catalog), dtype=np.int64)
-    for u in ds.splits["train"]:
-        np.add.at(counts, np.asarray(ds.users[u].items, dtype=np.int64), 1)
-    return counts
 
 
 @dataclass
@@ -44,9 +37,9 @@ class RankContext:
         their last)."""
         missing = [ex for ex in examples if ex.key not in self._scores]
         if missing:
-            from recmodels.sequential import score_histories, train_sasrec
+            from recmodels.sequential import score_histories
 
-            model, dataset = self._sasrec(train_sasrec)
+            model, dataset = self._sasrec()
             histories = {ex.key: self._before(ex) for ex in missing}
             users, scores = score_histories(model, dataset, len(self.ds.catalog), histories)
             self._scores.update({u: scores[row] for row, u in enumerate(users)})
@@ -57,14 +50,11 @@ class RankContext:
         t = int(ex.key.rsplit("@", 1)[1]) if "@" in ex.key else len(items) - 1
         return items[:t]
 
-    def _sasrec(self, train_sasrec):
-        from rlrf.data.candidates import sasrec_settings
+    def _sasrec(self):
+        from rlrf.data.candidates import heldout_sasrec
 
         if not hasattr(self, "_model"):
-            held_out = {u for split in ("valid", "test") for u in self.ds.splits[split]}
-            sequences = {u: (user.items[:-1] if u in held_out else user.items) for u, user in self.ds.users.items()}
-            sequences = {u: s for u, s in sequences.items() if s}
-            self._model = train_sasrec(sequences, sasrec_settings(self.sasrec_cfg), self.sasrec_dir, self.seed)
+            self._model = heldout_sasrec(self.ds, self.sasrec_cfg, self.sasrec_dir, self.seed)
         return self._model
 
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rlrf.data.dataset import train_popularity  # noqa: F401  (the arms' popularity: sampling, grounding, reports)
+
 if TYPE_CHECKING:
     from rlrf.core.config import SPRecConfig, SupervisedConfig
 
@@ -27,15 +29,6 @@ def answer_text(catalog, i: int) -> str:
     from rlrf.generation.grounding import catalogue_text
 
     return catalogue_text(catalog.titles[i], catalog.years[i])
-
-
-def train_popularity(ds) -> np.ndarray:
-    """Interactions per catalogue item over TRAINING users only (valid/test users' items never count):
-    the popularity behind DPO-popularity sampling, grounding's tie-break and every reported mean."""
-    counts = np.zeros(len(ds.catalog), dtype=np.int64)
-    for u in ds.splits["train"]:
-        np.add.at(counts, np.asarray(ds.users[u].items, dtype=np.int64), 1)
-    return counts
 
 
 def eligible_train_users(ds) -> list[str]:
