@@ -415,14 +415,15 @@ def run_command(config: ConfigOption = None, run_dir: RunDirOption = None, overr
 @user_errors
 def sprec(config: ConfigOption = None, run_dir: RunDirOption = None, overrides: Overrides = None,
           quiet: QuietOption = False) -> None:
-    """SPRec: SFT on next items, then loop.iterations self-play rounds beside the DPO-random / DPO-popularity baselines."""
+    """SPRec: SFT on next items, then loop.iterations self-play rounds beside the DPO-random / DPO-popularity baselines (and popularity / SASRec references)."""
     from rlrf.methods.loop import run_loop
-    from rlrf.methods.sprec import arms, collect
+    from rlrf.methods.sprec import arms, collect, evaluate_references
     from rlrf.report import write_report
 
     cfg = _prepared(config, run_dir, overrides)
     arm_metrics = {method.name: run_loop(cfg, method, cfg.loop.iterations, layout=layout, seed=seed)
                    for method, layout, seed in arms(cfg, not quiet)}
+    evaluate_references(cfg)
     print(f"wrote {write_report(cfg.run_dir, collect(cfg, arm_metrics))}")
 
 

@@ -2,6 +2,10 @@
 
 A claim that one policy or model beats another is made on the same held-out users: the difference
 is taken per user (or per list), and its mean gets a percentile-bootstrap 95% CI over users.
+Statistics of a SET of lists that count distinct or most frequent items (DivRatio, ORRatio) are not
+means over users, and a resample with repeats is biased for them (a repeated list adds slots but no
+new item): their intervals come from half-samples without repeats (`half_samples`), centred on the
+observed difference.
 """
 
 from __future__ import annotations
@@ -24,6 +28,21 @@ def bootstrap_ci(per_unit: Sequence[float], seed: int = 0, n_boot: int = 2000) -
     rng = np.random.default_rng(seed)
     boots = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
     return float(values.mean()), [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))]
+
+
+def half_samples(n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """[draws, n // 2] row indices, each row a subset without repeats. For a mean over units the
+    spread of a half-sample's mean equals the full sample's (variance s²/(n-1) against the
+    bootstrap's s²/n), so these rows carry the sampling spread of the full sample to statistics a
+    repeat would bias; the interval is then centred on the observed value (`centred_interval`),
+    since such statistics also shift with the number of lists."""
+    return np.argsort(rng.random((draws, n)), axis=1)[:, : n // 2]
+
+
+def centred_interval(point: float, draws: np.ndarray) -> list[float]:
+    """[2.5 %, 97.5 %] of `draws` moved so that their mean sits on `point`."""
+    spread = np.asarray(draws, dtype=float) - np.mean(draws)
+    return [float(point + np.quantile(spread, 0.025)), float(point + np.quantile(spread, 0.975))]
 
 
 def user_differences(base: dict, other: dict, key: str) -> np.ndarray | None:

@@ -4,12 +4,14 @@ SPRec's claim is about the trade-off, so accuracy (HR, NDCG) and bias (DivRatio,
 mean popularity) sit in one table. Every value is pooled over the training seeds (mean ± sd over
 seeds); a second table gives each policy's difference from SFT with a paired bootstrap 95% CI over
 users (`metrics["comparison"]`, computed by `rlrf.methods.sprec.comparison.collect`). A CI that
-contains 0 is no evidence of a difference. The popularity histogram of each final policy's recommendations is
+contains 0 is no evidence of a difference. The reference recommenders (popularity, SASRec) are one
+evaluation each, the same for every seed. The popularity histogram of each final policy's recommendations is
 drawn against that of the users' histories (popularity = training interactions).
 """
 
 from __future__ import annotations
 
+from rlrf.methods.sprec.comparison import REFERENCES
 from rlrf.methods.sprec.negatives import SAMPLERS
 from rlrf.report import save_figure
 
@@ -88,9 +90,14 @@ def markdown(metrics: dict) -> str:
                   "| policy | seeds | " + " | ".join(t for _, t in columns) + " |",
                   "|---|---|" + "---|" * len(columns)]
         for label, entry in comparison.items():
-            lines.append(f"| {label} | {len(entry['seeds'])} | "
-                         + " | ".join(_pooled_cell(entry["metrics"].get(k), k, len(entry["seeds"])) for k, _ in columns) + " |")
-        lines += ["", "## Difference from SFT (paired bootstrap 95% CI over users, averaged over seeds; * = CI excludes 0)", "",
+            fixed = label in REFERENCES.values()  # seed-free: no spread over seeds to show
+            lines.append(f"| {label} | {'—' if fixed else len(entry['seeds'])} | "
+                         + " | ".join(_pooled_cell(entry["metrics"].get(k), k, 1 if fixed else len(entry["seeds"]))
+                                      for k, _ in columns) + " |")
+        lines += ["", "## Difference from SFT (paired 95% CI over users, averaged over seeds; * = CI excludes 0)", "",
+                  "Percentile bootstrap over users, except DivRatio and ORRatio (counts over the set of lists, which",
+                  "a resample with repeated users biases): half-samples of users without repeats, centred on the",
+                  "observed difference.", "",
                   "| policy | " + " | ".join(t for _, t in columns) + " |", "|---|" + "---|" * len(columns)]
         for label, entry in comparison.items():
             if label == "SFT":

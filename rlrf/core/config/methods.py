@@ -61,10 +61,12 @@ class SPRecConfig(Section):
     """Cut-offs of the evaluation metrics."""
     evaluate_base: bool = True
     """Also evaluate the policy before SFT (a reference row)."""
+    references: list[Literal["popularity", "sasrec"]] = ["popularity", "sasrec"]
+    """Conventional recommenders scored beside the policies on the same users and protocol: train-only popularity, and a RecBole SASRec (the `sasrec:` section) trained on everything but held-out users' last items."""
     seeds: list[int] | None = None
     """Training seeds (one SFT + arms each under seed_<s>/, data split fixed by `seed`); null = `seed` alone."""
     bootstrap: int = Field(1000, ge=100)
-    """Resamples of the paired bootstrap CIs against SFT."""
+    """Resamples of the CIs against SFT (bootstrap, or half-samples for DivRatio and ORRatio)."""
 
     @model_validator(mode="after")
     def _positive_ks(self) -> "SPRecConfig":

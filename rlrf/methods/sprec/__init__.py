@@ -17,6 +17,7 @@ One job per module:
     method.py       `SPRec`, one arm on the loop, and `arms`, one per training seed and arm
     evaluation.py   the evaluation protocol: top-K lists from greedy titles, HR/NDCG and bias metrics
     comparison.py   training seeds, and every policy against SFT pooled over seeds with paired CIs
+    references.py   popularity and SASRec scored beside the policies (same users, protocol, scorer)
     stages.py       the next-item generation call: one policy, its layout, seed, n and temperature
 
 Faithful to SPRec's method: the self-play negative is the current policy's GREEDY answer, and the
@@ -46,6 +47,8 @@ Run layout (``<run_dir>``, or ``<run_dir>/seed_<s>`` per training seed with `spr
     <method>/iter_<t>/adapter            then DPO on the pairs, reference = that SFT'd policy
     <method>/metrics.json                the loop's record (rlrf.methods.loop.run_loop)
     eval/<policy>/                       held-out users' generations and eval.json (with per-user hits)
+    eval/popularity/, eval/sasrec/       the reference recommenders' lists and eval.json (`sprec.references`)
+    sasrec/                              the reference SASRec (cached by fingerprint)
     metrics.json, report.md, *.png       every method side by side, pooled over seeds, paired CIs vs SFT
 """
 
@@ -53,5 +56,6 @@ from rlrf.methods.sprec.comparison import collect
 from rlrf.methods.sprec.examples import sft_records, sft_users
 from rlrf.methods.sprec.method import SPRec, arms
 from rlrf.methods.sprec.negatives import SAMPLERS
+from rlrf.methods.sprec.references import evaluate_references
 
-__all__ = ["SAMPLERS", "SPRec", "arms", "collect", "sft_records", "sft_users"]
+__all__ = ["SAMPLERS", "SPRec", "arms", "collect", "evaluate_references", "sft_records", "sft_users"]

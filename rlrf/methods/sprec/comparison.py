@@ -16,8 +16,11 @@ from rlrf.methods.sprec.evaluation import evaluation_histories, held_out_spec
 from rlrf.methods.sprec.examples import train_popularity
 from rlrf.methods.sprec.negatives import SAMPLERS
 
+REFERENCES = {"popularity": "popularity (reference)", "sasrec": "SASRec (reference)"}
+
 PER_USER = ("hr", "ndcg")
 AGGREGATE = ("div_ratio", "or_ratio", "mgu", "dgu", "mean_popularity")
+COUNTED = ("div_ratio", "or_ratio")  # counts over the set of lists: half-sample intervals (rlrf.evaluation.stats)
 
 
 def training_seeds(cfg) -> list[int]:
@@ -78,16 +81,20 @@ def metric_keys(ks) -> list[str]:
 
 def compare(rows: dict[str, dict[int, PolicyLists]], reference: str, keys: list[str], n_boot: int, seed: int = 0) -> dict:
     """Per row (label -> {seed: lists}): each metric's mean and sd over seeds, and its difference from
-    `reference` (SFT) with a paired percentile-bootstrap 95% CI: users are resampled (the same
-    resample for every seed and policy) and the difference is averaged over the seeds both share."""
-    from rlrf.evaluation.stats import mean_sd
+    `reference` (SFT) with a paired 95% CI: the same draws of users for every seed and policy, the
+    difference averaged over the seeds both share. Means over users and smooth functions of sums
+    (HR, NDCG, mean popularity, MGU, DGU) take the percentile bootstrap; DivRatio and ORRatio, which
+    a repeated user biases, take half-samples without repeats centred on the observed difference."""
+    from rlrf.evaluation.stats import centred_interval, half_samples, mean_sd
 
     ref = rows[reference]
     n_users = len(next(iter(ref.values())).recs)
     every = np.arange(n_users)[None, :]
-    boots = np.random.default_rng(seed).integers(0, n_users, size=(n_boot, n_users))
+    rng = np.random.default_rng(seed)
+    draws = {"bootstrap": rng.integers(0, n_users, size=(n_boot, n_users)), "half-sample": half_samples(n_users, n_boot, rng)}
+    kind = {key: "half-sample" if key.rsplit("@", 1)[0] in COUNTED else "bootstrap" for key in keys}
     ref_point = {(s, key): ref[s].statistic(key, every)[0] for s in ref for key in keys}
-    ref_boot = {(s, key): ref[s].statistic(key, boots) for s in ref for key in keys}
+    ref_draw = {(s, key): ref[s].statistic(key, draws[kind[key]]) for s in ref for key in keys}
     out = {}
     for label, by_seed in rows.items():
         seeds = [s for s in by_seed if s in ref]
@@ -97,10 +104,11 @@ def compare(rows: dict[str, dict[int, PolicyLists]], reference: str, keys: list[
             mean, sd = mean_sd(values)
             cell = {"mean": mean, "sd": sd, "per_seed": values}
             if label != reference and seeds:
-                point = np.mean([values[sorted(by_seed).index(s)] - ref_point[s, key] for s in seeds])
-                dist = np.mean([by_seed[s].statistic(key, boots) - ref_boot[s, key] for s in seeds], axis=0)
-                cell["vs_sft"] = {"mean": float(point),
-                                  "ci95": [float(np.quantile(dist, 0.025)), float(np.quantile(dist, 0.975))]}
+                point = float(np.mean([values[sorted(by_seed).index(s)] - ref_point[s, key] for s in seeds]))
+                dist = np.mean([by_seed[s].statistic(key, draws[kind[key]]) - ref_draw[s, key] for s in seeds], axis=0)
+                ci = (centred_interval(point, dist) if kind[key] == "half-sample"
+                      else [float(np.quantile(dist, 0.025)), float(np.quantile(dist, 0.975))])
+                cell["vs_sft"] = {"mean": point, "ci95": ci, "interval": kind[key]}
             entry["metrics"][key] = cell
         out[label] = entry
     return out
@@ -152,6 +160,9 @@ def collect(cfg, arm_metrics: dict[str, dict]) -> dict:
         if ev is not None and "per_user" in ev and sorted(ev["per_user"]["users"]) == users:
             rows.setdefault(label, {})[seed] = _load_lists(cfg, ds, lroot, ev, users, genre, popularity)
 
+    for name in cfg.sprec.references:  # seed-free: one evaluation pairs with every seed's SFT
+        for s in by_seed:
+            add(REFERENCES[name], s, root, read_json(root.evaluation(name).eval_result))
     if "base" in metrics["evaluations"]:
         for s in by_seed:
             add("base (no SFT)", s, root, base)

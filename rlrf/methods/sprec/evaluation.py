@@ -186,7 +186,6 @@ def evaluate_policy(cfg, spec: EvalSpec, adapter: Path | None, root: Path, ds, g
     share a policy (SFT) evaluate it once; a cache of another protocol or user set is recomputed from
     the stored generations.
     """
-    from rlrf.evaluation import metrics as m
     from rlrf.generation.generate import load_responses
 
     popularity = train_popularity(ds) if popularity is None else np.asarray(popularity)
@@ -204,30 +203,41 @@ def evaluate_policy(cfg, spec: EvalSpec, adapter: Path | None, root: Path, ds, g
                         adapter=adapter, show_progress=show_progress)
     wanted = set(users)
     records = [r for r in load_responses(out_dir, 0, "next_item") if r["user"] in wanted]
-    cat = ds.catalog
-    masked, baseline = evaluation_histories(ds, spec, users)
-    k_max = max(spec.ks)
-    rec_users, recs, first = recommendations(grounder, ds, records, masked, k_max, spec.topk,
+    masked, _ = evaluation_histories(ds, spec, users)
+    rec_users, recs, first = recommendations(grounder, ds, records, masked, max(spec.ks), spec.topk,
                                              exclude_history=True, grounded_first=spec.protocol == "rlrf")
-    targets = np.array([ds.users[u].items[-1] for u in rec_users], dtype=np.int64)
-    history_items = np.array([i for u in rec_users for i in baseline[u]], dtype=np.int64)
+    return score_lists(ds, spec, rec_users, recs, popularity, grounder.twin, out,
+                       {"policy": str(adapter) if adapter else "base", "slug": slug, "topk": spec.topk},
+                       first_groundings=first)
+
+
+def score_lists(ds, spec: EvalSpec, users: list[str], recs: np.ndarray, popularity, twin, out: RunLayout,
+                header: dict, first_groundings=None) -> dict:
+    """The eval.json of top-K lists `recs` [users, K] on `spec`'s protocol (HR/NDCG per user, bias
+    metrics, popularity histograms), written with the lists themselves to `out`: the one scorer of
+    every row of the SPRec table, policies and reference recommenders alike."""
+    from rlrf.evaluation import metrics as m
+
+    cat = ds.catalog
+    _, baseline = evaluation_histories(ds, spec, users)
+    targets = np.array([ds.users[u].items[-1] for u in users], dtype=np.int64)
+    history_items = np.array([i for u in users for i in baseline[u]], dtype=np.int64)
     result = {
-        "policy": str(adapter) if adapter else "base", "slug": slug,
-        "users": len(rec_users), "topk": spec.topk, "protocol": spec.protocol, "splits": list(spec.splits),
-        "ks": list(spec.ks),
-        **bias_and_ranking_metrics(recs, targets, history_items, cat, list(spec.ks), popularity, grounder.twin),
-        "grounding": _shares(first),
-        "top1_is_target": float(np.mean(title_ranks(recs[:, :1], targets, grounder.twin) == 0)) if len(targets) else 0.0,
-        "per_user": {"users": rec_users, **per_user_hits(recs, targets, spec.ks, grounder.twin)},
+        **header, "users": len(users), "protocol": spec.protocol, "splits": list(spec.splits), "ks": list(spec.ks),
+        **bias_and_ranking_metrics(recs, targets, history_items, cat, list(spec.ks), popularity, twin),
     }
+    if first_groundings is not None:
+        result["grounding"] = _shares(first_groundings)
+    result["top1_is_target"] = float(np.mean(title_ranks(recs[:, :1], targets, twin) == 0)) if len(targets) else 0.0
+    result["per_user"] = {"users": users, **per_user_hits(recs, targets, spec.ks, twin)}
     edges = popularity_bins(popularity)
-    rec_hist, _ = m.popularity_histogram(recs[:, :k_max], popularity, edges)
+    rec_hist, _ = m.popularity_histogram(recs[:, :max(spec.ks)], popularity, edges)
     his_hist, _ = m.popularity_histogram(history_items, popularity, edges)
     result["popularity_histogram"] = {"edges": edges.tolist(), "recommended": rec_hist.round(5).tolist(),
                                       "history": his_hist.round(5).tolist()}
     atomic_write_jsonl(out.recommendations(0), (
         {"user": u, "target": cat.ids[t], "items": [cat.ids[i] for i in row if i >= 0]}
-        for u, t, row in zip(rec_users, targets.tolist(), recs.tolist())))
+        for u, t, row in zip(users, targets.tolist(), recs.tolist())))
     atomic_write_json(out.eval_result, result)
     return result
 
