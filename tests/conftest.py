@@ -84,3 +84,53 @@ def ml100k_small():
     from rlrf.data.dataset import load_dataset
 
     return load_dataset(DataConfig(max_users=40), seed=0)
+
+
+# --- tiny run configs (tests/test_loop.py, test_methods_experiment.py, test_rank.py, test_sprec.py) ---
+# Each stage's tests lay only the sections they size on one common part, so a config reads as what the
+# test changes; it goes through a YAML file and load_config, the path `rlrf <command> -c` takes.
+
+
+def _laid_over(base: dict, top: dict) -> dict:
+    """`top` laid over `base`: sections merge key by key, any other value replaces."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        merged[key] = _laid_over(below, value) if isinstance(value, dict) and isinstance(below, dict) else value
+    return merged
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_model_dir):
+    """Builds a RunConfig on the tiny Llama, run in tmp_path/run, seed 0, one thread: `tiny_config(*layers,
+    **sections)` lays each layer (a dict of sections), then the sections, over that common part."""
+    import yaml
+
+    from rlrf.core.config import load_config
+
+    def build(*layers: dict, **sections: dict):
+        config = {"run_dir": str(tmp_path / "run"), "seed": 0, "threads": 1, "llm": {"model": str(tiny_model_dir)}}
+        for layer in (*layers, sections):
+            config = _laid_over(config, layer)
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return load_config(path)
+
+    return build
+
+
+@pytest.fixture
+def tiny_summary_loop():
+    """The summary loop (generate, score, align) at its smallest: 4 summaries of 12 tokens a user, a hashing
+    encoder, a tiny DLCM reward, 2 DPO steps, 3 held-out users; a layer for `tiny_config`."""
+    return {
+        "data": {"max_users": 40},
+        "generate": {"n": 4, "max_new_tokens": 12, "batch_size": 32},
+        "encoder": {"model": "hashing:32"},
+        "reward": {"models": ["dlcm"], "epochs": 6, "knowledge_dropout": 0.0, "embed_dim": 8, "hidden": 16,
+                   "adapter_out": 8, "adapter_hidden": 16},
+        "align": {"trainer_args": {"max_steps": 2, "max_length": 640, "learning_rate": 1e-3}},
+        # NDCG ties for nearly every summary under an untrained reranker: the continuous margin does not
+        "score": {"metric": "margin"},
+        "loop": {"eval_users": 3},
+    }

@@ -6,9 +6,7 @@ import json
 
 import pytest
 import torch
-import yaml
 
-from rlrf.core.config import load_config
 from rlrf.methods.loop import run_loop
 from rlrf.report import write_report
 from rlrf.methods.rlrf4rec import RLRF4Rec
@@ -19,25 +17,14 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
-def tiny_run_config(tmp_path, tiny_model_dir):
-    config = {
-        "run_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "threads": 1,
-        "data": {"max_users": 40},
-        "sasrec": {"epochs": 1, "hidden_size": 16, "n_layers": 1, "n_heads": 1, "batch_size": 512, "show_progress": False},
-        "llm": {"model": str(tiny_model_dir)},
-        "generate": {"n": 4, "max_new_tokens": 12, "max_users": 16, "batch_size": 32},
-        "encoder": {"model": "hashing:32"},
-        "reward": {"models": ["dlcm"], "epochs": 6, "knowledge_dropout": 0.0, "embed_dim": 8, "hidden": 16, "adapter_out": 8, "adapter_hidden": 16},
-        "align": {"trainer_args": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 640, "learning_rate": 1e-3}},
-        # NDCG ties for nearly every summary under an untrained reranker: the continuous margin does not
-        "score": {"metric": "margin"},
-        "loop": {"iterations": 2, "eval_users": 3},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return load_config(path)
+def tiny_run_config(tiny_config, tiny_summary_loop):
+    return tiny_config(
+        tiny_summary_loop,
+        sasrec={"epochs": 1, "hidden_size": 16, "n_layers": 1, "n_heads": 1, "batch_size": 512, "show_progress": False},
+        generate={"max_users": 16},
+        align={"trainer_args": {"per_device_train_batch_size": 2}},
+        loop={"iterations": 2},
+    )
 
 
 def test_two_iterations_end_to_end_then_resume_after_a_kill(tiny_run_config):

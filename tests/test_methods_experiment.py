@@ -8,9 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from rlrf.core.config import load_config
 from rlrf.core.io import read_json, read_jsonl
 from rlrf.experiments.methods import ARMS, calibrated_tau, epsilon_distribution, online_steps, run_methods
 
@@ -18,26 +16,14 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
-def tiny_methods_config(tmp_path, tiny_model_dir):
-    config = {
-        "run_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "threads": 1,
-        "data": {"max_users": 40},
-        "llm": {"model": str(tiny_model_dir)},
-        "generate": {"n": 4, "max_new_tokens": 12, "max_users": 8, "batch_size": 32},
-        "encoder": {"model": "hashing:32"},
-        "reward": {"models": ["dlcm"], "epochs": 6, "knowledge_dropout": 0.0, "embed_dim": 8, "hidden": 16,
-                   "adapter_out": 8, "adapter_hidden": 16},
+def tiny_methods_config(tiny_config, tiny_summary_loop):
+    return tiny_config(
+        tiny_summary_loop,
+        generate={"max_users": 8},
         # one pair per step, so each logged RosePO ε is one pair's
-        "align": {"trainer_args": {"max_steps": 2, "per_device_train_batch_size": 1, "max_length": 640,
-                                   "learning_rate": 1e-3}},
-        "score": {"metric": "margin"},
-        "loop": {"iterations": 1, "eval_users": 3},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return load_config(path)
+        align={"trainer_args": {"per_device_train_batch_size": 1}},
+        loop={"iterations": 1},
+    )
 
 
 def test_the_online_budget_generates_as_many_summaries_as_the_offline_samples():

@@ -5,9 +5,7 @@ import math
 
 import numpy as np
 import pytest
-import yaml
 
-from rlrf.core.config import load_config
 from rlrf.core.io import read_json, read_jsonl
 from rlrf.evaluation import metrics as m
 from rlrf.methods.rank_arms import ARMS, arm_align, build_pairs, negatives_of
@@ -20,24 +18,17 @@ from rlrf.methods.rank_examples import (
 
 
 @pytest.fixture
-def tiny_rank_config(tmp_path, tiny_model_dir):
-    config = {
-        "run_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "threads": 1,
-        "data": {"max_users": 60},
-        "sasrec": {"epochs": 1, "show_progress": False, "hidden_size": 16},
-        "llm": {"model": str(tiny_model_dir)},
-        "generate": {"max_new_tokens": 8, "batch_size": 32, "profile": False, "max_prompt_tokens": 2048},
-        "align": {"beta": 0.1, "trainer_args": {"per_device_train_batch_size": 2, "max_length": 2048,
-                                                "learning_rate": 1e-3, "logging_steps": 1}},
-        "sft": {"trainer_args": {"per_device_train_batch_size": 4, "max_length": 2048, "max_steps": 2}},
-        "rank": {"sft_examples": 8, "pair_examples": 4, "steps": 2, "eval_users": 4, "windows": 2, "bootstrap": 200,
-                 "arms": ["sft", "dpo", "sdpo", "dmpo_pairwise", "rosepo_popularity", "trl"]},
-    }
-    path = tmp_path / "rank.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return load_config(path)
+def tiny_rank_config(tiny_config):
+    return tiny_config(
+        data={"max_users": 60},
+        sasrec={"epochs": 1, "show_progress": False, "hidden_size": 16},
+        generate={"max_new_tokens": 8, "batch_size": 32, "profile": False, "max_prompt_tokens": 2048},
+        align={"beta": 0.1, "trainer_args": {"per_device_train_batch_size": 2, "max_length": 2048,
+                                             "learning_rate": 1e-3, "logging_steps": 1}},
+        sft={"trainer_args": {"per_device_train_batch_size": 4, "max_length": 2048, "max_steps": 2}},
+        rank={"sft_examples": 8, "pair_examples": 4, "steps": 2, "eval_users": 4, "windows": 2, "bootstrap": 200,
+              "arms": ["sft", "dpo", "sdpo", "dmpo_pairwise", "rosepo_popularity", "trl"]},
+    )
 
 
 def test_every_candidate_list_holds_the_target_once_and_nothing_the_user_saw(tiny_rank_config, ml100k_small):

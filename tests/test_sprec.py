@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from rlrf.data.texts import load_encoder
-from rlrf.core.config import EncoderConfig, load_config, read_yaml
+from rlrf.core.config import EncoderConfig, read_yaml
 from rlrf.core.io import read_json, read_jsonl
 from rlrf.core.layout import RunLayout
 from rlrf.evaluation import metrics as m
@@ -232,24 +231,17 @@ def test_seeds_are_pooled_and_differences_from_sft_get_paired_bootstrap_cis(ml10
 
 
 @pytest.fixture
-def tiny_sprec_config(tmp_path, tiny_model_dir):
-    config = {
-        "run_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "threads": 1,
-        "data": {"max_users": 60, "lists": {"max_history": 5}},
-        "llm": {"model": str(tiny_model_dir)},
-        "generate": {"max_new_tokens": 8, "batch_size": 32, "profile": False},
-        "encoder": {"model": "hashing:32"},
-        "align": {"trainer_args": {"per_device_train_batch_size": 2, "max_length": 256, "learning_rate": 1e-3}},
-        "sft": {"users": 8, "trainer_args": {"per_device_train_batch_size": 4, "max_length": 256}},
-        "loop": {"iterations": 1, "eval_users": 5},
-        "sprec": {"users_per_iteration": 6, "samples": 2, "min_similarity": -1.0, "ks": [1, 5, 10],
-                  "sft_windows": 2, "bootstrap": 200},
-    }
-    path = tmp_path / "sprec.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return load_config(path)
+def tiny_sprec_config(tiny_config):
+    return tiny_config(
+        data={"max_users": 60, "lists": {"max_history": 5}},
+        generate={"max_new_tokens": 8, "batch_size": 32, "profile": False},
+        encoder={"model": "hashing:32"},
+        align={"trainer_args": {"per_device_train_batch_size": 2, "max_length": 256, "learning_rate": 1e-3}},
+        sft={"users": 8, "trainer_args": {"per_device_train_batch_size": 4, "max_length": 256}},
+        loop={"iterations": 1, "eval_users": 5},
+        sprec={"users_per_iteration": 6, "samples": 2, "min_similarity": -1.0, "ks": [1, 5, 10], "sft_windows": 2,
+               "bootstrap": 200},
+    )
 
 
 def test_sprec_end_to_end_on_a_tiny_policy_with_two_seeds(tiny_sprec_config):
