@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
 
-from rlrf.core.config import load_config
 from rlrf.core.io import read_jsonl
 from rlrf.core.layout import RunLayout
 from rlrf.data.dataset import load_dataset, train_popularity
@@ -17,14 +15,10 @@ from rlrf.methods.sprec.references import evaluate_reference, top_k
 TWIN = None  # item identity only: these tests are about which items, not about twin titles
 
 
-def config(tmp_path, protocol: str):
-    values = {"run_dir": str(tmp_path / "run"), "seed": 0, "threads": 1,
-              "data": {"max_users": 60, "lists": {"max_history": 5}},
-              "sasrec": {"epochs": 1, "hidden_size": 16, "show_progress": False},
-              "sprec": {"eval_protocol": protocol, "eval_splits": ["test"], "ks": [1, 5, 10]}}
-    path = tmp_path / f"{protocol}.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return load_config(path)
+def config(tiny_config, protocol: str):
+    return tiny_config(data={"max_users": 60, "lists": {"max_history": 5}},
+                       sasrec={"epochs": 1, "hidden_size": 16, "show_progress": False},
+                       sprec={"eval_protocol": protocol, "eval_splits": ["test"], "ks": [1, 5, 10]})
 
 
 def test_top_k_masks_and_breaks_ties_by_the_lower_index():
@@ -34,8 +28,8 @@ def test_top_k_masks_and_breaks_ties_by_the_lower_index():
 
 
 @pytest.mark.parametrize("protocol", ["sprec", "rlrf"])
-def test_popularity_recommends_the_most_trained_items_masked_as_the_protocol_says(tmp_path, protocol):
-    cfg = config(tmp_path, protocol)
+def test_popularity_recommends_the_most_trained_items_masked_as_the_protocol_says(tiny_config, protocol):
+    cfg = config(tiny_config, protocol)
     ds = load_dataset(cfg.data, seed=cfg.seed)
     spec = held_out_spec(ds, cfg)
     popularity = train_popularity(ds)
@@ -53,8 +47,8 @@ def test_popularity_recommends_the_most_trained_items_masked_as_the_protocol_say
     assert result["per_user"]["hr@10"] == hits and result["hr@10"] == pytest.approx(np.mean(hits))
 
 
-def test_sasrec_ranks_from_the_history_before_the_target_and_is_cached(tmp_path):
-    cfg = config(tmp_path, "rlrf")
+def test_sasrec_ranks_from_the_history_before_the_target_and_is_cached(tiny_config):
+    cfg = config(tiny_config, "rlrf")
     ds = load_dataset(cfg.data, seed=cfg.seed)
     spec = held_out_spec(ds, cfg)
     popularity = train_popularity(ds)
