@@ -302,6 +302,15 @@ def test_sprec_end_to_end_on_a_tiny_policy_with_two_seeds(tiny_sprec_config):
     again = run_sprec(cfg)  # a rerun finds everything done and changes nothing
     assert again["seed_runs"] == before["seed_runs"] and again["comparison"] == before["comparison"]
 
+    # the other protocol on the finished run: every policy is rescored from its stored generations
+    rlrf = cfg.model_copy(update={"sprec": cfg.sprec.model_copy(update={"eval_protocol": "rlrf"})})
+    rescored = run_sprec(rlrf)
+    for seed in ("0", "1"):
+        for record in rescored["seed_runs"][seed].values():
+            assert {ev["protocol"] for ev in record["evaluations"].values()} == {"rlrf"}
+    for r in read_jsonl(run / "seed_1" / "eval" / "sprec__iter_0__adapter" / "iter_0" / "recommendations.jsonl"):
+        assert not set(r["items"]) & {cat.ids[i] for i in ds.users[r["user"]].items[:-1]}  # rlrf masks the history
+
 
 def run_sprec(cfg) -> dict:
     """What `rlrf sprec` does: every arm on the one loop, then their records gathered."""

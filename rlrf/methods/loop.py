@@ -45,6 +45,11 @@ class Method(Protocol):
         """Held-out metrics of the policy with `adapter` (RLRF4Rec: an `Evaluation` as a dict);
         `label` names its output folder."""
 
+    def outdated(self, cfg, evaluation: dict) -> bool:
+        """Whether a recorded evaluation was made under settings `cfg` no longer asks for (SPRec: another
+        protocol or cut-offs), so a rerun evaluates the policy again instead of keeping the old record."""
+        return False
+
 
 def run_environment(llm) -> dict:
     """The versions and numerics this process runs with (the policy's dtype as `llm` resolves here):
@@ -73,7 +78,7 @@ def run_loop(cfg, method: Method, iterations: int, *, layout: RunLayout, seed: i
     start = method.prepare(cfg, layout, seed)
 
     def evaluate(adapter: Path | None, label: str) -> None:
-        if label not in metrics["evaluations"]:
+        if label not in metrics["evaluations"] or method.outdated(cfg, metrics["evaluations"][label]):
             log(f"[{method.name}] evaluating policy {label}")
             metrics["evaluations"][label] = method.evaluate(cfg, layout, seed, label, adapter)
             atomic_write_json(metrics_path, metrics)

@@ -266,6 +266,11 @@ class SPRec(Method):
     def evaluate(self, cfg, layout: RunLayout, seed: int, label: str, adapter: Path | None) -> dict:
         return self._evaluate(cfg, seed, held_out_spec(self.ds, cfg), adapter, self.root.root)
 
+    def outdated(self, cfg, evaluation: dict) -> bool:
+        """A record of another `sprec.eval_protocol` or `sprec.ks` (its lists are rescored from the stored
+        generations; nothing is generated again)."""
+        return evaluation.get("protocol") != cfg.sprec.eval_protocol or evaluation.get("ks") != list(cfg.sprec.ks)
+
 
 def make_grounder(cfg, ds, popularity=None):
     from rlrf.data.texts import load_encoder
