@@ -54,7 +54,7 @@ import numpy as np
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_json, atomic_write_jsonl, read_json
 from rlrf.core.layout import RunLayout
-from rlrf.methods.loop import run_loop
+from rlrf.methods.loop import Method, run_loop
 from rlrf.methods.rlrf4rec import RLRF4Rec
 
 EXPERIMENT = "methods"
@@ -257,7 +257,7 @@ def online_args(cfg, n: int, summaries: int) -> tuple[dict, int]:
 # ------------------------------------------------------------------------------------------- one method
 
 
-class ArmMethod:
+class ArmMethod(Method):
     """One method on the shared loop (`rlrf.methods.loop.Method`), one iteration from policy_0:
     `generate` is the seed's shared samples (offline) or the trainer's own (online), `score` writes
     the seed's pairs into the method's folder, `align` trains with the method's loss, `evaluate` is
