@@ -23,7 +23,8 @@ from rlrf.methods.loop import run_loop
 from rlrf.methods.sprec import arms, collect
 from rlrf.methods.sprec.comparison import PolicyLists, compare, metric_keys
 from rlrf.methods.sprec.evaluation import evaluation_histories, held_out_spec, title_ranks
-from rlrf.methods.sprec.examples import answer_text, iteration_users, sft_windows, train_popularity, window_records
+from rlrf.data.dataset import train_popularity
+from rlrf.methods.sprec.examples import answer_text, iteration_users, sft_windows, window_records
 from rlrf.methods.sprec.negatives import SAMPLERS, Negative, build_pairs, sampled_negatives, self_play_negatives
 
 torch.set_num_threads(1)

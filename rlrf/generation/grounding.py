@@ -146,6 +146,17 @@ class Grounding:
     similarity: float | None = None
 
 
+def title_twins(catalog) -> tuple[list[tuple[str, int | None]], np.ndarray]:
+    """((normalised title, year) of every item, item -> first item of its key): twins are items one
+    film has twice in the catalogue; needs no encoder, so a scorer of fixed lists can use it too."""
+    keys = []
+    for title, year in zip(catalog.titles, catalog.years):
+        body, title_year = _split_year(title.strip())
+        keys.append((normalise_title(body)[0], year if year is not None else title_year))
+    first: dict[tuple[str, int | None], int] = {}
+    return keys, np.array([first.setdefault(key, i) for i, key in enumerate(keys)], dtype=np.int64)
+
+
 def catalogue_text(title: str, year: int | None) -> str:
     """The text embedded for an item: "Title (year)", the form the policy is prompted with and taught."""
     return f"{title} ({year})" if year is not None and f"({year})" not in title else title
@@ -196,9 +207,7 @@ class TitleGrounder:
                     ranks[key] = min(rank, ranks.get(key, rank))
             for key, rank in ranks.items():
                 self._normalised.setdefault(key, []).append((i, rank))
-        first: dict[tuple[str, int | None], int] = {}
-        self.title_keys = [(normalise_title(_split_year(t.strip())[0])[0], y) for t, y in zip(catalog.titles, self._years)]
-        self.twin = np.array([first.setdefault(key, i) for i, key in enumerate(self.title_keys)], dtype=np.int64)
+        self.title_keys, self.twin = title_twins(catalog)
 
     # --- twins -------------------------------------------------------------------------------
 

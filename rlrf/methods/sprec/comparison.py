@@ -11,9 +11,9 @@ import numpy as np
 
 from rlrf.core.io import atomic_write_json, read_json, read_jsonl
 from rlrf.core.layout import RunLayout
+from rlrf.data.dataset import train_popularity
 from rlrf.evaluation import metrics as m
 from rlrf.methods.sprec.evaluation import evaluation_histories, held_out_spec
-from rlrf.methods.sprec.examples import train_popularity
 from rlrf.methods.sprec.negatives import SAMPLERS
 
 REFERENCES = {"popularity": "popularity (reference)", "sasrec": "SASRec (reference)"}
@@ -156,23 +156,23 @@ def collect(cfg, arm_metrics: dict[str, dict]) -> dict:
     users = sorted(metrics["evaluations"]["sft"]["per_user"]["users"])
     rows: dict[str, dict[int, PolicyLists]] = {}
 
-    def add(label: str, seed: int, lroot: RunLayout, ev: dict | None) -> None:
+    def add(label: str, seeds, lroot: RunLayout, ev: dict | None) -> None:
+        """One evaluation's lists, shared by every seed of `seeds` (several: a seed-free row)."""
         if ev is not None and "per_user" in ev and sorted(ev["per_user"]["users"]) == users:
-            rows.setdefault(label, {})[seed] = _load_lists(cfg, ds, lroot, ev, users, genre, popularity)
+            lists = _load_lists(cfg, ds, lroot, ev, users, genre, popularity)
+            rows.setdefault(label, {}).update(dict.fromkeys(seeds, lists))
 
     for name in cfg.sprec.references:  # seed-free: one evaluation pairs with every seed's SFT
-        for s in by_seed:
-            add(REFERENCES[name], s, root, read_json(root.evaluation(name).eval_result))
+        add(REFERENCES[name], by_seed, root, read_json(root.evaluation(name).eval_result))
     if "base" in metrics["evaluations"]:
-        for s in by_seed:
-            add("base (no SFT)", s, root, base)
+        add("base (no SFT)", by_seed, root, base)
     for s, arms_ in by_seed.items():
-        add("SFT", s, seed_root(cfg, s), next(iter(arms_.values()))["evaluations"]["policy_0"])
+        add("SFT", [s], seed_root(cfg, s), next(iter(arms_.values()))["evaluations"]["policy_0"])
     iterations = max(len(record["evaluations"]) for arms_ in by_seed.values() for record in arms_.values())
     for t in range(1, iterations):
         for s, arms_ in by_seed.items():
             for name, record in arms_.items():
-                add(f"{SAMPLERS[name].title} iter {t}", s, seed_root(cfg, s), record["evaluations"].get(f"policy_{t}"))
+                add(f"{SAMPLERS[name].title} iter {t}", [s], seed_root(cfg, s), record["evaluations"].get(f"policy_{t}"))
     if "SFT" in rows:
         metrics["comparison"] = compare(rows, "SFT", metric_keys(cfg.sprec.ks), cfg.sprec.bootstrap, cfg.seed)
     atomic_write_json(root.metrics, metrics)

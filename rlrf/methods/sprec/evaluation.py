@@ -20,7 +20,7 @@ import numpy as np
 
 from rlrf.core.io import atomic_write_json, atomic_write_jsonl, read_json
 from rlrf.core.layout import RunLayout
-from rlrf.methods.sprec.examples import train_popularity
+from rlrf.data.dataset import train_popularity
 from rlrf.methods.sprec.stages import generate_next_items
 
 

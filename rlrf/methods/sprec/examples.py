@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rlrf.data.dataset import train_popularity  # noqa: F401  (the arms' popularity: sampling, grounding, reports)
-
 if TYPE_CHECKING:
     from rlrf.core.config import SPRecConfig, SupervisedConfig
 

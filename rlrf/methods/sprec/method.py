@@ -20,12 +20,12 @@ import numpy as np
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_directory, atomic_write_json, atomic_write_jsonl, read_json
 from rlrf.core.layout import RunLayout, adapter_complete
+from rlrf.data.dataset import train_popularity
 from rlrf.methods.loop import Method
 from rlrf.methods.sprec.comparison import arm_label, save_seed_config, seed_root, training_seeds
 from rlrf.methods.sprec.evaluation import evaluate_policy, held_out_spec, policy_slug, validation_spec
 from rlrf.methods.sprec.examples import (
-    answer_text, iteration_users, next_item_prompts, seeded_rng, sft_records, sft_users, sft_windows, train_popularity,
-    window_records,
+    answer_text, iteration_users, next_item_prompts, seeded_rng, sft_records, sft_users, sft_windows, window_records,
 )
 from rlrf.methods.sprec.negatives import (
     SAMPLERS, Negative, build_pairs, sampled_negatives, self_play_negatives, usable_guess,

@@ -47,14 +47,14 @@ def reference_scores(name: str, cfg, ds, users: list[str], popularity) -> np.nda
 def evaluate_references(cfg) -> dict[str, dict]:
     """Every reference of `sprec.references` on the held-out users (`held_out_spec`), by name."""
     from rlrf.data.dataset import load_dataset, train_popularity
+    from rlrf.generation.grounding import title_twins
     from rlrf.methods.sprec.evaluation import held_out_spec
-    from rlrf.methods.sprec.method import make_grounder
 
     if not cfg.sprec.references:
         return {}
     ds = load_dataset(cfg.data, seed=cfg.seed)
     popularity = train_popularity(ds)
-    twin = make_grounder(cfg, ds, popularity).twin
+    _, twin = title_twins(ds.catalog)
     spec = held_out_spec(ds, cfg)
     return {name: evaluate_reference(name, cfg, ds, spec, popularity, twin) for name in cfg.sprec.references}
 
