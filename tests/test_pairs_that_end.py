@@ -127,3 +127,49 @@ def test_the_config_refuses_a_negative_tolerance():
     with pytest.raises(ValidationError):
         ScoreConfig(prefer_finished_within=-0.1)
     assert ScoreConfig().prefer_finished_within is None and ScoreConfig().reject_looping_within is None
+
+
+class LengthReward:
+    """Rewards a summary by its word count and records every text it was asked to score."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def score(self, users, texts):
+        self.seen += texts
+        return {"ndcg@5": [len(t.split()) / 100 for t in texts], "empty": [not t.strip() for t in texts]}
+
+
+CUT_AFTER_A_SENTENCE = "Likes quiet dramas and late-nineties thrillers. Also the occasional western with a long"
+
+
+def _responses(tmp_path) -> RunLayout:
+    layout = RunLayout(tmp_path / "run")
+    rs, _ = summaries((CUT_AFTER_A_SENTENCE, False, 0), (LOOP, False, 0), (ENDS, True, 0))
+    layout.responses(0).parent.mkdir(parents=True)
+    atomic_write_jsonl(layout.responses(0), rs)
+    atomic_write_jsonl(layout.prompts(0), [{"user": "u", "iter": 0, "prompt": "P", "prompt_hash": "h"}])
+    return layout
+
+
+def test_trimming_scores_and_trains_a_cut_summary_up_to_its_last_sentence_with_eos(tmp_path):
+    layout, reward = _responses(tmp_path), LengthReward()
+    score_and_pair(layout, 0, reward, ScoreConfig(trim_to_sentence=True), {"u"}, show_progress=False)
+    kept = "Likes quiet dramas and late-nineties thrillers."
+    loop_kept = "The user enjoys dramas with strong female leads and quiet endings. " * 2
+    assert sorted(reward.seen) == sorted([kept, loop_kept.rstrip(), ENDS])
+    (p,) = read_jsonl(layout.pairs(0))
+    assert (p["chosen"], p["chosen_finished"]) == (loop_kept.rstrip(), True)  # the longest, now ended
+    assert (p["rejected"], p["rejected_finished"]) == (ENDS, True)
+    assert read_json(layout.pairs_meta(0))["trimmed"] == 2
+
+
+def test_flipping_trimming_rescores_only_the_summaries_it_changes(tmp_path):
+    layout = _responses(tmp_path)
+    score_and_pair(layout, 0, LengthReward(), ScoreConfig(trim_to_sentence=True), {"u"}, show_progress=False)
+    untrimmed = LengthReward()
+    score_and_pair(layout, 0, untrimmed, ScoreConfig(), {"u"}, show_progress=False)
+    assert sorted(untrimmed.seen) == sorted([CUT_AFTER_A_SENTENCE, LOOP])
+    (p,) = read_jsonl(layout.pairs(0))
+    assert (p["chosen"], p["chosen_finished"]) == (LOOP, False)
+    assert not any("trimmed" in row for row in read_jsonl(layout.scores(0)))

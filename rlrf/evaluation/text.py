@@ -39,3 +39,23 @@ def has_repeat(text: str) -> bool:
     words = _words(text)
     grams = [tuple(words[i: i + REPEAT_NGRAM]) for i in range(len(words) - REPEAT_NGRAM + 1)]
     return len(set(grams)) < len(grams)
+
+
+# a sentence end followed by more text; not after a list marker ("2. Drama") or a title ("Dr. No")
+_TITLES = "".join(rf"(?<!\b{t})" for t in ("Dr", "Mr", "Ms", "Mrs", "St", "Jr", "Sr", "vs"))
+_INNER_END = re.compile(rf"(?<![\s\d]\d)(?<!\s\d)(?<!^\d){_TITLES}[.!?…][\"'”’)\]]*(?=\s)")
+MIN_KEPT_WORDS = 5
+
+
+def up_to_last_sentence(text: str) -> str | None:
+    """The text up to and including its last closed sentence, for a summary cut at the length cap:
+    the part a reader keeps. None when no sentence of at least 5 words closes before the cut (a list
+    or a single run-on sentence: nothing to keep). A text whose last character closes a sentence is
+    returned whole."""
+    text = text.rstrip()
+    if SENTENCE_END.search(text):
+        return text
+    ends = [m.end() for m in _INNER_END.finditer(text)]
+    if not ends or len(_words(text[: ends[-1]])) < MIN_KEPT_WORDS:
+        return None
+    return text[: ends[-1]]

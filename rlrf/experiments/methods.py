@@ -163,7 +163,7 @@ def sample(shared: Shared, seed: int, previous: dict | None, show_progress: bool
                                  label=f"methods: seed {seed} samples of policy_0").written
         del policy
     responses, scored = score_iteration(layout, 0, shared.base.scorer, cfg.score, show_progress,
-                                        label=f"methods: score seed {seed} samples")
+                                        label=f"methods: score seed {seed} samples", trim=cfg.score.trim_to_sentence)
     responses = [r for r in responses if r["user"] in users]
     prompts = {u: r["prompt"] for u, r in load_prompts(layout.root, 0).items()}
     negatives = max(1, gen.n - 1)

@@ -12,6 +12,12 @@ reward is within `score.prefer_finished_within` of the best, the best one that e
 chosen; among those within `score.reject_looping_within` of the worst, the worst one cut at the
 length cap that repeats itself is rejected. The reward does not see a summary loop into
 `generate.max_new_tokens`; near-equal rewards then decide for the summary a reader would keep.
+
+A third (`score.trim_to_sentence`, off by default) changes what is scored and trained instead of
+which summary is picked: a training summary cut at the cap becomes its text up to its last closed
+sentence, ended (trained with the EOS it did not write). Cut summaries otherwise enter the pairs
+without EOS while many short ones that stopped are rejected, so the pairs teach not stopping. The
+evaluations never trim: what they report is what the policy wrote.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from rlrf.core.layout import RunLayout
 from rlrf.core.records import PairRecord
 from rlrf.core.progress import progress_bar
 from rlrf.evaluation.copying import copied_share
-from rlrf.evaluation.text import has_repeat
+from rlrf.evaluation.text import has_repeat, up_to_last_sentence
 
 
 @dataclass
@@ -47,6 +53,17 @@ def _finished(response: dict) -> bool:
 def _looping(response: dict) -> bool:
     """Cut at the length cap and repeating itself: the summary the reward cannot tell apart."""
     return not _finished(response) and has_repeat(response["text"])
+
+
+def trimmed(response: dict) -> dict:
+    """A summary cut at the cap as `score.trim_to_sentence` scores and trains it: up to its last
+    closed sentence, ended, marked `trimmed`; unchanged when it ended or nothing closes before the cut."""
+    if _finished(response):
+        return response
+    kept = up_to_last_sentence(response["text"])
+    if kept is None:
+        return response
+    return {**response, "text": kept, "finished": True, "trimmed": True}
 
 
 def choose_best(ranked: list[dict], reward, within: float | None) -> int:
@@ -155,13 +172,20 @@ def guard_changes(guarded: list[dict], plain: list[dict]) -> dict[str, int]:
 
 
 def score_iteration(layout: RunLayout, iteration: int, scorer, score: ScoreConfig, show_progress: bool = True,
-                    label: str | None = None) -> tuple[list[dict], dict[tuple[str, int], dict]]:
-    """Score every response of the iteration not yet in scores.jsonl; returns (responses, scores by (user, k))."""
+                    label: str | None = None, *, trim: bool = False) -> tuple[list[dict], dict[tuple[str, int], dict]]:
+    """Score every response of the iteration not yet in scores.jsonl; returns (responses, scores by (user, k)).
+
+    `trim` (training iterations with `score.trim_to_sentence`): responses cut at the cap are scored
+    and returned as `trimmed` makes them. A score row says whether its text was trimmed; rows made
+    under the other setting are dropped and rescored, so a rerun with the option flipped is consistent."""
     from rlrf.generation.generate import load_responses
 
     responses = load_responses(layout.root, iteration)
     if not responses:
         raise UserError(f"{layout.responses(iteration)}: no responses; run `rlrf generate` for iteration {iteration} first")
+    if trim:
+        responses = [trimmed(r) for r in responses]
+    _drop_other_trim(layout.scores(iteration), responses)
     log = JsonlLog(layout.scores(iteration), key=lambda r: (r["user"], r["k"]))
     todo = [r for r in responses if (r["user"], r["k"]) not in log]
     batch = score.batch_size
@@ -173,7 +197,7 @@ def score_iteration(layout: RunLayout, iteration: int, scorer, score: ScoreConfi
             log.append(
                 {"user": r["user"], "iter": iteration, "k": r["k"],
                  **{name: (bool(v[i]) if name == "empty" else float(v[i])) for name, v in metrics.items()},
-                 **({"flag": r["flag"]} if "flag" in r else {})}
+                 **({"flag": r["flag"]} if "flag" in r else {}), **({"trimmed": True} if r.get("trimmed") else {})}
                 for i, r in enumerate(chunk)
             )
             progress.advance(task, len(chunk))
@@ -182,6 +206,17 @@ def score_iteration(layout: RunLayout, iteration: int, scorer, score: ScoreConfi
         names = sorted(k for k in next(iter(scored.values())) if "@" in k)
         raise UserError(f"score.metric: '{score.metric}' is not one of {', '.join(names)}")
     return responses, scored
+
+
+def _drop_other_trim(path, responses: list[dict]) -> None:
+    """Rewrite scores.jsonl without the rows whose text was trimmed otherwise than `responses`' now."""
+    if not path.exists():
+        return
+    now = {(r["user"], r["k"]): bool(r.get("trimmed")) for r in responses}
+    rows = read_jsonl(path)
+    keep = [s for s in rows if now.get((s["user"], s["k"]), bool(s.get("trimmed"))) == bool(s.get("trimmed"))]
+    if len(keep) < len(rows):
+        atomic_write_jsonl(path, keep)
 
 
 def score_responses(cfg, iteration: int, scorer, show_progress: bool = True,
@@ -195,7 +230,7 @@ def score_and_pair(layout: RunLayout, iteration: int, scorer, score: ScoreConfig
     """Score the iteration's responses (skipping rows already scored), then rewrite its pairs."""
     from rlrf.generation.generate import load_prompts
 
-    responses, scored = score_iteration(layout, iteration, scorer, score, show_progress)
+    responses, scored = score_iteration(layout, iteration, scorer, score, show_progress, trim=score.trim_to_sentence)
     metric = score.metric
     prompts = {u: r["prompt"] for u, r in load_prompts(layout.root, iteration).items()}
 
@@ -208,6 +243,8 @@ def score_and_pair(layout: RunLayout, iteration: int, scorer, score: ScoreConfig
     meta = {"metric": metric, "copy_penalty": score.copy_penalty, **asdict(stats)}
     if score.copy_penalty:
         meta["changed_by_copy_penalty"] = guard_changes(pairs, pairs_by(0.0)[0])
+    if score.trim_to_sentence:
+        meta["trimmed"] = sum(bool(r.get("trimmed")) for r in responses)
     if finish_preference(score):
         meta.update(finish_preference(score))
         meta["changed_by_finish_preference"] = guard_changes(pairs, pairs_by(score.copy_penalty, prefer_ending=False)[0])

@@ -101,3 +101,8 @@ class ScoreConfig(Section):
     """null = off. Rejected = the worst summary that was cut at generate.max_new_tokens and repeats
     itself (rlrf/evaluation/text.py) among those whose pair reward is within this of the worst; else
     the worst. It stays below the chosen one; with negatives > 1 it leads the rejected list."""
+    trim_to_sentence: bool = False
+    """true = a training summary cut at generate.max_new_tokens is scored and trained as its text up
+    to its last closed sentence, ending with EOS (rlrf/reward/score.py). Untrimmed, cut summaries
+    enter pairs without EOS while short ones that stopped are often rejected: the pairs teach the
+    policy not to stop (docs/results.md, levers for summaries that finish). Evaluations never trim."""
