@@ -185,8 +185,9 @@ def score_iteration(layout: RunLayout, iteration: int, scorer, score: ScoreConfi
         raise UserError(f"{layout.responses(iteration)}: no responses; run `rlrf generate` for iteration {iteration} first")
     if trim:
         responses = [trimmed(r) for r in responses]
-    _drop_other_trim(layout.scores(iteration), responses)
-    log = JsonlLog(layout.scores(iteration), key=lambda r: (r["user"], r["k"]))
+    log = JsonlLog(layout.scores(iteration), key=lambda r: (r["user"], r["k"]))  # repairs a torn tail first
+    if _drop_other_trim(log.path, responses):
+        log = JsonlLog(log.path, key=log.key)
     todo = [r for r in responses if (r["user"], r["k"]) not in log]
     batch = score.batch_size
     with progress_bar(show_progress) as progress:
@@ -208,15 +209,18 @@ def score_iteration(layout: RunLayout, iteration: int, scorer, score: ScoreConfi
     return responses, scored
 
 
-def _drop_other_trim(path, responses: list[dict]) -> None:
-    """Rewrite scores.jsonl without the rows whose text was trimmed otherwise than `responses`' now."""
+def _drop_other_trim(path, responses: list[dict]) -> bool:
+    """Rewrite scores.jsonl without the rows whose text was trimmed otherwise than `responses`' now;
+    whether any was dropped."""
     if not path.exists():
-        return
+        return False
     now = {(r["user"], r["k"]): bool(r.get("trimmed")) for r in responses}
     rows = read_jsonl(path)
     keep = [s for s in rows if now.get((s["user"], s["k"]), bool(s.get("trimmed"))) == bool(s.get("trimmed"))]
-    if len(keep) < len(rows):
-        atomic_write_jsonl(path, keep)
+    if len(keep) == len(rows):
+        return False
+    atomic_write_jsonl(path, keep)
+    return True
 
 
 def score_responses(cfg, iteration: int, scorer, show_progress: bool = True,
