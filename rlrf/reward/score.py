@@ -185,10 +185,13 @@ def score_iteration(layout: RunLayout, iteration: int, scorer, score: ScoreConfi
         raise UserError(f"{layout.responses(iteration)}: no responses; run `rlrf generate` for iteration {iteration} first")
     if trim:
         responses = [trimmed(r) for r in responses]
-    log = JsonlLog(layout.scores(iteration), key=lambda r: (r["user"], r["k"]))  # repairs a torn tail first
-    if _drop_other_trim(log.path, responses):
-        log = JsonlLog(log.path, key=log.key)
-    todo = [r for r in responses if (r["user"], r["k"]) not in log]
+    log = JsonlLog(layout.scores(iteration), key=_score_key)  # repairs a torn tail first
+    wanted = {_score_key(r) for r in responses}
+    other = {key for key in log.done if (key[0], key[1], not key[2]) in wanted}  # scored under the other trim setting
+    if other:
+        atomic_write_jsonl(log.path, [row for row in read_jsonl(log.path) if _score_key(row) not in other])
+        log = JsonlLog(log.path, key=_score_key)
+    todo = [r for r in responses if _score_key(r) not in log]
     batch = score.batch_size
     with progress_bar(show_progress) as progress:
         task = progress.add_task(label or f"score iter {iteration}", total=len(todo))
@@ -209,18 +212,9 @@ def score_iteration(layout: RunLayout, iteration: int, scorer, score: ScoreConfi
     return responses, scored
 
 
-def _drop_other_trim(path, responses: list[dict]) -> bool:
-    """Rewrite scores.jsonl without the rows whose text was trimmed otherwise than `responses`' now;
-    whether any was dropped."""
-    if not path.exists():
-        return False
-    now = {(r["user"], r["k"]): bool(r.get("trimmed")) for r in responses}
-    rows = read_jsonl(path)
-    keep = [s for s in rows if now.get((s["user"], s["k"]), bool(s.get("trimmed"))) == bool(s.get("trimmed"))]
-    if len(keep) == len(rows):
-        return False
-    atomic_write_jsonl(path, keep)
-    return True
+def _score_key(record: dict) -> tuple[str, int, bool]:
+    """A score row's key: the response, and whether its text was trimmed (a response or a row)."""
+    return record["user"], record["k"], bool(record.get("trimmed"))
 
 
 def score_responses(cfg, iteration: int, scorer, show_progress: bool = True,
