@@ -98,6 +98,9 @@ def test_each_method_trains_with_the_loss_it_names_from_the_same_policy_0(tiny_m
 
     table = markdown(results)
     assert all(f"| {spec.title} |" in table for spec in ARMS.values()) and "RosePO's ε" in table
+    header = next(line for line in table.splitlines() if line.startswith("| method |"))
+    assert all(title in header for title in ("mean reward", "NDCG@5 (greedy summary)", "independent evaluator",
+                                             "ends on its own", "repeats itself"))  # the reward, the rerank row, the evaluator
 
     # a rerun trains nothing again and gives the same table
     adapters = {arm: (arms / arm / "iter_0" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns for arm in ARMS}

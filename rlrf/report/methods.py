@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from rlrf.report.rlrf4rec import MEASURES
 
-# the columns of the main table: what the issue asks of every method (reward, independent evaluator,
-# length, finished and repeated shares); the other measures are in results.json
-SHOWN = ["reward_mean", "independent_ndcg@5", "independent_map@5", "tokens", "ended", "repeated"]
+# the columns of the main table: what a method is judged by (the reward, the reward's reranker reading the
+# greedy summary, i.e. `rlrf experiment rerank`'s swap row, the independent evaluator, length, finished and
+# repeated shares); the other measures are in results.json
+SHOWN = ["reward_mean", "ndcg@5", "independent_ndcg@5", "independent_map@5", "tokens", "ended", "repeated"]
 TITLES = dict(MEASURES)
 
 
@@ -44,7 +45,9 @@ def markdown(results: dict) -> str:
         f"{results['n']} summaries per user. DPO, S-DPO ({results['negatives']} negatives: the other samples), DMPO "
         f"and RosePO train on one set of samples per seed; GRPO and RLOO sample their own, as many as those. "
         f"Evaluated on {results['test_users']} held-out test users (reward = `{results['metric']}` of the "
-        "reranked list; the independent evaluator is a reranker of the other kind and seed, never the reward).", "",
+        "reranked list; NDCG@5 (greedy summary) is the reward's reranker reading the policy's greedy summary, "
+        "the change `rlrf experiment rerank`'s swap protocol reports as aligned − base-policy knowledge; the "
+        "independent evaluator is a reranker of the other kind and seed, never the reward).", "",
         "Change against policy_0 on the same users, pooled over seeds: mean [95% bootstrap CI, users resampled "
         "within each seed].", "",
         "| method | " + " | ".join(TITLES[k] for k in shown) + " |",
