@@ -27,6 +27,16 @@ def test_a_torn_last_line_from_a_kill_is_dropped_then_rewritten(tmp_path):
     assert [r["user"] for r in read_jsonl(path)] == ["a", "b"]
 
 
+def test_dropped_keys_leave_the_file_and_can_be_written_again(tmp_path):
+    path = tmp_path / "scores.jsonl"
+    log = JsonlLog(path, by_user)
+    log.append([{"user": "a", "v": 1}, {"user": "b", "v": 1}, {"user": "c", "v": 1}])
+    log.drop({"b", "z"})
+    assert "b" not in log and [r["user"] for r in read_jsonl(path)] == ["a", "c"]
+    assert log.append([{"user": "b", "v": 2}]) == 1
+    assert [(r["user"], r["v"]) for r in read_jsonl(path)] == [("a", 1), ("c", 1), ("b", 2)]
+
+
 def test_two_writers_sharing_one_file_never_duplicate_a_key(tmp_path):
     path = tmp_path / "store.jsonl"
     first, second = JsonlLog(path, by_user), JsonlLog(path, by_user)  # e.g. export and experiment at once

@@ -171,6 +171,21 @@ class JsonlLog:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return len(fresh)
 
+    def drop(self, keys: set) -> None:
+        """Rewrite the file without the records of `keys` (whole or not at all), under the lock.
+        The file is replaced, so a writer that opened it before waits on the old copy: for logs with
+        one writer (a run directory's scores), not for the shared knowledge store."""
+        if not keys or not self.path.exists():
+            return
+        with self.path.open("ab") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                keep = [r for r in self._repair_and_read() if self.key(r) not in keys]
+                atomic_write_jsonl(self.path, keep)
+                self.done = {self.key(r) for r in keep}
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
     def __iter__(self) -> Iterator[dict]:
         return iter(read_jsonl(self.path))
 

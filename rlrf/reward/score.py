@@ -187,10 +187,7 @@ def score_iteration(layout: RunLayout, iteration: int, scorer, score: ScoreConfi
         responses = [trimmed(r) for r in responses]
     log = JsonlLog(layout.scores(iteration), key=_score_key)  # repairs a torn tail first
     wanted = {_score_key(r) for r in responses}
-    other = {key for key in log.done if (key[0], key[1], not key[2]) in wanted}  # scored under the other trim setting
-    if other:
-        atomic_write_jsonl(log.path, [row for row in read_jsonl(log.path) if _score_key(row) not in other])
-        log = JsonlLog(log.path, key=_score_key)
+    log.drop({key for key in log.done if (key[0], key[1], not key[2]) in wanted})  # scored under the other trim setting
     todo = [r for r in responses if _score_key(r) not in log]
     batch = score.batch_size
     with progress_bar(show_progress) as progress:
