@@ -500,6 +500,7 @@ def experiment_methods(
     overrides: Overrides = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Training seeds cfg.seed, +1, ... (pooled: each seed's samples and training).")] = 2,
     method: Annotated[list[PreferenceMethod] | None, typer.Option("--method", help="dpo | sdpo | dmpo | rosepo | grpo | rloo (repeatable; default: all).")] = None,
+    online_seeds: Annotated[int | None, typer.Option("--online-seeds", min=1, help="Run GRPO and RLOO on the first this many training seeds only (default: every seed); each method pools over the seeds it ran.")] = None,
     rosepo_tau: Annotated[float | None, typer.Option("--rosepo-tau", help="RosePO's τ, > 0 (default: calibrated so the median pair gets ε = align.rosepo_eps_max / 2).")] = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -507,12 +508,13 @@ def experiment_methods(
     from rlrf.core.io import atomic_write_text
     from rlrf.core.layout import RunLayout
     from rlrf.core.progress import stage
-    from rlrf.experiments.methods import EXPERIMENT, run_methods
+    from rlrf.experiments.methods import EXPERIMENT, check_online_seeds, run_methods
     from rlrf.report.methods import markdown
 
+    check_online_seeds(seeds, online_seeds)  # before the run directory is made
     cfg = _prepared(config, run_dir, overrides)
     results = run_methods(cfg, [m.value for m in method] if method else None, seeds, rosepo_tau,
-                          show_progress=not quiet, log=stage)
+                          show_progress=not quiet, log=stage, online_seeds=online_seeds)
     table = RunLayout(cfg.run_dir).experiment_table(EXPERIMENT)
     atomic_write_text(table, markdown(results))
     print(table.read_text(encoding="utf-8"), end="")

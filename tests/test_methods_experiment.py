@@ -112,7 +112,8 @@ def test_each_method_trains_with_the_loss_it_names_from_the_same_policy_0(tiny_m
 
 def test_seeds_sample_and_train_apart_and_pool_against_the_same_policy_0(tiny_methods_config):
     cfg = tiny_methods_config
-    results = run_methods(cfg, ["dpo", "sdpo"], seeds=2, show_progress=False, log=lambda *_: None)
+    results = run_methods(cfg, ["dpo", "sdpo", "rloo"], seeds=2, online_seeds=1, show_progress=False,
+                          log=lambda *_: None)
     run = cfg.run_dir
     seed_0 = read_jsonl(run / "iter_0" / "responses.jsonl")
     seed_1 = read_jsonl(run / "experiments" / "methods" / "seed_1" / "iter_0" / "responses.jsonl")
@@ -127,6 +128,14 @@ def test_seeds_sample_and_train_apart_and_pool_against_the_same_policy_0(tiny_me
     assert results["seeds"] == [0, 1] and len(sdpo["per_seed"]) == 2
     assert sdpo["vs_policy_0"]["reward_mean"]["runs"] == 2 and sdpo["vs_policy_0"]["reward_mean"]["users"] == 2 * 3
     assert sdpo["vs_dpo"]["reward_mean"]["runs"] == 2
+    # --online-seeds 1: RLOO trains on the first seed only and pools over it, against DPO on that seed
+    rloo = results["methods"]["rloo"]
+    assert rloo["seeds"] == [0] and sdpo["seeds"] == [0, 1]
+    assert not (run / "experiments" / "methods" / "seed_1" / "rloo").exists()
+    assert rloo["vs_policy_0"]["reward_mean"]["runs"] == 1 and rloo["vs_dpo"]["reward_mean"]["runs"] == 1
+    from rlrf.report.methods import markdown
+
+    assert "| RLOO | 0 |" in markdown(results) and "| S-DPO | 0, 1 |" in markdown(results)
     assert results["samples"]["0"]["reused_run_iteration"] and not results["samples"]["1"]["reused_run_iteration"]
     assert "rosepo" not in results["methods"] and results["rosepo"] == {}
 
@@ -140,4 +149,8 @@ def test_the_command_offers_exactly_the_recipes_methods_and_refuses_others(tmp_p
     result = CliRunner().invoke(app, ["experiment", "methods", "-c", "quickstart", "--run-dir", str(tmp_path / "run"),
                                       "--method", "ppo"])
     assert result.exit_code != 0 and "ppo" in result.output
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, ["experiment", "methods", "-c", "quickstart", "--run-dir", str(tmp_path / "run"),
+                                      "--seeds", "1", "--online-seeds", "2"])
+    assert result.exit_code == 2 and "--online-seeds" in result.output
     assert not (tmp_path / "run").exists()

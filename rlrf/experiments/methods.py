@@ -20,7 +20,8 @@ Training seeds (`seeds`): seed s samples iteration 0's summaries (sample k of us
 reuses the run's iteration 0 (`rlrf run` writes the same records there; whichever runs first serves
 both); the other seeds' samples go under the experiment's folder. The table pools the seeds: each
 method's change against policy_0, and against DPO, over every (seed, user) with a bootstrap that
-resamples users within each seed (`rlrf.evaluation.stats.pooled_difference`).
+resamples users within each seed (`rlrf.evaluation.stats.pooled_difference`). `online_seeds` runs
+GRPO and RLOO on the first seeds only; each method then pools over the seeds it ran.
 
 RosePO's ε = `align.rosepo_eps_max` · exp(−margin / τ): margins here are differences of the reward
 (the reranker's logit margin less the copy penalty, not NDCG's [0, 1]), so the config's τ can put
@@ -318,13 +319,23 @@ def training_seeds(cfg, seeds: int) -> list[int]:
     return [cfg.seed + i for i in range(seeds)]
 
 
+def check_online_seeds(seeds: int, online_seeds: int | None) -> None:
+    if online_seeds is not None and not 1 <= online_seeds <= seeds:
+        raise UserError(f"--online-seeds: {online_seeds} must be between 1 and --seeds ({seeds})")
+
+
 def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: float | None = None,
-                show_progress: bool = True, log=print) -> dict:
-    """Every method of `arms` (default all) for each training seed; returns and writes results.json."""
+                show_progress: bool = True, log=print, online_seeds: int | None = None) -> dict:
+    """Every method of `arms` (default all) for each training seed; returns and writes results.json.
+
+    `online_seeds` (default: all) limits GRPO and RLOO to the first training seeds: sampling their own
+    summaries costs them about three times an offline method's training, so a table that pools the
+    offline methods over more seeds need not wait for them. Each method pools over the seeds it ran."""
     arms = list(arms or ARMS)
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise UserError(f"unknown method '{unknown[0]}' ({', '.join(ARMS)})")
+    check_online_seeds(seeds, online_seeds)
     if rosepo_tau is not None and rosepo_tau <= 0:
         raise UserError(f"--rosepo-tau: {rosepo_tau} must be > 0")
     if cfg.generate.n < 2:
@@ -337,7 +348,7 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
     policy_0 = shared.evaluate(shared.policy_0, "policy_0")
     runs: dict[int, dict] = {}
     samples_record, rosepo = {}, {}
-    for seed in training_seeds(cfg, seeds):
+    for index, seed in enumerate(training_seeds(cfg, seeds)):
         log(f"[methods] seed {seed}: policy_0's samples")
         samples = sample(shared, seed, previous.get("samples", {}).get(str(seed)), show_progress)
         target = samples.stats["summaries"]
@@ -353,6 +364,8 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
                 "at_config_tau": epsilon_distribution(margins, cfg.align.rosepo_eps_max, cfg.align.rosepo_tau)}
         runs[seed] = {}
         for arm in arms:
+            if ARMS[arm].online and online_seeds is not None and index >= online_seeds:
+                continue
             spec, label = ARMS[arm], f"{arm}@seed_{seed}"
             log(f"[methods] {label}")
             align = cfg.align.model_copy(update={"method": spec.method, "loss": spec.loss or cfg.align.loss,
@@ -373,15 +386,17 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
 
 def collect(cfg, arms: list[str], policy_0: dict, runs: dict[int, dict], samples: dict, rosepo: dict,
             out: RunLayout, training_users: int) -> dict:
-    """Each method's means (over seeds), its change against policy_0 and against DPO on every per-user
-    measure, pooled over seeds with paired bootstrap 95% CIs, and what it cost."""
+    """Each method's means (over the seeds it ran), its change against policy_0 and against DPO (on the
+    seeds both ran) on every per-user measure, pooled over seeds with paired bootstrap 95% CIs, and what
+    it cost."""
     from rlrf.evaluation.stats import mean_sd, pooled_difference
 
-    seeds = sorted(runs)
+    all_seeds = sorted(runs)
     measures = [k for k in policy_0["per_user"] if k != "users" and policy_0["per_user"][k] is not None]
-    after = {arm: {s: runs[s][arm]["evaluations"]["policy_1"] for s in seeds} for arm in arms}
+    after = {arm: {s: runs[s][arm]["evaluations"]["policy_1"] for s in all_seeds if arm in runs[s]} for arm in arms}
     rows = {}
     for arm in arms:
+        seeds = sorted(after[arm])
         per_seed = {}
         for s in seeds:
             record = runs[s][arm]
@@ -394,16 +409,18 @@ def collect(cfg, arms: list[str], policy_0: dict, runs: dict[int, dict], samples
                 "train_seconds": iteration.get("seconds"), "steps": summary.get("steps"), "align": summary,
                 **({"trained_epsilon_mean": float(np.mean(trained))} if trained else {}),
                 "evaluation": {k: v for k, v in after[arm][s].items() if k not in ("per_user", "rewards")}}
-        row = {"title": ARMS[arm].title, "method": ARMS[arm].method, "loss": ARMS[arm].loss, "per_seed": per_seed}
+        row = {"title": ARMS[arm].title, "method": ARMS[arm].method, "loss": ARMS[arm].loss, "seeds": seeds,
+               "per_seed": per_seed}
         row["means"] = {k: mean_sd([after[arm][s][k] for s in seeds])  # an evaluation's mean sits under its per-user key
                         for k in measures if after[arm][seeds[0]].get(k) is not None}
         row["vs_policy_0"] = {k: pooled_difference([(policy_0["per_user"], after[arm][s]["per_user"]) for s in seeds],
                                                    k, seed=cfg.seed) for k in measures}
         if "dpo" in arms and arm != "dpo":
             row["vs_dpo"] = {k: pooled_difference([(after["dpo"][s]["per_user"], after[arm][s]["per_user"])
-                                                   for s in seeds], k, seed=cfg.seed) for k in measures}
+                                                   for s in seeds if s in after["dpo"]], k, seed=cfg.seed)
+                             for k in measures}
         rows[arm] = row
-    return {"experiment": EXPERIMENT, "seeds": seeds, "metric": policy_0["metric"], "test_users": policy_0["users"],
+    return {"experiment": EXPERIMENT, "seeds": all_seeds, "metric": policy_0["metric"], "test_users": policy_0["users"],
             "training_users": training_users,
             "n": cfg.generate.n, "negatives": max(1, cfg.generate.n - 1),
             "policy_0": {k: v for k, v in policy_0.items() if k not in ("per_user", "rewards")},

@@ -48,22 +48,24 @@ def markdown(results: dict) -> str:
         "reranked list; NDCG@5 (greedy summary) is the reward's reranker reading the policy's greedy summary, "
         "the change `rlrf experiment rerank`'s swap protocol reports as aligned − base-policy knowledge; the "
         "independent evaluator is a reranker of the other kind and seed, never the reward).", "",
-        "Change against policy_0 on the same users, pooled over seeds: mean [95% bootstrap CI, users resampled "
-        "within each seed].", "",
-        "| method | " + " | ".join(TITLES[k] for k in shown) + " |",
-        "|---|" + "---:|" * len(shown),
-        "| policy_0 (value) | " + " | ".join(_value([p0[k], 0.0], k, 1) if p0.get(k) is not None else ""
-                                         for k in shown) + " |",
+        "Change against policy_0 on the same users, pooled over the seeds each method ran: mean [95% bootstrap "
+        "CI, users resampled within each seed].", "",
+        "| method | seeds | " + " | ".join(TITLES[k] for k in shown) + " |",
+        "|---|---|" + "---:|" * len(shown),
+        "| policy_0 (value) | | " + " | ".join(_value([p0[k], 0.0], k, 1) if p0.get(k) is not None else ""
+                                           for k in shown) + " |",
     ]
     for arm, r in rows.items():
-        lines.append(f"| {r['title']} | " + " | ".join(_delta(r["vs_policy_0"].get(k), k) for k in shown) + " |")
-    lines += ["", "Each method's own values (mean ± sd over seeds):", "",
+        lines.append(f"| {r['title']} | {', '.join(map(str, r['seeds']))} | "
+                     + " | ".join(_delta(r["vs_policy_0"].get(k), k) for k in shown) + " |")
+    lines += ["", "Each method's own values (mean ± sd over its seeds):", "",
               "| method | " + " | ".join(TITLES[k] for k in shown) + " |", "|---|" + "---:|" * len(shown)]
     for r in rows.values():
-        lines.append(f"| {r['title']} | " + " | ".join(_value(r["means"].get(k), k, len(seeds)) for k in shown) + " |")
+        lines.append(f"| {r['title']} | " + " | ".join(_value(r["means"].get(k), k, len(r['seeds'])) for k in shown)
+                     + " |")
     against = [(r["title"], r["vs_dpo"]) for r in rows.values() if "vs_dpo" in r]
     if against:
-        lines += ["", "Against DPO on the same users and seeds (pooled):", "",
+        lines += ["", "Against DPO on the same users and the seeds both ran (pooled):", "",
                   "| method | " + " | ".join(TITLES[k] for k in shown) + " |", "|---|" + "---:|" * len(shown)]
         lines += [f"| {title} | " + " | ".join(_delta(d.get(k), k) for k in shown) + " |" for title, d in against]
     lines += ["", "What each method cost, per seed (mean): summaries generated for training, optimizer steps, "
