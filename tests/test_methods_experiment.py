@@ -138,6 +138,12 @@ def test_seeds_sample_and_train_apart_and_pool_against_the_same_policy_0(tiny_me
     assert "| RLOO | 0 |" in markdown(results) and "| S-DPO | 0, 1 |" in markdown(results)
     assert results["samples"]["0"]["reused_run_iteration"] and not results["samples"]["1"]["reused_run_iteration"]
     assert "rosepo" not in results["methods"] and results["rosepo"] == {}
+    # a later command over fewer seeds keeps what seed 1's samples took
+    took = results["samples"]["1"]["seconds"]
+    assert took is not None
+    run_methods(cfg, ["dpo"], seeds=1, show_progress=False, log=lambda *_: None)
+    again = run_methods(cfg, ["dpo"], seeds=2, show_progress=False, log=lambda *_: None)
+    assert again["samples"]["1"]["seconds"] == took
 
 
 def test_the_command_offers_exactly_the_recipes_methods_and_refuses_others(tmp_path):

@@ -35,6 +35,7 @@ Run layout (``<run_dir>``)::
     eval/policy_0/                             policy_0 on the test users (shared with `rlrf run`)
     eval/methods.<method>@seed_<s>/            each method's policy_1 on the same users
     experiments/methods/seed_<s>/iter_0/...    another seed's samples and scores
+    experiments/methods/seed_<s>/samples.json  what the seed's samples took (kept across commands)
     experiments/methods/seed_<s>/<method>/     one method's loop: iter_0/pairs.jsonl, adapter, align_log.json,
                                                metrics.json (policy_0 and policy_1, as `rlrf run` records them)
     experiments/methods/results.json, table.md every method, pooled over seeds
@@ -342,7 +343,6 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
         raise UserError(f"generate.n: {cfg.generate.n} summary per user makes no pair; the methods need 2 or more")
     root = RunLayout(cfg.run_dir)
     out = RunLayout(root.experiment(EXPERIMENT))
-    previous = read_json(root.experiment_results(EXPERIMENT)) or {}
     shared = prepare_shared(cfg, show_progress)
     log("[methods] policy_0 on the test users")
     policy_0 = shared.evaluate(shared.policy_0, "policy_0")
@@ -350,7 +350,9 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
     samples_record, rosepo = {}, {}
     for index, seed in enumerate(training_seeds(cfg, seeds)):
         log(f"[methods] seed {seed}: policy_0's samples")
-        samples = sample(shared, seed, previous.get("samples", {}).get(str(seed)), show_progress)
+        record = out.arm(f"seed_{seed}").samples_record
+        samples = sample(shared, seed, read_json(record), show_progress)
+        atomic_write_json(record, {"seconds": samples.seconds})
         target = samples.stats["summaries"]
         online, online_generated = online_args(cfg, cfg.generate.n, target)
         margins = [p["margin"] for p in samples.pairs]
