@@ -262,7 +262,7 @@ def test_rank_pools_seeds_against_each_seeds_own_sft(tiny_rank_config):
 
 def test_an_arms_wall_time_is_summed_over_the_processes_that_worked_on_it(tmp_path):
     from rlrf.core.layout import RunLayout
-    from rlrf.methods.rank import add_wall_time
+    from rlrf.core.rundir import add_wall_time
 
     layout = RunLayout(tmp_path / "seed_0" / "dpo")
     layout.root.mkdir(parents=True)

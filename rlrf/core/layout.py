@@ -246,12 +246,6 @@ class RunLayout:
         ``iter_<t>/next_item.jsonl`` and ``.meta.json`` beside the greedy generation's."""
         return RunLayout(self.root / "fallback")
 
-    @property
-    def samples_record(self) -> Path:
-        """`rlrf experiment methods`: one training seed's shared samples (their wall seconds), kept in the
-        seed's folder so that a later command over fewer seeds does not drop it."""
-        return self.root / "samples.json"
-
     def arm(self, method: str) -> "RunLayout":
         """SPRec: one method's own loop (`sprec`, `dpo_random`, ...)."""
         return RunLayout(self.root / method)

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 import yaml
 
 from rlrf.core.errors import UserError
+from rlrf.core.io import atomic_write_json
 from rlrf.core.layout import RunLayout
 
 
@@ -134,3 +135,16 @@ def _holder(fd: int) -> str:
         return f"pid {info['pid']} ({info['command']}, since {info['since']})"
     except (ValueError, KeyError, TypeError):
         return "another rlrf process"
+
+
+def recorded_wall_time(layout: RunLayout) -> float | None:
+    """The seconds `add_wall_time` summed for this (sub-)run; None when no process recorded any."""
+    return json.loads(layout.wall_time.read_text())["seconds"] if layout.wall_time.is_file() else None
+
+
+def add_wall_time(layout: RunLayout, seconds: float) -> float:
+    """The (sub-)run's wall time summed over every process that worked on it, so a table written after a
+    resume reports what it cost, not what the last (mostly cached) process spent."""
+    total = round((recorded_wall_time(layout) or 0.0) + seconds, 1)
+    atomic_write_json(layout.wall_time, {"seconds": total})
+    return total

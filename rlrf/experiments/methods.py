@@ -35,7 +35,7 @@ Run layout (``<run_dir>``)::
     eval/policy_0/                             policy_0 on the test users (shared with `rlrf run`)
     eval/methods.<method>@seed_<s>/            each method's policy_1 on the same users
     experiments/methods/seed_<s>/iter_0/...    another seed's samples and scores
-    experiments/methods/seed_<s>/samples.json  what the seed's samples took (kept across commands)
+    experiments/methods/seed_<s>/wall.json     what the seed's samples took (summed over resumes)
     experiments/methods/seed_<s>/<method>/     one method's loop: iter_0/pairs.jsonl, adapter, align_log.json,
                                                metrics.json (policy_0 and policy_1, as `rlrf run` records them)
     experiments/methods/results.json, table.md every method, pooled over seeds
@@ -143,9 +143,12 @@ def samples_layout(cfg, seed: int) -> RunLayout:
     return RunLayout(root.experiment(EXPERIMENT)).arm(f"seed_{seed}")
 
 
-def sample(shared: Shared, seed: int, previous: dict | None, show_progress: bool = True) -> Samples:
+def sample(shared: Shared, seed: int, show_progress: bool = True) -> Samples:
     """Seed `seed`'s N summaries per training user from policy_0, their rewards, and the pairs every
-    offline method trains on (built as `rlrf score` builds them, with `generate.n` − 1 negatives)."""
+    offline method trains on (built as `rlrf score` builds them, with `generate.n` − 1 negatives).
+    What making them took is summed over the processes that wrote them, in the experiment's seed
+    folder (``wall.json``), so a later command over fewer seeds keeps it."""
+    from rlrf.core.rundir import add_wall_time, recorded_wall_time
     from rlrf.core.threads import use_threads
     from rlrf.generation.backends import resolve_backend
     from rlrf.generation.generate import generate_texts, load_prompts, policy_for
@@ -181,12 +184,9 @@ def sample(shared: Shared, seed: int, previous: dict | None, show_progress: bool
     if cfg.score.copy_penalty:
         meta["changed_by_copy_penalty"] = guard_changes(pairs, pairs_by(0.0)[0])
     meta.update(finish_preference(cfg.score))  # nothing unless set
-    seconds = round(time.perf_counter() - started, 1)
-    before = (previous or {}).get("seconds")
-    if not written:  # found done: the time it took is the one recorded when it was made
-        seconds = before
-    elif before is not None:  # resumed: both parts
-        seconds = round(before + seconds, 1)
+    record = RunLayout(RunLayout(cfg.run_dir).experiment(EXPERIMENT)).arm(f"seed_{seed}")
+    # found done: what it took is what was recorded when it was made (None: made by `rlrf run`)
+    seconds = add_wall_time(record, time.perf_counter() - started) if written else recorded_wall_time(record)
     return Samples(seed, layout, pairs, meta, seconds)
 
 
@@ -337,6 +337,7 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
     if unknown:
         raise UserError(f"unknown method '{unknown[0]}' ({', '.join(ARMS)})")
     check_online_seeds(seeds, online_seeds)
+    online_seeds = seeds if online_seeds is None else online_seeds
     if rosepo_tau is not None and rosepo_tau <= 0:
         raise UserError(f"--rosepo-tau: {rosepo_tau} must be > 0")
     if cfg.generate.n < 2:
@@ -350,9 +351,7 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
     samples_record, rosepo = {}, {}
     for index, seed in enumerate(training_seeds(cfg, seeds)):
         log(f"[methods] seed {seed}: policy_0's samples")
-        record = out.arm(f"seed_{seed}").samples_record
-        samples = sample(shared, seed, read_json(record), show_progress)
-        atomic_write_json(record, {"seconds": samples.seconds})
+        samples = sample(shared, seed, show_progress)
         target = samples.stats["summaries"]
         online, online_generated = online_args(cfg, cfg.generate.n, target)
         margins = [p["margin"] for p in samples.pairs]
@@ -366,7 +365,7 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
                 "at_config_tau": epsilon_distribution(margins, cfg.align.rosepo_eps_max, cfg.align.rosepo_tau)}
         runs[seed] = {}
         for arm in arms:
-            if ARMS[arm].online and online_seeds is not None and index >= online_seeds:
+            if ARMS[arm].online and index >= online_seeds:
                 continue
             spec, label = ARMS[arm], f"{arm}@seed_{seed}"
             log(f"[methods] {label}")

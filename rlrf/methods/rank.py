@@ -49,12 +49,12 @@ seeds' folders); `rank_evaluation` the held-out protocol and the baselines; `ran
 
 from __future__ import annotations
 
-import json
 import time
 
 from rlrf.core.errors import UserError
 from rlrf.core.io import atomic_write_json, atomic_write_text
 from rlrf.core.layout import RunLayout
+from rlrf.core.rundir import add_wall_time
 from rlrf.methods.loop import run_loop
 from rlrf.methods.rank_arms import RankArm, arm_align
 from rlrf.methods.rank_context import build_context, seed_root, training_seeds
@@ -73,15 +73,6 @@ def check_config(cfg) -> None:
     if r.negatives > r.candidates - 1:
         raise UserError(f"rank.negatives: {r.negatives} negatives need at least {r.negatives + 1} candidates "
                         f"(rank.candidates is {r.candidates})")
-
-
-def add_wall_time(layout: RunLayout, seconds: float) -> float:
-    """The arm's wall time summed over every process that worked on it, so a table written after a
-    resume reports what the arm cost, not what the last (mostly cached) process spent."""
-    before = json.loads(layout.wall_time.read_text())["seconds"] if layout.wall_time.is_file() else 0.0
-    total = round(before + seconds, 1)
-    atomic_write_json(layout.wall_time, {"seconds": total})
-    return total
 
 
 def run_rank(cfg, show_progress: bool = True, log=print) -> dict:
