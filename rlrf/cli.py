@@ -501,6 +501,7 @@ def experiment_methods(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Training seeds cfg.seed, +1, ... (pooled: each seed's samples and training).")] = 2,
     method: Annotated[list[PreferenceMethod] | None, typer.Option("--method", help="dpo | sdpo | dmpo | rosepo | grpo | rloo (repeatable; default: all).")] = None,
     online_seeds: Annotated[int | None, typer.Option("--online-seeds", min=1, help="Run GRPO and RLOO on the first this many training seeds only (default: every seed); each method pools over the seeds it ran.")] = None,
+    training_seed: Annotated[list[int] | None, typer.Option("--training-seed", help="Run exactly this training seed (repeatable; replaces --seeds), e.g. --training-seed 1 adds or redoes seed 1 alone.")] = None,
     rosepo_tau: Annotated[float | None, typer.Option("--rosepo-tau", help="RosePO's τ, > 0 (default: calibrated so the median pair gets ε = align.rosepo_eps_max / 2).")] = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -511,10 +512,10 @@ def experiment_methods(
     from rlrf.experiments.methods import EXPERIMENT, check_online_seeds, run_methods
     from rlrf.report.methods import markdown
 
-    check_online_seeds(seeds, online_seeds)  # before the run directory is made
+    check_online_seeds(len(set(training_seed)) if training_seed else seeds, online_seeds)  # before the run directory is made
     cfg = _prepared(config, run_dir, overrides)
     results = run_methods(cfg, [m.value for m in method] if method else None, seeds, rosepo_tau,
-                          show_progress=not quiet, log=stage, online_seeds=online_seeds)
+                          show_progress=not quiet, log=stage, online_seeds=online_seeds, training_seeds=training_seed)
     table = RunLayout(cfg.run_dir).experiment_table(EXPERIMENT)
     atomic_write_text(table, markdown(results))
     print(table.read_text(encoding="utf-8"), end="")

@@ -144,6 +144,11 @@ def test_seeds_sample_and_train_apart_and_pool_against_the_same_policy_0(tiny_me
     run_methods(cfg, ["dpo"], seeds=1, show_progress=False, log=lambda *_: None)
     again = run_methods(cfg, ["dpo"], seeds=2, show_progress=False, log=lambda *_: None)
     assert again["samples"]["1"]["seconds"] == took
+    # --training-seed 1: seed 1 alone, with the numbers it has beside seed 0, pooled over itself only
+    alone = run_methods(cfg, ["dpo", "sdpo"], training_seeds=[1], show_progress=False, log=lambda *_: None)
+    assert alone["seeds"] == [1] and alone["methods"]["sdpo"]["seeds"] == [1]
+    assert alone["methods"]["sdpo"]["per_seed"]["1"] == sdpo["per_seed"]["1"]
+    assert alone["methods"]["sdpo"]["vs_dpo"]["reward_mean"]["runs"] == 1
 
 
 def test_the_command_offers_exactly_the_recipes_methods_and_refuses_others(tmp_path):
@@ -159,4 +164,8 @@ def test_the_command_offers_exactly_the_recipes_methods_and_refuses_others(tmp_p
     result = CliRunner().invoke(app, ["experiment", "methods", "-c", "quickstart", "--run-dir", str(tmp_path / "run"),
                                       "--seeds", "1", "--online-seeds", "2"])
     assert result.exit_code == 2 and "--online-seeds" in result.output
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, ["experiment", "methods", "-c", "quickstart", "--run-dir", str(tmp_path / "run"),
+                                      "--training-seed", "1", "--online-seeds", "2"])
+    assert result.exit_code == 2 and "--online-seeds" in result.output  # one named seed, so at most 1
     assert not (tmp_path / "run").exists()

@@ -21,7 +21,8 @@ reuses the run's iteration 0 (`rlrf run` writes the same records there; whicheve
 both); the other seeds' samples go under the experiment's folder. The table pools the seeds: each
 method's change against policy_0, and against DPO, over every (seed, user) with a bootstrap that
 resamples users within each seed (`rlrf.evaluation.stats.pooled_difference`). `online_seeds` runs
-GRPO and RLOO on the first seeds only; each method then pools over the seeds it ran.
+GRPO and RLOO on the first seeds only; each method then pools over the seeds it ran. `training_seeds`
+runs exactly the seeds named (one seed added or redone alone).
 
 RosePO's ε = `align.rosepo_eps_max` · exp(−margin / τ): margins here are differences of the reward
 (the reranker's logit margin less the copy penalty, not NDCG's [0, 1]), so the config's τ can put
@@ -316,18 +317,19 @@ class ArmMethod(Method):
 # ------------------------------------------------------------------------------------------ the recipe
 
 
-def training_seeds(cfg, seeds: int) -> list[int]:
-    return [cfg.seed + i for i in range(seeds)]
-
-
 def check_online_seeds(seeds: int, online_seeds: int | None) -> None:
     if online_seeds is not None and not 1 <= online_seeds <= seeds:
         raise UserError(f"--online-seeds: {online_seeds} must be between 1 and --seeds ({seeds})")
 
 
 def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: float | None = None,
-                show_progress: bool = True, log=print, online_seeds: int | None = None) -> dict:
+                show_progress: bool = True, log=print, online_seeds: int | None = None,
+                training_seeds: list[int] | None = None) -> dict:
     """Every method of `arms` (default all) for each training seed; returns and writes results.json.
+
+    The training seeds are cfg.seed, ..., cfg.seed + seeds - 1, or exactly `training_seeds`: one seed
+    can be added or redone alone (its samples and training are its own; policy_0 is shared), and the
+    table then pools over the seeds of this command.
 
     `online_seeds` (default: all) limits GRPO and RLOO to the first training seeds: sampling their own
     summaries costs them about three times an offline method's training, so a table that pools the
@@ -336,8 +338,9 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise UserError(f"unknown method '{unknown[0]}' ({', '.join(ARMS)})")
-    check_online_seeds(seeds, online_seeds)
-    online_seeds = seeds if online_seeds is None else online_seeds
+    chosen = sorted(set(training_seeds)) if training_seeds else [cfg.seed + i for i in range(seeds)]
+    check_online_seeds(len(chosen), online_seeds)
+    online_seeds = len(chosen) if online_seeds is None else online_seeds
     if rosepo_tau is not None and rosepo_tau <= 0:
         raise UserError(f"--rosepo-tau: {rosepo_tau} must be > 0")
     if cfg.generate.n < 2:
@@ -349,7 +352,7 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
     policy_0 = shared.evaluate(shared.policy_0, "policy_0")
     runs: dict[int, dict] = {}
     samples_record, rosepo = {}, {}
-    for index, seed in enumerate(training_seeds(cfg, seeds)):
+    for index, seed in enumerate(chosen):
         log(f"[methods] seed {seed}: policy_0's samples")
         samples = sample(shared, seed, show_progress)
         target = samples.stats["summaries"]
