@@ -509,13 +509,14 @@ def experiment_methods(
     from rlrf.core.io import atomic_write_text
     from rlrf.core.layout import RunLayout
     from rlrf.core.progress import stage
-    from rlrf.experiments.methods import EXPERIMENT, check_online_seeds, run_methods
+    from rlrf.experiments.methods import EXPERIMENT, check_online_seeds, run_methods, training_seeds
     from rlrf.report.methods import markdown
 
-    check_online_seeds(len(set(training_seed)) if training_seed else seeds, online_seeds)  # before the run directory is made
+    # before the run directory is made (how many seeds does not depend on the first)
+    check_online_seeds(len(training_seeds(0, seeds, training_seed)), online_seeds)
     cfg = _prepared(config, run_dir, overrides)
     results = run_methods(cfg, [m.value for m in method] if method else None, seeds, rosepo_tau,
-                          show_progress=not quiet, log=stage, online_seeds=online_seeds, training_seeds=training_seed)
+                          show_progress=not quiet, log=stage, online_seeds=online_seeds, named=training_seed)
     table = RunLayout(cfg.run_dir).experiment_table(EXPERIMENT)
     atomic_write_text(table, markdown(results))
     print(table.read_text(encoding="utf-8"), end="")

@@ -145,7 +145,7 @@ def test_seeds_sample_and_train_apart_and_pool_against_the_same_policy_0(tiny_me
     again = run_methods(cfg, ["dpo"], seeds=2, show_progress=False, log=lambda *_: None)
     assert again["samples"]["1"]["seconds"] == took
     # --training-seed 1: seed 1 alone, with the numbers it has beside seed 0, pooled over itself only
-    alone = run_methods(cfg, ["dpo", "sdpo"], training_seeds=[1], show_progress=False, log=lambda *_: None)
+    alone = run_methods(cfg, ["dpo", "sdpo"], named=[1], show_progress=False, log=lambda *_: None)
     assert alone["seeds"] == [1] and alone["methods"]["sdpo"]["seeds"] == [1]
     assert alone["methods"]["sdpo"]["per_seed"]["1"] == sdpo["per_seed"]["1"]
     assert alone["methods"]["sdpo"]["vs_dpo"]["reward_mean"]["runs"] == 1

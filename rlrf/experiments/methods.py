@@ -21,8 +21,8 @@ reuses the run's iteration 0 (`rlrf run` writes the same records there; whicheve
 both); the other seeds' samples go under the experiment's folder. The table pools the seeds: each
 method's change against policy_0, and against DPO, over every (seed, user) with a bootstrap that
 resamples users within each seed (`rlrf.evaluation.stats.pooled_difference`). `online_seeds` runs
-GRPO and RLOO on the first seeds only; each method then pools over the seeds it ran. `training_seeds`
-runs exactly the seeds named (one seed added or redone alone).
+GRPO and RLOO on the first seeds only; each method then pools over the seeds it ran. `named` runs
+exactly the seeds named (one seed added or redone alone).
 
 RosePO's ε = `align.rosepo_eps_max` · exp(−margin / τ): margins here are differences of the reward
 (the reranker's logit margin less the copy penalty, not NDCG's [0, 1]), so the config's τ can put
@@ -135,13 +135,17 @@ def prepare_shared(cfg, show_progress: bool = True) -> Shared:
     return Shared(cfg, base, prompts, cfg.llm.adapter)
 
 
+def seed_folder(cfg, seed: int) -> RunLayout:
+    """The experiment's folder for training seed `seed`: its methods' loops and what its samples took."""
+    return RunLayout(RunLayout(cfg.run_dir).experiment(EXPERIMENT)).arm(f"seed_{seed}")
+
+
 def samples_layout(cfg, seed: int) -> RunLayout:
     """Where seed `seed`'s iteration 0 lives: the run's own for its seed when `rlrf run` samples the
     same summaries there (align.method dpo), else the experiment's seed folder."""
-    root = RunLayout(cfg.run_dir)
     if seed == cfg.seed and cfg.align.method == "dpo":
-        return root
-    return RunLayout(root.experiment(EXPERIMENT)).arm(f"seed_{seed}")
+        return RunLayout(cfg.run_dir)
+    return seed_folder(cfg, seed)
 
 
 def sample(shared: Shared, seed: int, show_progress: bool = True) -> Samples:
@@ -185,7 +189,7 @@ def sample(shared: Shared, seed: int, show_progress: bool = True) -> Samples:
     if cfg.score.copy_penalty:
         meta["changed_by_copy_penalty"] = guard_changes(pairs, pairs_by(0.0)[0])
     meta.update(finish_preference(cfg.score))  # nothing unless set
-    record = RunLayout(RunLayout(cfg.run_dir).experiment(EXPERIMENT)).arm(f"seed_{seed}")
+    record = seed_folder(cfg, seed)
     # found done: what it took is what was recorded when it was made (None: made by `rlrf run`)
     seconds = add_wall_time(record, time.perf_counter() - started) if written else recorded_wall_time(record)
     return Samples(seed, layout, pairs, meta, seconds)
@@ -317,17 +321,23 @@ class ArmMethod(Method):
 # ------------------------------------------------------------------------------------------ the recipe
 
 
+def training_seeds(first: int, seeds: int, named: list[int] | None = None) -> list[int]:
+    """first, ..., first + seeds - 1, or exactly the seeds `named` (--training-seed)."""
+    return sorted(set(named)) if named else [first + i for i in range(seeds)]
+
+
 def check_online_seeds(seeds: int, online_seeds: int | None) -> None:
+    """`seeds`: how many training seeds the command runs."""
     if online_seeds is not None and not 1 <= online_seeds <= seeds:
-        raise UserError(f"--online-seeds: {online_seeds} must be between 1 and --seeds ({seeds})")
+        raise UserError(f"--online-seeds: {online_seeds} must be between 1 and the number of training seeds ({seeds})")
 
 
 def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: float | None = None,
                 show_progress: bool = True, log=print, online_seeds: int | None = None,
-                training_seeds: list[int] | None = None) -> dict:
+                named: list[int] | None = None) -> dict:
     """Every method of `arms` (default all) for each training seed; returns and writes results.json.
 
-    The training seeds are cfg.seed, ..., cfg.seed + seeds - 1, or exactly `training_seeds`: one seed
+    The training seeds are cfg.seed, ..., cfg.seed + seeds - 1, or exactly the seeds `named`: one seed
     can be added or redone alone (its samples and training are its own; policy_0 is shared), and the
     table then pools over the seeds of this command.
 
@@ -338,7 +348,7 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise UserError(f"unknown method '{unknown[0]}' ({', '.join(ARMS)})")
-    chosen = sorted(set(training_seeds)) if training_seeds else [cfg.seed + i for i in range(seeds)]
+    chosen = training_seeds(cfg.seed, seeds, named)
     check_online_seeds(len(chosen), online_seeds)
     online_seeds = len(chosen) if online_seeds is None else online_seeds
     if rosepo_tau is not None and rosepo_tau <= 0:
@@ -346,7 +356,6 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
     if cfg.generate.n < 2:
         raise UserError(f"generate.n: {cfg.generate.n} summary per user makes no pair; the methods need 2 or more")
     root = RunLayout(cfg.run_dir)
-    out = RunLayout(root.experiment(EXPERIMENT))
     shared = prepare_shared(cfg, show_progress)
     log("[methods] policy_0 on the test users")
     policy_0 = shared.evaluate(shared.policy_0, "policy_0")
@@ -377,10 +386,10 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
             section = cfg.online.model_copy(update={"trainer_args": online}) if spec.online else cfg.online
             method = ArmMethod(arm, shared, samples, online_generated, label, align=align, online=section,
                                show_progress=show_progress)
-            record = run_loop(cfg, method, 1, layout=out.arm(f"seed_{seed}").arm(arm), seed=seed, log=log)
+            record = run_loop(cfg, method, 1, layout=seed_folder(cfg, seed).arm(arm), seed=seed, log=log)
             record["scored_in_training"] = method.scored_in_training
             runs[seed][arm] = record
-    results = collect(cfg, arms, policy_0, runs, samples_record, rosepo, out, len(shared.prompts))
+    results = collect(cfg, arms, policy_0, runs, samples_record, rosepo, len(shared.prompts))
     atomic_write_json(root.experiment_results(EXPERIMENT), results)
     return results
 
@@ -389,7 +398,7 @@ def run_methods(cfg, arms: list[str] | None = None, seeds: int = 2, rosepo_tau: 
 
 
 def collect(cfg, arms: list[str], policy_0: dict, runs: dict[int, dict], samples: dict, rosepo: dict,
-            out: RunLayout, training_users: int) -> dict:
+            training_users: int) -> dict:
     """Each method's means (over the seeds it ran), its change against policy_0 and against DPO (on the
     seeds both ran) on every per-user measure, pooled over seeds with paired bootstrap 95% CIs, and what
     it cost."""
@@ -404,7 +413,7 @@ def collect(cfg, arms: list[str], policy_0: dict, runs: dict[int, dict], samples
         per_seed = {}
         for s in seeds:
             record = runs[s][arm]
-            log = read_json(out.arm(f"seed_{s}").arm(arm).align_log(0)) or {}
+            log = read_json(seed_folder(cfg, s).arm(arm).align_log(0)) or {}
             summary = log.get("summary", {})
             trained = [e["rosepo/epsilon"] for e in log.get("steps", []) if "rosepo/epsilon" in e]
             iteration = record["iterations"]["0"]
